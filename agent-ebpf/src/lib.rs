@@ -1,0 +1,172 @@
+//! Records shared by the eBPF programs and the userspace agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, and has no implicit padding, so the
+//! kernel and userspace agree byte for byte. Addresses are kept exactly as the
+//! kernel hands them out: 32-bit words in network byte order (an IPv4 address in
+//! word 0, the rest zero). Ports are in host byte order.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Map names, as in the object file.
+pub mod maps {
+    /// `Array<Config>` with one entry: the runtime settings of the programs.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LruHashMap<u64 socket cookie, Identity>`: redirected client sockets.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// `LruHashMap<TupleKey, Identity>`: client-side 4-tuple of a redirected
+    /// connection, as the agent will see it from `accept`, to the caller.
+    pub const TUPLES: &str = "TUPLES";
+    /// `HashMap<u64 cgroup id, u32 verdict>`: kernel enforcement (see [`super::verdict`]).
+    pub const VERDICTS: &str = "VERDICTS";
+    /// `RingBuf` of [`super::Identity`] events, one per connect to a credentials address.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<u64>` with one entry: events lost because `EVENTS` was full.
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
+}
+
+/// Program names, as in the object file.
+pub mod programs {
+    pub const CONNECT4: &str = "pia_connect4";
+    pub const CONNECT6: &str = "pia_connect6";
+    pub const GETPEERNAME4: &str = "pia_getpeername4";
+    pub const GETPEERNAME6: &str = "pia_getpeername6";
+    pub const SOCK_OPS: &str = "pia_sock_ops";
+}
+
+/// Bits of [`Config::flags`].
+pub mod flags {
+    /// The programs act only once the agent has written a config with this bit.
+    pub const ENABLED: u32 = 1;
+    /// `agent_addr6` is usable; otherwise IPv6 clients go to the IPv4-mapped agent address.
+    pub const AGENT_V6: u32 = 1 << 1;
+    /// Kernel enforcement: cgroups without an `ALLOW` verdict get `EPERM` from `connect()`.
+    pub const ENFORCE: u32 = 1 << 2;
+}
+
+/// Values of the `VERDICTS` map.
+pub mod verdict {
+    /// The cgroup belongs to a pod with an association.
+    pub const ALLOW: u32 = 1;
+    /// The cgroup is known and must be refused (enforce mode).
+    pub const DENY: u32 = 2;
+}
+
+/// Values of [`Identity::action`].
+pub mod action {
+    /// The connection was rewritten toward the agent.
+    pub const REDIRECTED: u32 = 1;
+    /// `connect()` was refused in the kernel with `EPERM` (enforce mode).
+    pub const DENIED: u32 = 2;
+}
+
+/// Runtime settings, written by the agent into `CONFIG[0]`.
+///
+/// A map rather than load-time globals so that a restarted agent can re-adopt pinned
+/// programs and still update its own pid and addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Credentials IPv4 address (169.254.170.23), network order.
+    pub cred_addr4: u32,
+    /// Agent IPv4 address, network order.
+    pub agent_addr4: u32,
+    /// Credentials IPv6 address (fd00:ec2::23), network order words.
+    pub cred_addr6: [u32; 4],
+    /// Agent IPv6 address, network order words (valid with [`flags::AGENT_V6`]).
+    pub agent_addr6: [u32; 4],
+    /// Credentials port (80), host order.
+    pub cred_port: u16,
+    /// Agent port, host order.
+    pub agent_port: u16,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// The agent's own process id: its sockets are never redirected (invariant 3).
+    pub agent_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Full 4-tuple of a TCP connection as seen from the client: `src` is the client,
+/// `dst` is the agent. IPv4 (also IPv4-mapped IPv6) uses `AF_INET` and word 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// What the kernel knows about the process that connected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// cgroup v2 id of the caller (== inode of its cgroup directory).
+    pub cgroup_id: u64,
+    /// Network namespace cookie of the socket.
+    pub netns_cookie: u64,
+    /// Socket cookie of the client socket.
+    pub socket_cookie: u64,
+    /// `bpf_ktime_get_ns()` at connect (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The destination the client asked for, network order words (see [`TupleKey`]).
+    pub orig_addr: [u32; 4],
+    /// The destination port the client asked for, host order.
+    pub orig_port: u16,
+    /// Family of the hook that saw the connect (`AF_INET` for connect4).
+    pub family: u16,
+    /// [`action`] value.
+    pub action: u32,
+    /// `comm` of the calling thread, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// True if `words` (network order) is an IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
+#[inline(always)]
+pub fn is_v4_mapped(words: &[u32; 4]) -> bool {
+    words[0] == 0 && words[1] == 0 && u32::from_be(words[2]) == 0x0000_ffff
+}
+
+/// The IPv4-mapped IPv6 address of an IPv4 address, both network order.
+#[inline(always)]
+pub fn v4_mapped(addr4: u32) -> [u32; 4] {
+    [0, 0, 0x0000_ffffu32.to_be(), addr4]
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding_surprises() {
+        assert_eq!(core::mem::size_of::<Config>(), 48);
+        assert_eq!(core::mem::size_of::<TupleKey>(), 40);
+        assert_eq!(core::mem::size_of::<Identity>(), 88);
+    }
+
+    #[test]
+    fn mapped_roundtrip() {
+        let a = u32::from_ne_bytes([169, 254, 170, 23]);
+        let m = v4_mapped(a);
+        assert!(is_v4_mapped(&m));
+        let bytes: std::vec::Vec<u8> = m.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).unwrap()),
+            "::ffff:169.254.170.23".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert!(!is_v4_mapped(&[0, 0, 0, 1u32.to_be()]));
+    }
+}

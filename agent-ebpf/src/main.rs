@@ -1,0 +1,395 @@
+//! Kernel programs of pod-identity-agent.
+//!
+//! * `cgroup/connect4|6`: a TCP connect to the credentials address is rewritten to
+//!   the agent's address; who connected is recorded under the socket cookie.
+//! * `sock_ops` at `TCP_CONNECT_CB`: once the local port is bound, the full client
+//!   4-tuple is stored with that record, which the agent looks up after `accept`.
+//! * `cgroup/getpeername4|6`: the client keeps seeing the credentials address.
+//!
+//! Nothing here trusts anything the client sends: the cgroup, pid and comm come from
+//! the kernel at the moment of `connect()`.
+#![no_std]
+#![no_main]
+
+use agent_ebpf::{
+    action, flags, is_v4_mapped, v4_mapped, verdict, Config, Identity, TupleKey,
+    AF_INET, AF_INET6,
+};
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_addr, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_ns,
+        },
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use core::ptr::{read_volatile, write_volatile};
+
+const SOCK_STREAM: u32 = 1;
+/// Allow the syscall to proceed (cgroup/sock_addr programs).
+const PROCEED: i32 = 1;
+/// Refuse the syscall with `EPERM` (cgroup/sock_addr programs).
+const REFUSE: i32 = 0;
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "SOCKETS")]
+static SOCKETS: LruHashMap<u64, Identity> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "TUPLES")]
+static TUPLES: LruHashMap<TupleKey, Identity> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "VERDICTS")]
+static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map(name = "EVENTS_LOST")]
+static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// === connect ===
+
+#[cgroup_sock_addr(connect4)]
+pub fn pia_connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let Some(cfg) = enabled_config() else {
+        return PROCEED;
+    };
+    // SAFETY: `sa` is the context pointer the kernel passed; reads are 4-byte loads
+    // of fields the verifier allows for this hook.
+    let (typ, dst, port) = unsafe {
+        (
+            read_volatile(&(*sa).type_),
+            read_volatile(&(*sa).user_ip4),
+            read_volatile(&(*sa).user_port),
+        )
+    };
+    if typ != SOCK_STREAM || dst != cfg.cred_addr4 || u16::from_be(port as u16) != cfg.cred_port {
+        return PROCEED;
+    }
+    let Some(mut id) = caller(&ctx, cfg, [dst, 0, 0, 0], AF_INET) else {
+        return PROCEED;
+    };
+    if refused(cfg, &mut id) {
+        return REFUSE;
+    }
+    // SAFETY: as above; user_ip4 and user_port are writable in connect4.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip4, cfg.agent_addr4);
+        write_volatile(&mut (*sa).user_port, u32::from(cfg.agent_port.to_be()));
+    }
+    redirected(id);
+    PROCEED
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn pia_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let Some(cfg) = enabled_config() else {
+        return PROCEED;
+    };
+    // SAFETY: see pia_connect4; user_ip6 is read one 4-byte word at a time, as the
+    // verifier requires.
+    let (typ, dst, port) = unsafe {
+        (
+            read_volatile(&(*sa).type_),
+            [
+                read_volatile(&(*sa).user_ip6[0]),
+                read_volatile(&(*sa).user_ip6[1]),
+                read_volatile(&(*sa).user_ip6[2]),
+                read_volatile(&(*sa).user_ip6[3]),
+            ],
+            read_volatile(&(*sa).user_port),
+        )
+    };
+    if typ != SOCK_STREAM || u16::from_be(port as u16) != cfg.cred_port {
+        return PROCEED;
+    }
+    // An AF_INET6 socket may reach 169.254.170.23 as ::ffff:169.254.170.23; the
+    // kernel sends that through tcp_v4_connect, so it gets the IPv4 agent address.
+    let target = if is_v4_mapped(&dst) {
+        if dst[3] != cfg.cred_addr4 {
+            return PROCEED;
+        }
+        v4_mapped(cfg.agent_addr4)
+    } else if dst == cfg.cred_addr6 {
+        if cfg.flags & flags::AGENT_V6 != 0 {
+            cfg.agent_addr6
+        } else {
+            // IPv4-only node: the agent has no IPv6 address; a dual-stack socket
+            // still reaches it through the mapped address.
+            v4_mapped(cfg.agent_addr4)
+        }
+    } else {
+        return PROCEED;
+    };
+    let Some(mut id) = caller(&ctx, cfg, dst, AF_INET6) else {
+        return PROCEED;
+    };
+    if refused(cfg, &mut id) {
+        return REFUSE;
+    }
+    // SAFETY: user_ip6 words and user_port are writable in connect6.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip6[0], target[0]);
+        write_volatile(&mut (*sa).user_ip6[1], target[1]);
+        write_volatile(&mut (*sa).user_ip6[2], target[2]);
+        write_volatile(&mut (*sa).user_ip6[3], target[3]);
+        write_volatile(&mut (*sa).user_port, u32::from(cfg.agent_port.to_be()));
+    }
+    redirected(id);
+    PROCEED
+}
+
+#[inline(always)]
+fn enabled_config() -> Option<&'static Config> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.flags & flags::ENABLED == 0 {
+        return None;
+    }
+    Some(cfg)
+}
+
+/// Who is connecting, from the kernel. `None` for the agent itself (invariant 3).
+#[inline(always)]
+fn caller(ctx: &SockAddrContext, cfg: &Config, orig: [u32; 4], family: u16) -> Option<Identity> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if pid == cfg.agent_tgid {
+        return None;
+    }
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: plain helper calls with the program's own context pointer.
+    let (cgroup_id, netns_cookie, socket_cookie, ktime_ns) = unsafe {
+        (
+            bpf_get_current_cgroup_id(),
+            bpf_get_netns_cookie(ctx.as_ptr()),
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            bpf_ktime_get_ns(),
+        )
+    };
+    Some(Identity {
+        cgroup_id,
+        netns_cookie,
+        socket_cookie,
+        ktime_ns,
+        pid,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        orig_addr: orig,
+        orig_port: cfg.cred_port,
+        family,
+        action: action::REDIRECTED,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    })
+}
+
+/// Enforce mode: a cgroup without an `ALLOW` verdict is refused here and now.
+#[inline(always)]
+fn refused(cfg: &Config, id: &mut Identity) -> bool {
+    if cfg.flags & flags::ENFORCE == 0 {
+        return false;
+    }
+    // SAFETY: the value is a plain u32 copied out immediately.
+    let v = unsafe { VERDICTS.get(&id.cgroup_id).copied() };
+    if v == Some(verdict::ALLOW) {
+        return false;
+    }
+    id.action = action::DENIED;
+    emit(id);
+    true
+}
+
+#[inline(always)]
+fn redirected(id: Identity) {
+    // A full map evicts the least recently used socket; that client then gets a
+    // 403 "unattributed" from the agent, never someone else's identity.
+    let _ = SOCKETS.insert(&id.socket_cookie, &id, 0);
+    emit(&id);
+}
+
+/// Audit event; a full ring buffer is counted, never silently dropped.
+#[inline(always)]
+fn emit(id: &Identity) {
+    if EVENTS.output::<Identity>(id, 0).is_err() {
+        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *lost += 1 };
+        }
+    }
+}
+
+// === sock_ops ===
+
+#[sock_ops]
+pub fn pia_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_tcp_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper call with the program's own context pointer.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+fn on_tcp_connect(ctx: &SockOpsContext) {
+    let cookie = socket_cookie(ctx);
+    // SAFETY: the record is copied out before any other map operation.
+    let Some(id) = (unsafe { SOCKETS.get(&cookie).copied() }) else {
+        return;
+    };
+    let Some(key) = tuple(ctx) else {
+        return;
+    };
+    let _ = TUPLES.insert(&key, &id, 0);
+    // Hear about the close, to drop what the agent did not consume.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+fn on_tcp_close(ctx: &SockOpsContext) {
+    let cookie = socket_cookie(ctx);
+    let _ = SOCKETS.remove(&cookie);
+    if let Some(key) = tuple(ctx) {
+        let _ = TUPLES.remove(&key);
+    }
+}
+
+/// The client-side 4-tuple: local = client, remote = agent. IPv4-mapped IPv6 is
+/// normalised to IPv4, as the agent's IPv4 listener sees it.
+#[inline(always)]
+fn tuple(ctx: &SockOpsContext) -> Option<TupleKey> {
+    let ops = ctx.ops;
+    // `local_port` is host order; `remote_port` keeps the network-order port in
+    // the upper 16 bits on little-endian machines.
+    // SAFETY: 4-byte loads of sock_ops context fields readable at these callbacks.
+    let (family, lport, rport) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_port),
+            read_volatile(&(*ops).remote_port),
+        )
+    };
+    let src_port = lport as u16;
+    let dst_port = if cfg!(target_endian = "little") {
+        u16::from_be((rport >> 16) as u16)
+    } else {
+        rport as u16
+    };
+    let mut key = TupleKey {
+        src_port,
+        dst_port,
+        ..TupleKey::default()
+    };
+    if family == AF_INET as u32 {
+        key.family = AF_INET;
+        // SAFETY: as above.
+        unsafe {
+            key.src_addr[0] = read_volatile(&(*ops).local_ip4);
+            key.dst_addr[0] = read_volatile(&(*ops).remote_ip4);
+        }
+        return Some(key);
+    }
+    if family != AF_INET6 as u32 {
+        return None;
+    }
+    // SAFETY: as above, one word at a time.
+    let remote = unsafe {
+        [
+            read_volatile(&(*ops).remote_ip6[0]),
+            read_volatile(&(*ops).remote_ip6[1]),
+            read_volatile(&(*ops).remote_ip6[2]),
+            read_volatile(&(*ops).remote_ip6[3]),
+        ]
+    };
+    if is_v4_mapped(&remote) {
+        // tcp_v6_connect hands mapped destinations to tcp_v4_connect, which has
+        // set the IPv4 source by now (the mapped IPv6 source is filled in later).
+        key.family = AF_INET;
+        // SAFETY: as above.
+        unsafe {
+            key.src_addr[0] = read_volatile(&(*ops).local_ip4);
+        }
+        key.dst_addr[0] = remote[3];
+        return Some(key);
+    }
+    key.family = AF_INET6;
+    key.dst_addr = remote;
+    // SAFETY: as above.
+    unsafe {
+        key.src_addr = [
+            read_volatile(&(*ops).local_ip6[0]),
+            read_volatile(&(*ops).local_ip6[1]),
+            read_volatile(&(*ops).local_ip6[2]),
+            read_volatile(&(*ops).local_ip6[3]),
+        ];
+    }
+    Some(key)
+}
+
+// === getpeername ===
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn pia_getpeername4(ctx: SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: helper call with the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the record is copied out at once.
+    if let Some(id) = unsafe { SOCKETS.get(&cookie).copied() } {
+        if id.family == AF_INET {
+            // SAFETY: user_ip4/user_port are writable in getpeername4.
+            unsafe {
+                write_volatile(&mut (*sa).user_ip4, id.orig_addr[0]);
+                write_volatile(&mut (*sa).user_port, u32::from(id.orig_port.to_be()));
+            }
+        }
+    }
+    PROCEED
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn pia_getpeername6(ctx: SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: helper call with the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the record is copied out at once.
+    if let Some(id) = unsafe { SOCKETS.get(&cookie).copied() } {
+        if id.family == AF_INET6 {
+            // SAFETY: user_ip6 words and user_port are writable in getpeername6.
+            unsafe {
+                write_volatile(&mut (*sa).user_ip6[0], id.orig_addr[0]);
+                write_volatile(&mut (*sa).user_ip6[1], id.orig_addr[1]);
+                write_volatile(&mut (*sa).user_ip6[2], id.orig_addr[2]);
+                write_volatile(&mut (*sa).user_ip6[3], id.orig_addr[3]);
+                write_volatile(&mut (*sa).user_port, u32::from(id.orig_port.to_be()));
+            }
+        }
+    }
+    PROCEED
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

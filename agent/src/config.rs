@@ -1,0 +1,76 @@
+//! Agent configuration as a plain value.
+//!
+//! `main` turns command-line flags (and their environment variables) into a
+//! [`Config`]; tests build one directly, without touching the process environment.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+/// The EKS Pod Identity credentials addresses and port.
+pub const DEFAULT_CRED_ADDR4: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
+pub const DEFAULT_CRED_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23);
+pub const DEFAULT_CRED_PORT: u16 = 80;
+/// Where the agent listens on the node. Not 80: hostPort 80 collides with ingress
+/// controllers (stock agent issue #10). Not 2703/2705 (the stock agent's probe and
+/// metrics ports), so both can run side by side during a migration.
+pub const DEFAULT_AGENT_PORT: u16 = 2710;
+
+/// Whether the kernel refuses callers that cannot get credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnforceMode {
+    /// Record only; refusals happen in the agent (HTTP 4xx).
+    #[default]
+    Audit,
+    /// `connect()` fails with EPERM for cgroups without an association.
+    Enforce,
+}
+
+/// Everything the kernel side needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// cgroup v2 directory the programs attach to (the host's cgroup2 root in
+    /// production; a test-made subtree in tests).
+    pub cgroup: PathBuf,
+    pub cred_addr4: Ipv4Addr,
+    pub cred_addr6: Ipv6Addr,
+    pub cred_port: u16,
+    /// The agent's IPv4 address as reachable from pods (the node IP).
+    pub agent_addr4: Ipv4Addr,
+    /// The agent's IPv6 address, if the node has one. Without it IPv6 clients are
+    /// sent to the IPv4-mapped agent address (IPv4-only nodes, stock agent issue #16).
+    pub agent_addr6: Option<Ipv6Addr>,
+    pub agent_port: u16,
+    pub enforce: EnforceMode,
+}
+
+/// The whole agent configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub kernel: KernelConfig,
+    /// How long a request waits for a pod the directory does not know yet (the pod
+    /// watch can lag behind the pod's first process).
+    pub unknown_pod_wait: Duration,
+}
+
+impl Config {
+    /// A config for an agent reachable at `agent_addr4`, attached at `cgroup`, with
+    /// every other setting at its default.
+    pub fn new(cgroup: PathBuf, agent_addr4: Ipv4Addr) -> Self {
+        Config {
+            kernel: KernelConfig {
+                cgroup,
+                cred_addr4: DEFAULT_CRED_ADDR4,
+                cred_addr6: DEFAULT_CRED_ADDR6,
+                cred_port: DEFAULT_CRED_PORT,
+                agent_addr4,
+                agent_addr6: None,
+                agent_port: DEFAULT_AGENT_PORT,
+                enforce: EnforceMode::Audit,
+            },
+            unknown_pod_wait: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Loading, configuring and attaching the kernel programs, and reading their maps.
+//!
+//! This is the one userspace module allowed `unsafe`: the `aya::Pod` impls that let
+//! aya copy the shared `#[repr(C)]` records in and out of maps.
+#![allow(unsafe_code)]
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use agent_ebpf::{flags, maps, programs, Config as KConfig, Identity, TupleKey};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        links::CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
+    },
+    Ebpf, EbpfError,
+};
+
+use crate::{attribution, config::{EnforceMode, KernelConfig}};
+
+/// The object built by `cargo xtask build-ebpf`, embedded by `build.rs` (empty when
+/// the agent was built without it).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod-identity-ebpf.o"));
+
+/// `aya::Pod` wrappers: the records are plain `#[repr(C)]` integers and arrays with
+/// no padding, so any byte pattern is a valid value.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct PodKConfig(KConfig);
+// SAFETY: repr(C), integers only, no padding (size asserted in agent-ebpf tests).
+unsafe impl aya::Pod for PodKConfig {}
+
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct PodTupleKey(TupleKey);
+// SAFETY: as above.
+unsafe impl aya::Pod for PodTupleKey {}
+
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct PodIdentity(pub(crate) Identity);
+// SAFETY: as above.
+unsafe impl aya::Pod for PodIdentity {}
+
+/// Failures of the kernel side, each naming what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The agent binary carries no eBPF object.
+    #[error("this agent was built without the eBPF object; build with `cargo xtask build` (or set POD_IDENTITY_EBPF_OBJECT)")]
+    NoObject,
+    /// `bpf(BPF_PROG_LOAD)`/map creation failed while loading the object.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// A program expected in the object is missing or of the wrong type.
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A program expected in the object is missing.
+    #[error("eBPF program {0} not found in the object")]
+    MissingProgram(&'static str),
+    /// A map expected in the object is missing.
+    #[error("eBPF map {0} not found in the object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// The attach cgroup could not be opened.
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program { name, source }
+}
+
+/// The loaded and attached kernel side. Dropping it detaches the programs.
+pub struct Kernel {
+    _ebpf: Ebpf,
+    tuples: Mutex<HashMap<MapData, PodTupleKey, PodIdentity>>,
+    verdicts: Mutex<HashMap<MapData, u64, u32>>,
+    config: Mutex<Array<MapData, PodKConfig>>,
+    events_lost: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    attached_to: PathBuf,
+}
+
+impl Kernel {
+    /// Load the programs, write their config, and attach them to `cfg.cgroup`.
+    pub fn start(cfg: &KernelConfig) -> Result<Kernel, KernelError> {
+        if OBJECT.is_empty() {
+            return Err(KernelError::NoObject);
+        }
+        let mut ebpf = Ebpf::load(OBJECT)?;
+
+        // Config first, so the programs act correctly from their first run.
+        let mut config: Array<MapData, PodKConfig> = Array::try_from(
+            ebpf.take_map(maps::CONFIG).ok_or(KernelError::MissingMap(maps::CONFIG))?,
+        )
+        .map_err(map_err(maps::CONFIG))?;
+        config
+            .set(0, PodKConfig(kernel_config(cfg, std::process::id())), 0)
+            .map_err(map_err(maps::CONFIG))?;
+
+        let cgroup = File::open(&cfg.cgroup).map_err(|source| KernelError::Cgroup {
+            path: cfg.cgroup.clone(),
+            source,
+        })?;
+        for name in [
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::GETPEERNAME4,
+            programs::GETPEERNAME6,
+        ] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+            // Links (kernel >= 5.7) are multi-attach: we coexist with Cilium's own
+            // programs. `Single` is the only mode the kernel accepts for links.
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+        }
+        let sock_ops: &mut SockOps = ebpf
+            .program_mut(programs::SOCK_OPS)
+            .ok_or(KernelError::MissingProgram(programs::SOCK_OPS))?
+            .try_into()
+            .map_err(prog_err(programs::SOCK_OPS))?;
+        sock_ops.load().map_err(prog_err(programs::SOCK_OPS))?;
+        sock_ops
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(programs::SOCK_OPS))?;
+
+        let tuples = HashMap::try_from(
+            ebpf.take_map(maps::TUPLES).ok_or(KernelError::MissingMap(maps::TUPLES))?,
+        )
+        .map_err(map_err(maps::TUPLES))?;
+        let verdicts = HashMap::try_from(
+            ebpf.take_map(maps::VERDICTS).ok_or(KernelError::MissingMap(maps::VERDICTS))?,
+        )
+        .map_err(map_err(maps::VERDICTS))?;
+        let events_lost = PerCpuArray::try_from(
+            ebpf.take_map(maps::EVENTS_LOST).ok_or(KernelError::MissingMap(maps::EVENTS_LOST))?,
+        )
+        .map_err(map_err(maps::EVENTS_LOST))?;
+        let events = RingBuf::try_from(
+            ebpf.take_map(maps::EVENTS).ok_or(KernelError::MissingMap(maps::EVENTS))?,
+        )
+        .map_err(map_err(maps::EVENTS))?;
+
+        Ok(Kernel {
+            _ebpf: ebpf,
+            tuples: Mutex::new(tuples),
+            verdicts: Mutex::new(verdicts),
+            config: Mutex::new(config),
+            events_lost,
+            events: Some(events),
+            attached_to: cfg.cgroup.clone(),
+        })
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn attached_to(&self) -> &Path {
+        &self.attached_to
+    }
+
+    /// Who made the connection whose client end is `peer` and our end `local`.
+    ///
+    /// The record is removed as it is read: one connection, one attribution.
+    /// `Ok(None)` means the kernel has no record (not redirected by us: refuse).
+    pub fn take_caller(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<attribution::Caller>, KernelError> {
+        let key = PodTupleKey(attribution::tuple_key(peer, local));
+        let mut tuples = self.tuples.lock().unwrap_or_else(|e| e.into_inner());
+        match tuples.get(&key, 0) {
+            Ok(PodIdentity(id)) => {
+                // Already consumed is fine: the LRU would drop it anyway.
+                let _ = tuples.remove(&key);
+                Ok(Some(attribution::Caller::from(&id)))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(KernelError::Map {
+                name: maps::TUPLES,
+                source,
+            }),
+        }
+    }
+
+    /// Set the kernel verdict for a cgroup (used in enforce mode).
+    pub fn set_verdict(&self, cgroup_id: u64, verdict: Option<u32>) -> Result<(), KernelError> {
+        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        match verdict {
+            Some(verdict) => v.insert(cgroup_id, verdict, 0),
+            None => match v.remove(&cgroup_id) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                r => r,
+            },
+        }
+        .map_err(map_err(maps::VERDICTS))
+    }
+
+    /// Rewrite the runtime config (e.g. to flip enforce mode).
+    pub fn update_config(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.set(0, PodKConfig(kernel_config(cfg, std::process::id())), 0)
+            .map_err(map_err(maps::CONFIG))
+    }
+
+    /// Events lost because the ring buffer was full, summed over CPUs.
+    pub fn events_lost(&self) -> Result<u64, KernelError> {
+        let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(maps::EVENTS_LOST))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Hand the event ring buffer to its reader (once).
+    pub fn take_events(&mut self) -> Option<EventReader> {
+        self.events.take().map(|ring| EventReader { ring })
+    }
+}
+
+/// Reader of the kernel's audit events.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    /// The ring buffer's fd, to poll for readability.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ring.as_fd()
+    }
+
+    /// The next event, if any is ready.
+    pub fn next_event(&mut self) -> Option<Identity> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<Identity>() {
+            return None;
+        }
+        // SAFETY: the kernel wrote exactly one `Identity` (repr(C), no padding, any
+        // bit pattern valid); read_unaligned copes with the ring's 8-byte alignment.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Identity>()) })
+    }
+}
+
+/// The record the programs read from `CONFIG[0]`.
+pub fn kernel_config(cfg: &KernelConfig, agent_tgid: u32) -> KConfig {
+    let words6 = |a: std::net::Ipv6Addr| {
+        let o = a.octets();
+        let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+        [w(0), w(4), w(8), w(12)]
+    };
+    let mut f = flags::ENABLED;
+    if cfg.agent_addr6.is_some() {
+        f |= flags::AGENT_V6;
+    }
+    if cfg.enforce == EnforceMode::Enforce {
+        f |= flags::ENFORCE;
+    }
+    KConfig {
+        cred_addr4: u32::from_ne_bytes(cfg.cred_addr4.octets()),
+        agent_addr4: u32::from_ne_bytes(cfg.agent_addr4.octets()),
+        cred_addr6: words6(cfg.cred_addr6),
+        agent_addr6: cfg.agent_addr6.map(words6).unwrap_or_default(),
+        cred_port: cfg.cred_port,
+        agent_port: cfg.agent_port,
+        flags: f,
+        agent_tgid,
+        _pad: 0,
+    }
+}

@@ -1,0 +1,69 @@
+//! Plain data that flows between the modules: who the pod is, which role it gets.
+//!
+//! Kept free of I/O so every module (and every test) can build these by value.
+
+use std::collections::BTreeMap;
+
+/// Annotation on a ServiceAccount that asks for IRSA (AssumeRoleWithWebIdentity).
+pub const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// A pod, as the pod directory (file or Kubernetes) knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    /// `metadata.uid`, canonical form with dashes.
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// `spec.serviceAccountName`.
+    pub service_account: String,
+    /// Annotations of the pod's ServiceAccount (IRSA role ARN among them).
+    #[serde(default)]
+    pub service_account_annotations: BTreeMap<String, String>,
+    /// `spec.hostNetwork`.
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+/// How the agent obtains credentials for an association.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssumeMode {
+    /// EKS Pod Identity: AssumeRole with the agent's own credentials and session tags.
+    #[default]
+    PodIdentity,
+    /// IRSA: AssumeRoleWithWebIdentity with the pod's own projected token.
+    WebIdentity,
+}
+
+/// (namespace, service account) → role. One role per service account, as in EKS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Association {
+    pub namespace: String,
+    pub service_account: String,
+    pub role_arn: String,
+    /// Role chaining: assume `role_arn`, then this role with those credentials.
+    #[serde(default)]
+    pub target_role_arn: Option<String>,
+    #[serde(default)]
+    pub disable_session_tags: bool,
+    /// Requested session duration; default 6 h, 59 min with a target role.
+    #[serde(default)]
+    pub session_duration_secs: Option<u32>,
+    #[serde(default)]
+    pub mode: AssumeMode,
+    /// Where the association came from, e.g. `file`, `crd`, `eks`, `irsa-annotation`.
+    #[serde(default)]
+    pub source: String,
+    /// EKS association id, when it came from EKS.
+    #[serde(default)]
+    pub association_id: Option<String>,
+}
+
+impl Association {
+    /// The role whose credentials the pod finally receives.
+    pub fn effective_role_arn(&self) -> &str {
+        self.target_role_arn.as_deref().unwrap_or(&self.role_arn)
+    }
+}

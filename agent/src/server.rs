@@ -1,0 +1,161 @@
+//! The HTTP endpoint pods talk to, and the accept loop that attributes each
+//! connection through the kernel before any request is read.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::attribution::Caller;
+
+/// Who connected, as the kernel tells it.
+pub trait Attribute: Send + Sync + 'static {
+    /// The caller of the connection `peer` → `local`; `Ok(None)` when the kernel
+    /// has no record (the connection was not redirected by our programs).
+    fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Result<Option<Caller>, String>;
+}
+
+impl Attribute for crate::ebpf::Kernel {
+    fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Result<Option<Caller>, String> {
+        self.take_caller(peer, local).map_err(|e| e.to_string())
+    }
+}
+
+/// Answers one attributed request.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        ctx: RequestContext,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// What the accept loop knows about a connection.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// `Err` carries why attribution failed (no record, map error).
+    pub caller: Result<Caller, Unattributed>,
+}
+
+/// Why a connection has no kernel identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unattributed {
+    /// No record: a direct connection to the agent port, or a record evicted.
+    NoRecord,
+    /// The map lookup itself failed.
+    LookupFailed(String),
+}
+
+/// Serve `listener` until the task is dropped. Each connection is attributed once,
+/// at accept; the identity holds for every request on that connection.
+pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>, handler: Arc<H>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = match stream.local_addr() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "getsockname failed");
+                continue;
+            }
+        };
+        let caller = match attr.caller(peer, local) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(Unattributed::NoRecord),
+            Err(e) => Err(Unattributed::LookupFailed(e)),
+        };
+        let ctx = RequestContext { peer, local, caller };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handler.handle(ctx, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+// === responses ===
+
+/// A plain-text response like the stock agent's: message plus newline.
+pub fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    r
+}
+
+/// A JSON response, body as given (no trailing newline).
+pub fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The `Host` header without port or brackets, lowercased.
+pub fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.headers().get(hyper::header::HOST)?.to_str().ok()?.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if raw.matches(':').count() == 1 {
+        raw.split(':').next().unwrap_or("")
+    } else {
+        raw
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str) -> Request<()> {
+        Request::builder().header("host", host).body(()).unwrap()
+    }
+
+    #[test]
+    fn host_strips_port_and_brackets() {
+        assert_eq!(host_of(&req("169.254.170.23")).unwrap(), "169.254.170.23");
+        assert_eq!(host_of(&req("169.254.170.23:80")).unwrap(), "169.254.170.23");
+        assert_eq!(host_of(&req("[fd00:ec2::23]:80")).unwrap(), "fd00:ec2::23");
+        assert_eq!(host_of(&req("[FD00:EC2::23]")).unwrap(), "fd00:ec2::23");
+        assert_eq!(host_of(&req("fd00:ec2::23")).unwrap(), "fd00:ec2::23");
+        assert!(host_of(&Request::new(())).is_none());
+    }
+
+    #[test]
+    fn text_has_stock_headers() {
+        let r = text(StatusCode::FORBIDDEN, "nope");
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    }
+}

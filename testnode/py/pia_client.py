@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Test client for the simulated node: opens real TCP connections and reports, per
+connection, what the socket layer saw (peer name, local name, errno) and what the
+agent answered. One JSON line per connection on stdout.
+
+It never sends anything anywhere by itself: it runs inside a test-made network
+namespace whose only routes lead to the simulated node.
+"""
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+
+
+def one(args):
+    rec = {"pid": os.getpid()}
+    fam = socket.AF_INET if args.family == "4" else socket.AF_INET6
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(args.timeout)
+    try:
+        if args.family == "mapped":
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if args.bind_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("" if fam == socket.AF_INET else "::", args.bind_port))
+        try:
+            s.connect((args.addr, args.port))
+        except OSError as e:
+            rec["errno"] = errno.errorcode.get(e.errno, str(e.errno))
+            return rec
+        rec["peer"] = list(s.getpeername()[:2])
+        rec["sock"] = list(s.getsockname()[:2])
+        if args.no_http:
+            return rec
+        req = (
+            f"GET {args.path} HTTP/1.1\r\nHost: {args.host}\r\n"
+            f"Accept: application/json\r\nConnection: close\r\n"
+        )
+        if args.token:
+            req += f"Authorization: {args.token}\r\n"
+        s.sendall((req + "\r\n").encode())
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError as e:
+                rec["recv_errno"] = errno.errorcode.get(e.errno, str(e.errno))
+                break
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode(errors="replace").split("\r\n")
+        rec["status"] = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+        rec["body"] = body.decode(errors="replace")
+        return rec
+    finally:
+        s.close()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--addr", default="169.254.170.23")
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--family", choices=["4", "6", "mapped"], default="4")
+    p.add_argument("--path", default="/v1/whoami")
+    p.add_argument("--host", default=None, help="Host header (default: the address)")
+    p.add_argument("--token", default=None)
+    p.add_argument("--bind-port", type=int, default=0)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--no-http", action="store_true")
+    args = p.parse_args()
+    if args.host is None:
+        args.host = f"[{args.addr}]" if ":" in args.addr else args.addr
+        if args.family == "mapped" and args.addr.startswith("::ffff:"):
+            args.host = args.addr[len("::ffff:"):]
+    for _ in range(max(1, min(args.count, 100000))):
+        print(json.dumps(one(args)), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+//! `cargo xtask <task>`: the project's own commands. Each one installs what it needs
+//! first (idempotently), so a fresh machine needs only Rust, gcc and Python.
+//!
+//! * `setup`      apt packages, bpf-linker, nightly rust-src, PyPI tools
+//! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
+//! * `build`      build-ebpf, then the agent
+//! * `test`       build, fmt/clippy, then every test (privileged ones included)
+//! * `demo`       a simulated node with pods, a local STS and the AWS CLI
+//! * `bench`      side-by-side benchmarks
+#![forbid(unsafe_code)]
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Run a command, echoing it; error text names the command.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let status = cmd.status().map_err(|e| format!("{}: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {status}", show(cmd)))
+    }
+}
+
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn build_ebpf() -> Result<(), String> {
+    setup::toolchain()?;
+    // rustup's `cargo` proxy picks the nightly toolchain; the environment of this
+    // (stable) cargo must not leak into it.
+    let mut c = Command::new("cargo");
+    c.current_dir(root())
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "agent-ebpf",
+            "--bin",
+            "pod-identity-ebpf",
+            "--features",
+            "kernel",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ]);
+    run(&mut c)
+}
+
+fn build() -> Result<(), String> {
+    build_ebpf()?;
+    run(cargo().args(["build", "--workspace", "--all-targets"]))
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    setup::all()?;
+    build()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // Privileged tests run here, as root; they fail (never skip) otherwise.
+    run(cargo().args(["test", "--workspace"]).args(extra))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    let r = match task {
+        "setup" => setup::all(),
+        "build-ebpf" => build_ebpf(),
+        "build" => build(),
+        "test" => test(rest),
+        "demo" => setup::all().and_then(|_| build()).and_then(|_| demo::run()),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|demo>");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
