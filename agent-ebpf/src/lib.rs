@@ -44,7 +44,7 @@ pub mod flags {
     pub const ENABLED: u32 = 1;
     /// `agent_addr6` is usable; otherwise IPv6 clients go to the IPv4-mapped agent address.
     pub const AGENT_V6: u32 = 1 << 1;
-    /// Kernel enforcement: cgroups without an `ALLOW` verdict get `EPERM` from `connect()`.
+    /// Kernel enforcement: cgroups with a `DENY` verdict get `EPERM` from `connect()`.
     pub const ENFORCE: u32 = 1 << 2;
 }
 

@@ -196,7 +196,9 @@ fn caller(ctx: &SockAddrContext, cfg: &Config, orig: [u32; 4], family: u16) -> O
     })
 }
 
-/// Enforce mode: a cgroup without an `ALLOW` verdict is refused here and now.
+/// Enforce mode: a cgroup the agent marked `DENY` (not a pod, or a pod without an
+/// association) is refused here and now. Cgroups without a verdict (a pod newer
+/// than the agent's last rescan) go on to the agent, which decides and fails closed.
 #[inline(always)]
 fn refused(cfg: &Config, id: &mut Identity) -> bool {
     if cfg.flags & flags::ENFORCE == 0 {
@@ -204,7 +206,7 @@ fn refused(cfg: &Config, id: &mut Identity) -> bool {
     }
     // SAFETY: the value is a plain u32 copied out immediately.
     let v = unsafe { VERDICTS.get(&id.cgroup_id).copied() };
-    if v == Some(verdict::ALLOW) {
+    if v != Some(verdict::DENY) {
         return false;
     }
     id.action = action::DENIED;

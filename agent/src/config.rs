@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use crate::{cache::CacheSettings, sts::StsSettings};
+
 /// The EKS Pod Identity credentials addresses and port.
 pub const DEFAULT_CRED_ADDR4: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
 pub const DEFAULT_CRED_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23);
@@ -47,12 +49,29 @@ pub struct KernelConfig {
 }
 
 /// The whole agent configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub kernel: KernelConfig,
     /// How long a request waits for a pod the directory does not know yet (the pod
     /// watch can lag behind the pod's first process).
     pub unknown_pod_wait: Duration,
+    /// Refuse a token whose pod claims differ from the kernel's attribution.
+    pub token_cross_check: bool,
+    /// Pod directory file (standalone nodes, demo, tests).
+    pub pods_file: Option<PathBuf>,
+    /// Associations file.
+    pub associations_file: Option<PathBuf>,
+    /// Root of the cgroup index (defaults to the attach point).
+    pub cgroup_index_root: PathBuf,
+    /// How often the cgroup tree is rescanned for pods that came or went
+    /// (prefetch, eviction, kernel verdicts).
+    pub rescan_interval: Duration,
+    /// STS access.
+    pub sts: StsSettings,
+    /// Credential cache tuning.
+    pub cache: CacheSettings,
+    /// Where `/healthz` and `/readyz` are served (localhost only).
+    pub probe_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -61,7 +80,7 @@ impl Config {
     pub fn new(cgroup: PathBuf, agent_addr4: Ipv4Addr) -> Self {
         Config {
             kernel: KernelConfig {
-                cgroup,
+                cgroup: cgroup.clone(),
                 cred_addr4: DEFAULT_CRED_ADDR4,
                 cred_addr6: DEFAULT_CRED_ADDR6,
                 cred_port: DEFAULT_CRED_PORT,
@@ -71,6 +90,14 @@ impl Config {
                 enforce: EnforceMode::Audit,
             },
             unknown_pod_wait: Duration::from_secs(2),
+            token_cross_check: false,
+            pods_file: None,
+            associations_file: None,
+            cgroup_index_root: cgroup.clone(),
+            rescan_interval: Duration::from_secs(1),
+            sts: StsSettings::default(),
+            cache: CacheSettings::default(),
+            probe_addr: None,
         }
     }
 }

@@ -1,14 +1,19 @@
 //! `pod-identity-agent`: the node daemon. Flags become a [`Config`]; everything else
-//! lives in the library.
+//! lives in the library. `anyhow` is used here only.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use pod_identity_agent::{
+    associations::{self, AssociationStore},
+    cache::CredentialCache,
+    cgroup::CgroupIndex,
     config::{self, Config, EnforceMode},
     ebpf::Kernel,
-    server, service,
+    lifecycle, pods, server,
+    service::{Resolver, Service, ServiceSettings, TracingSink},
+    sts::StsFetcher,
 };
 
 /// Serve AWS credentials to pods, attributed by the kernel.
@@ -39,6 +44,33 @@ struct Args {
     /// audit: record only; enforce: the kernel refuses callers without an association.
     #[arg(long, value_enum, default_value_t = EnforceMode::Audit, env = "POD_IDENTITY_MODE")]
     mode: EnforceMode,
+    /// Cluster name (session names, the eks-cluster-name session tag).
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME", default_value = "")]
+    cluster_name: String,
+    /// Cluster ARN (the eks-cluster-arn session tag).
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ARN")]
+    cluster_arn: Option<String>,
+    /// STS endpoint override (a VPC endpoint; a local STS in tests).
+    #[arg(long, env = "POD_IDENTITY_STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
+    /// STS region [default: from the environment].
+    #[arg(long, env = "AWS_REGION", default_value = "")]
+    region: String,
+    /// Pod directory file (JSON) for standalone nodes.
+    #[arg(long, env = "POD_IDENTITY_PODS_FILE")]
+    pods_file: Option<PathBuf>,
+    /// Associations file (JSON).
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS_FILE")]
+    associations_file: Option<PathBuf>,
+    /// The kubelet's pods directory (IRSA tokens are read from it).
+    #[arg(long, default_value = "/var/lib/kubelet/pods")]
+    kubelet_pods_dir: PathBuf,
+    /// Refuse requests whose Authorization token names another pod than the kernel.
+    #[arg(long)]
+    token_cross_check: bool,
+    /// Serve /healthz and /readyz here (keep it on localhost).
+    #[arg(long, env = "POD_IDENTITY_PROBE_ADDR")]
+    probe_addr: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "POD_IDENTITY_LOG_JSON")]
     log_json: bool,
@@ -68,6 +100,15 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
     cfg.kernel.cred_addr6 = args.cred_addr6;
     cfg.kernel.cred_port = args.cred_port;
     cfg.kernel.enforce = args.mode;
+    cfg.token_cross_check = args.token_cross_check;
+    cfg.pods_file = args.pods_file.clone();
+    cfg.associations_file = args.associations_file.clone();
+    cfg.probe_addr = args.probe_addr;
+    cfg.sts.cluster_name = args.cluster_name.clone();
+    cfg.sts.cluster_arn = args.cluster_arn.clone();
+    cfg.sts.endpoint_url = args.sts_endpoint.clone();
+    cfg.sts.region = args.region.clone();
+    cfg.sts.web_identity_token_dir = args.kubelet_pods_dir.clone();
     Ok(cfg)
 }
 
@@ -77,21 +118,35 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let cfg = to_config(&args)?;
 
+    // Sources first: a broken config is a clear error before anything attaches.
+    let pod_store = pods::PodStore::new();
+    if let Some(path) = &cfg.pods_file {
+        let initial = pods::load_pods_file(path).with_context(|| format!("loading pods file {}", path.display()))?;
+        pod_store.replace_all(initial);
+        pod_store.mark_synced();
+        tokio::spawn(pods::watch_pods_file(path.clone(), pod_store.clone(), Duration::from_secs(2)));
+    }
+    let assoc_store = AssociationStore::new();
+    if let Some(path) = &cfg.associations_file {
+        let list = associations::load_associations_file(path)
+            .with_context(|| format!("loading associations file {}", path.display()))?;
+        assoc_store
+            .replace_source(associations::FILE_SOURCE, list)
+            .with_context(|| format!("associations file {}", path.display()))?;
+    }
+
     // Bind before attaching: once the programs redirect, someone must answer.
     let mut listeners = Vec::new();
     let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
-    listeners.push(
-        tokio::net::TcpListener::bind(v4)
-            .await
-            .with_context(|| format!("binding {v4}"))?,
-    );
+    listeners.push(tokio::net::TcpListener::bind(v4).await.with_context(|| format!("binding {v4}"))?);
     if let Some(a6) = cfg.kernel.agent_addr6 {
         let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
-        listeners.push(
-            tokio::net::TcpListener::bind(v6)
-                .await
-                .with_context(|| format!("binding {v6}"))?,
-        );
+        match tokio::net::TcpListener::bind(v6).await {
+            Ok(l) => listeners.push(l),
+            // An IPv4-only node must not crash-loop (stock agent issue #16): IPv6
+            // clients still reach us through the IPv4-mapped address.
+            Err(e) => tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses"),
+        }
     }
 
     let kernel = Arc::new(Kernel::start(&cfg.kernel).context("starting the kernel side")?);
@@ -99,13 +154,36 @@ async fn main() -> anyhow::Result<()> {
         cgroup = %kernel.attached_to().display(),
         listen4 = %v4,
         listen6 = ?cfg.kernel.agent_addr6,
+        mode = ?cfg.kernel.enforce,
         "programs attached"
     );
 
-    let handler = Arc::new(service::Service::new(cfg.clone()));
+    let fetcher = StsFetcher::new(cfg.sts.clone()).await;
+    let cache = CredentialCache::new(fetcher, cfg.cache.clone());
+    let resolver = Resolver {
+        index: Arc::new(CgroupIndex::new(cfg.cgroup_index_root.clone(), Duration::from_millis(200))),
+        pods: pod_store.clone(),
+        assocs: assoc_store.clone(),
+        unknown_pod_wait: cfg.unknown_pod_wait,
+    };
+    let service = Arc::new(Service::new(
+        ServiceSettings::from(&cfg),
+        resolver.clone(),
+        cache.clone(),
+        Arc::new(TracingSink),
+    ));
+    let verdicts: Option<Arc<dyn lifecycle::VerdictSink>> =
+        (cfg.kernel.enforce == EnforceMode::Enforce).then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
+
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(lifecycle::run(resolver, cache, verdicts, cfg.rescan_interval));
     for l in listeners {
-        tasks.spawn(server::serve(l, kernel.clone(), handler.clone()));
+        tasks.spawn(server::serve(l, kernel.clone(), service.clone()));
+    }
+    if let Some(addr) = cfg.probe_addr {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding probe {addr}"))?;
+        let pods = pod_store.clone();
+        tasks.spawn(server::serve_probes(l, Arc::new(move || pods.is_synced())));
     }
     tracing::info!("pod-identity-agent ready");
 
@@ -113,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        _ = tasks.join_next() => anyhow::bail!("a listener stopped"),
+        _ = tasks.join_next() => anyhow::bail!("a server task stopped"),
     }
     tracing::info!("shutting down");
     Ok(())

@@ -159,3 +159,31 @@ mod tests {
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
 }
+
+// === probes ===
+
+/// `/healthz` (the process answers) and `/readyz` (programs attached, sources
+/// synced) on a localhost port. Probes must not go through the link-local address:
+/// a probe timing out there killed working stock agents (its issue #26).
+pub async fn serve_probes(listener: TcpListener, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let ready = ready.clone();
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/healthz" => text(StatusCode::OK, "ok"),
+                        "/readyz" if ready() => text(StatusCode::OK, "ready"),
+                        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: pod directory not synced"),
+                        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+                    })
+                }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

@@ -1,0 +1,165 @@
+//! The `Authorization` token pods send: accepted for compatibility, never used to
+//! pick an identity (invariant 1). With cross-checking on, its pod claims must
+//! match the pod the kernel attributed the connection to.
+//!
+//! The signature is not verified here (that needs the API server's keys); the
+//! check only catches a pod presenting someone else's token, which is exactly
+//! what token-trusting agents cannot see.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a token was refused by the cross-check.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No or empty `Authorization` header (status 400, as the stock agent).
+    #[error("Service account token cannot be empty")]
+    Empty,
+    /// Not three dot-separated base64url parts with a JSON payload (400).
+    #[error("Service account token cannot be parsed: {0}")]
+    Unparseable(&'static str),
+    /// `exp` in the past or `nbf` in the future (400).
+    #[error("Service account token failed basic claim validations: {0}")]
+    Claims(&'static str),
+    /// The token names another pod than the kernel says is calling (403).
+    #[error("Service account token belongs to pod {token_pod}, but the connection comes from pod {kernel_pod}")]
+    PodMismatch {
+        /// Pod UID in the token.
+        token_pod: String,
+        /// Pod UID from the kernel's attribution.
+        kernel_pod: String,
+    },
+}
+
+impl TokenError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TokenError::PodMismatch { .. } => 403,
+            _ => 400,
+        }
+    }
+}
+
+/// Pod claims of a projected service account token.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub pod_uid: Option<String>,
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+}
+
+/// Decode (without verifying) the payload of a Kubernetes service account JWT.
+pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    let mut parts = token.split('.');
+    let (Some(_h), Some(p), Some(_s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Unparseable("not a JWT (want header.payload.signature)"));
+    };
+    // base64url without padding → standard alphabet with padding.
+    let mut std_b64: String = p.chars().map(|c| match c {
+        '-' => '+',
+        '_' => '/',
+        c => c,
+    }).collect();
+    while std_b64.len() % 4 != 0 {
+        std_b64.push('=');
+    }
+    let bytes = aws_smithy_types::base64::decode(&std_b64)
+        .map_err(|_| TokenError::Unparseable("payload is not base64url"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Unparseable("payload is not JSON"))?;
+    let k8s = &v["kubernetes.io"];
+    let s = |x: &serde_json::Value| x.as_str().map(str::to_owned);
+    Ok(TokenClaims {
+        pod_uid: s(&k8s["pod"]["uid"]),
+        pod_name: s(&k8s["pod"]["name"]),
+        namespace: s(&k8s["namespace"]),
+        exp: v["exp"].as_u64(),
+        nbf: v["nbf"].as_u64(),
+    })
+}
+
+/// Cross-check a token against the pod the kernel attributed the call to.
+pub fn cross_check(token: Option<&str>, kernel_pod_uid: &str, now: SystemTime) -> Result<(), TokenError> {
+    let claims = decode(token.unwrap_or(""))?;
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if claims.exp.is_some_and(|exp| exp < now) {
+        return Err(TokenError::Claims("token is expired"));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + 60) {
+        return Err(TokenError::Claims("token is not valid yet"));
+    }
+    match claims.pod_uid {
+        Some(uid) if uid == kernel_pod_uid => Ok(()),
+        Some(uid) => Err(TokenError::PodMismatch { token_pod: uid, kernel_pod: kernel_pod_uid.to_owned() }),
+        None => Err(TokenError::Claims("token has no kubernetes.io pod claim")),
+    }
+}
+
+/// Build an unsigned token with pod claims, as the kubelet's projected tokens
+/// look (for tests and the demo; signature is a placeholder).
+pub fn fake_pod_token(namespace: &str, sa: &str, pod_name: &str, pod_uid: &str, exp: u64) -> String {
+    let enc = |v: &serde_json::Value| {
+        aws_smithy_types::base64::encode(v.to_string())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    let header = serde_json::json!({"alg": "RS256", "kid": "test"});
+    let payload = serde_json::json!({
+        "aud": ["pods.eks.amazonaws.com"],
+        "exp": exp,
+        "iat": exp.saturating_sub(86400),
+        "iss": "https://kubernetes.default.svc",
+        "kubernetes.io": {
+            "namespace": namespace,
+            "pod": {"name": pod_name, "uid": pod_uid},
+            "serviceaccount": {"name": sa, "uid": "00000000-0000-0000-0000-000000000000"}
+        },
+        "nbf": exp.saturating_sub(86400),
+        "sub": format!("system:serviceaccount:{namespace}:{sa}")
+    });
+    format!("{}.{}.c2lnbmF0dXJl", enc(&header), enc(&payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    #[test]
+    fn matching_pod_passes() {
+        let t = fake_pod_token("ns", "sa", "p", UID, 1_800_003_600);
+        assert_eq!(decode(&t).unwrap().pod_uid.as_deref(), Some(UID));
+        cross_check(Some(&t), UID, now()).unwrap();
+    }
+
+    #[test]
+    fn other_pods_token_is_refused_with_403() {
+        let t = fake_pod_token("ns", "sa", "p", "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", 1_800_003_600);
+        let e = cross_check(Some(&t), UID, now()).unwrap_err();
+        assert!(matches!(e, TokenError::PodMismatch { .. }));
+        assert_eq!(e.http_status(), 403);
+    }
+
+    #[test]
+    fn bad_tokens_are_400_with_stock_messages() {
+        assert_eq!(cross_check(None, UID, now()).unwrap_err().to_string(), "Service account token cannot be empty");
+        let e = cross_check(Some("abc"), UID, now()).unwrap_err();
+        assert!(e.to_string().starts_with("Service account token cannot be parsed"));
+        assert_eq!(e.http_status(), 400);
+        let expired = fake_pod_token("ns", "sa", "p", UID, 1_700_000_000);
+        let e = cross_check(Some(&expired), UID, now()).unwrap_err();
+        assert!(e.to_string().starts_with("Service account token failed basic claim validations"));
+    }
+}
