@@ -176,14 +176,30 @@ async fn main() -> anyhow::Result<()> {
         (cfg.kernel.enforce == EnforceMode::Enforce).then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(lifecycle::run(resolver, cache, verdicts, cfg.rescan_interval));
+    tasks.spawn(lifecycle::run(resolver, cache.clone(), verdicts, cfg.rescan_interval));
     for l in listeners {
         tasks.spawn(server::serve(l, kernel.clone(), service.clone()));
     }
     if let Some(addr) = cfg.probe_addr {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding probe {addr}"))?;
         let pods = pod_store.clone();
-        tasks.spawn(server::serve_probes(l, Arc::new(move || pods.is_synced())));
+        let (k, c) = (kernel.clone(), cache.clone());
+        let metrics = Arc::new(move || {
+            let s = c.stats();
+            format!(
+                "# TYPE pod_identity_cache_hits_total counter\npod_identity_cache_hits_total {}\n\
+                 # TYPE pod_identity_cache_misses_total counter\npod_identity_cache_misses_total {}\n\
+                 # TYPE pod_identity_cache_stale_served_total counter\npod_identity_cache_stale_served_total {}\n\
+                 # TYPE pod_identity_sts_calls_total counter\npod_identity_sts_calls_total {}\n\
+                 # TYPE pod_identity_sts_errors_total counter\npod_identity_sts_errors_total {}\n\
+                 # TYPE pod_identity_cache_evictions_total counter\npod_identity_cache_evictions_total {}\n\
+                 # TYPE pod_identity_cache_entries gauge\npod_identity_cache_entries {}\n\
+                 # TYPE pod_identity_kernel_events_lost_total counter\npod_identity_kernel_events_lost_total {}\n",
+                s.hits, s.misses, s.stale_served, s.sts_calls, s.sts_errors, s.evictions, c.len(),
+                k.events_lost().unwrap_or(0),
+            )
+        });
+        tasks.spawn(server::serve_probes(l, Arc::new(move || pods.is_synced()), metrics));
     }
     tracing::info!("pod-identity-agent ready");
 

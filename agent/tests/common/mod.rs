@@ -76,3 +76,122 @@ pub fn body(rec: &Value) -> Value {
     let b = rec["body"].as_str().unwrap_or_else(|| panic!("no body in {rec}"));
     serde_json::from_str(b).unwrap_or_else(|e| panic!("body not JSON ({e}): {b}"))
 }
+
+// === credentials scenario helpers ===
+
+pub const STS_PORT: u16 = 5000;
+pub const ACCOUNT: &str = "123456789012";
+
+pub fn sts_url() -> String {
+    format!("http://{NODE_ADDR4}:{STS_PORT}")
+}
+
+pub fn role(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+}
+
+/// Start moto's STS server (a real STS implementation) in the node netns, on the
+/// node address, so pods can call it with the credentials they were served.
+pub fn start_sts(node: &mut Node) -> usize {
+    let mut c = node.node_command("moto_server");
+    c.args(["-H", &NODE_ADDR4.to_string(), "-p", &STS_PORT.to_string()]);
+    node.spawn_until(c, "Running on", Duration::from_secs(30))
+}
+
+/// A pod entry of the agent's pods file.
+pub fn pod_json(node: &Node, i: usize, namespace: &str, sa: &str, annotations: Value) -> Value {
+    let p = &node.pods[i];
+    serde_json::json!({
+        "uid": p.uid, "namespace": namespace, "name": p.name, "serviceAccount": sa,
+        "serviceAccountAnnotations": annotations, "hostNetwork": p.netns.is_none()
+    })
+}
+
+pub fn write_json(path: &std::path::Path, v: &Value) {
+    // Write-then-rename so the agent's poller never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Environment of an unmodified SDK client in a pod, as EKS's webhook sets it.
+pub fn sdk_env(cmd: &mut Command, token_file: &std::path::Path, home: &std::path::Path) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials")
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_REGION", "us-east-1");
+    for (k, v) in ["PYENV_ROOT", "PYENV_VERSION"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))) {
+        cmd.env(k, v);
+    }
+}
+
+/// Which client runs in the pod.
+#[derive(Clone, Copy, Debug)]
+pub enum Sdk {
+    /// `aws sts get-caller-identity` (the AWS CLI, botocore).
+    Cli,
+    /// boto3.
+    Boto3,
+    /// aws-sdk-rust (`examples/sdk_client.rs`).
+    Rust,
+}
+
+pub fn sdk_client_bin() -> std::path::PathBuf {
+    std::path::Path::new(AGENT).parent().unwrap().join("examples/sdk_client")
+}
+
+/// Run `sdk` in pod `i`: Ok(caller ARN) or Err(stderr).
+pub fn sdk_caller_arn(node: &Node, i: usize, sdk: Sdk, token_file: &std::path::Path, home: &std::path::Path) -> Result<String, String> {
+    let mut c = match sdk {
+        Sdk::Cli => {
+            let mut c = node.pod_command(i, "aws");
+            c.args(["sts", "get-caller-identity", "--output", "text", "--query", "Arn", "--endpoint-url", &sts_url()]);
+            c
+        }
+        Sdk::Boto3 => {
+            let mut c = node.pod_command(i, "python3");
+            c.args([
+                "-c",
+                "import boto3,sys; print(boto3.client('sts', endpoint_url=sys.argv[1], region_name='us-east-1').get_caller_identity()['Arn'])",
+                &sts_url(),
+            ]);
+            c
+        }
+        Sdk::Rust => {
+            let bin = sdk_client_bin();
+            assert!(bin.exists(), "{} missing: cargo test builds examples", bin.display());
+            let mut c = node.pod_command(i, bin.to_str().unwrap());
+            c.arg(sts_url());
+            c
+        }
+    };
+    sdk_env(&mut c, token_file, home);
+    let out = c.output().expect("run sdk client");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// GET a URL from inside the node netns (metrics on the probe port).
+pub fn node_get(node: &Node, url: &str) -> String {
+    let mut c = node.node_command("python3");
+    c.args(["-c", "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())", url]);
+    let out = c.output().expect("python3");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A counter's value from Prometheus text.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
+}

@@ -1,0 +1,261 @@
+//! Privileged end-to-end tests of the credentials path with real parts: the real
+//! eBPF programs, moto's STS server (a real STS implementation) in the node netns,
+//! and unmodified clients in the pods: the AWS CLI, boto3 and aws-sdk-rust.
+//!
+//! The pod directory is the agent's file source (there is no API server here);
+//! tokens are unsigned JWTs shaped like the kubelet's projected tokens.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use pod_identity_agent::token::fake_pod_token;
+use serde_json::{json, Value};
+use testnode::Node;
+
+const PROBE: &str = "127.0.0.1:2711";
+
+struct Scenario {
+    node: Node,
+    dir: tempfile::TempDir,
+    pods: Vec<Value>,
+    tokens: Vec<PathBuf>,
+    sts: usize,
+}
+
+impl Scenario {
+    /// pod-a (sa app-a → role-a), pod-b (app-b → role-b), pod-c (no association),
+    /// host-net (hostNetwork, host-sa → role-h), pod-irsa (IRSA annotation),
+    /// pod-chain (role-first → target role-target).
+    fn new() -> Scenario {
+        let mut node = Node::new();
+        let dir = tempfile::tempdir().unwrap();
+        let specs: [(&str, &str, bool, Value); 6] = [
+            ("pod-a", "app-a", false, json!({})),
+            ("pod-b", "app-b", false, json!({})),
+            ("pod-c", "no-role", false, json!({})),
+            ("host-net", "host-sa", true, json!({})),
+            ("pod-irsa", "irsa-sa", false, json!({"eks.amazonaws.com/role-arn": role("role-irsa")})),
+            ("pod-chain", "chain-sa", false, json!({})),
+        ];
+        let mut pods = Vec::new();
+        let mut tokens = Vec::new();
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 86400;
+        for (i, (name, sa, host, ann)) in specs.into_iter().enumerate() {
+            node.add_pod(name, UIDS[i], host);
+            pods.push(pod_json(&node, i, "default", sa, ann));
+            let t = dir.path().join(format!("token-{name}"));
+            std::fs::write(&t, fake_pod_token("default", sa, name, UIDS[i], exp)).unwrap();
+            tokens.push(t);
+        }
+        // IRSA: the projected token where the kubelet puts it.
+        let irsa = dir.path().join(format!("kubelet/{}/volumes/kubernetes.io~projected/aws-iam-token", UIDS[4]));
+        std::fs::create_dir_all(&irsa).unwrap();
+        std::fs::write(irsa.join("token"), "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln").unwrap();
+        write_json(&dir.path().join("pods.json"), &json!({"pods": pods}));
+        write_json(
+            &dir.path().join("associations.json"),
+            &json!({"associations": [
+                {"namespace": "default", "serviceAccount": "app-a", "roleArn": role("role-a")},
+                {"namespace": "default", "serviceAccount": "app-b", "roleArn": role("role-b")},
+                {"namespace": "default", "serviceAccount": "host-sa", "roleArn": role("role-h")},
+                {"namespace": "default", "serviceAccount": "chain-sa", "roleArn": role("role-first"), "targetRoleArn": role("role-target")},
+            ]}),
+        );
+        let sts = start_sts(&mut node);
+        Scenario { node, dir, pods, tokens, sts }
+    }
+
+    fn start_agent(&mut self, extra: &[&str]) -> usize {
+        let d = self.dir.path();
+        let mut c = agent_command(&self.node, extra);
+        c.arg("--pods-file")
+            .arg(d.join("pods.json"))
+            .arg("--associations-file")
+            .arg(d.join("associations.json"))
+            .arg("--kubelet-pods-dir")
+            .arg(d.join("kubelet"))
+            .args(["--sts-endpoint", &sts_url(), "--region", "us-east-1", "--cluster-name", "demo"])
+            .args(["--probe-addr", PROBE])
+            // The agent's own credentials (moto accepts any).
+            .env("AWS_ACCESS_KEY_ID", "AKIAAGENTEXAMPLE0001")
+            .env("AWS_SECRET_ACCESS_KEY", "agent-secret-never-logged")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        self.node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+    }
+
+    fn arn(&self, pod: usize, sdk: Sdk) -> Result<String, String> {
+        self.arn_with_token(pod, sdk, pod)
+    }
+
+    fn arn_with_token(&self, pod: usize, sdk: Sdk, token_of: usize) -> Result<String, String> {
+        sdk_caller_arn(&self.node, pod, sdk, &self.tokens[token_of], self.dir.path())
+    }
+
+    fn creds(&self, pod: usize) -> Value {
+        let (_, rec) = client1(&self.node, pod, &["--path", "/v1/credentials"]);
+        rec
+    }
+
+    fn metrics(&self) -> String {
+        node_get(&self.node, &format!("http://{PROBE}/metrics"))
+    }
+}
+
+fn assumed(role: &str) -> String {
+    format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/")
+}
+
+#[test]
+fn every_sdk_gets_its_own_pods_role_and_nothing_else() {
+    let mut s = Scenario::new();
+    s.start_agent(&[]);
+    for sdk in [Sdk::Cli, Sdk::Boto3, Sdk::Rust] {
+        let a = s.arn(0, sdk).unwrap_or_else(|e| panic!("{sdk:?} in pod-a: {e}"));
+        assert!(a.starts_with(&assumed("role-a")), "{sdk:?}: {a}");
+        assert!(a.contains("/eks-demo-pod-a-"), "EKS-like session name: {a}");
+        let b = s.arn(1, sdk).unwrap_or_else(|e| panic!("{sdk:?} in pod-b: {e}"));
+        assert!(b.starts_with(&assumed("role-b")), "{sdk:?}: {b}");
+    }
+    // The hostNetwork pod gets its own role, not the node's.
+    let h = s.arn(3, Sdk::Cli).unwrap();
+    assert!(h.starts_with(&assumed("role-h")), "{h}");
+    // IRSA: AssumeRoleWithWebIdentity with the pod's projected token.
+    let i = s.arn(4, Sdk::Boto3).unwrap();
+    assert!(i.starts_with(&assumed("role-irsa")), "{i}");
+    // Role chaining: the pod ends up in the target role.
+    let c = s.arn(5, Sdk::Rust).unwrap();
+    assert!(c.starts_with(&assumed("role-target")), "{c}");
+
+    // The raw response is the stock agent's JSON.
+    let rec = s.creds(0);
+    assert_eq!(rec["status"], 200, "{rec}");
+    let body = rec["body"].as_str().unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
+    // Field order as the stock agent writes it (serde_json::Value would sort keys).
+    let pos: Vec<usize> = ["AccessKeyId", "SecretAccessKey", "Token", "AccountId", "Expiration"]
+        .iter()
+        .map(|k| body.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} missing: {body}")))
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "field order: {body}");
+    assert!(body.starts_with("{\"AccessKeyId\":\"ASIA"), "{body}");
+    assert_eq!(v["AccountId"], ACCOUNT);
+    assert!(v["Expiration"].as_str().unwrap().ends_with('Z'));
+    assert!(!body.ends_with('\n'));
+}
+
+#[test]
+fn another_pods_token_never_yields_the_other_pods_role() {
+    let mut s = Scenario::new();
+    s.start_agent(&[]);
+    // pod-a presents pod-b's token: identity still comes from the kernel.
+    for sdk in [Sdk::Cli, Sdk::Rust] {
+        let a = s.arn_with_token(0, sdk, 1).unwrap();
+        assert!(a.starts_with(&assumed("role-a")), "{sdk:?}: {a}");
+    }
+}
+
+#[test]
+fn cross_check_mode_refuses_a_foreign_token() {
+    let mut s = Scenario::new();
+    s.start_agent(&["--token-cross-check"]);
+    let ok = s.arn(0, Sdk::Cli).unwrap();
+    assert!(ok.starts_with(&assumed("role-a")), "{ok}");
+    let err = s.arn_with_token(0, Sdk::Rust, 1).unwrap_err();
+    assert!(err.contains("403") || err.contains("belongs to pod"), "{err}");
+    let (_, rec) = client1(
+        &s.node,
+        0,
+        &["--path", "/v1/credentials", "--token", &std::fs::read_to_string(&s.tokens[1]).unwrap()],
+    );
+    assert_eq!(rec["status"], 403, "{rec}");
+    assert!(rec["body"].as_str().unwrap().contains(UIDS[1]), "{rec}");
+}
+
+#[test]
+fn a_pod_without_association_gets_a_clear_404() {
+    let mut s = Scenario::new();
+    s.start_agent(&[]);
+    let rec = s.creds(2);
+    assert_eq!(rec["status"], 404, "{rec}");
+    assert!(
+        rec["body"].as_str().unwrap().contains("No Pod Identity association for service account default/no-role"),
+        "{rec}"
+    );
+    let err = s.arn(2, Sdk::Cli).unwrap_err();
+    assert!(err.contains("No Pod Identity association") || err.contains("404"), "{err}");
+}
+
+#[test]
+fn sts_outage_serves_cached_credentials_and_recovers() {
+    let mut s = Scenario::new();
+    s.start_agent(&[]);
+    let before = s.creds(0);
+    assert_eq!(before["status"], 200, "{before}");
+    let key = |r: &Value| serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["AccessKeyId"].clone();
+
+    s.node.kill(s.sts);
+    // Cached credentials are still served...
+    let during = s.creds(0);
+    assert_eq!(during["status"], 200, "{during}");
+    assert_eq!(key(&during), key(&before));
+    // ...but a pod that appears now cannot get any: a retryable 5xx, not a 4xx.
+    let i = s.node.add_pod("pod-new", UIDS[5].replace("0e8d", "1e8d").as_str(), false);
+    s.pods.push(pod_json(&s.node, i, "default", "app-b", json!({})));
+    write_json(&s.dir.path().join("pods.json"), &json!({"pods": s.pods}));
+    std::thread::sleep(Duration::from_millis(2500));
+    let fresh = s.creds(i);
+    let status = fresh["status"].as_u64().unwrap();
+    assert!((500..600).contains(&status), "{fresh}");
+
+    // STS back: the new pod recovers.
+    s.sts = start_sts(&mut s.node);
+    let mut ok = None;
+    for _ in 0..20 {
+        let r = s.creds(i);
+        if r["status"] == 200 {
+            ok = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ok.is_some(), "no recovery after STS came back");
+}
+
+#[test]
+fn concurrent_first_requests_from_one_pod_make_one_sts_call() {
+    let mut s = Scenario::new();
+    s.start_agent(&[]);
+    // Let start-up prefetching settle, then add a brand-new pod.
+    std::thread::sleep(Duration::from_millis(1500));
+    let i = s.node.add_pod("pod-burst", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", false);
+    s.pods.push(pod_json(&s.node, i, "default", "app-a", json!({})));
+    let calls_before = metric(&s.metrics(), "pod_identity_sts_calls_total");
+    write_json(&s.dir.path().join("pods.json"), &json!({"pods": s.pods}));
+    let node = std::sync::Arc::new(s.node);
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || client1(&node, i, &["--path", "/v1/credentials"]).1)
+        })
+        .collect();
+    let recs: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let keys: std::collections::HashSet<String> = recs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], 200, "{r}");
+            serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["AccessKeyId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "all 16 processes share one session: {keys:?}");
+    let calls_after = metric(&node_get(&node, &format!("http://{PROBE}/metrics")), "pod_identity_sts_calls_total");
+    assert_eq!(calls_after - calls_before, 1, "one STS call for 16 concurrent first requests");
+}
