@@ -213,7 +213,8 @@ mod tests {
     #[test]
     fn account_id_parsing() {
         assert_eq!(
-            account_id_from_arn("arn:aws:sts::111122223333:assumed-role/my-role/eks-c-p-1").as_deref(),
+            account_id_from_arn("arn:aws:sts::111122223333:assumed-role/my-role/eks-c-p-1")
+                .as_deref(),
             Some("111122223333")
         );
         assert_eq!(
@@ -221,7 +222,10 @@ mod tests {
             Some("123456789012")
         );
         assert_eq!(account_id_from_arn("arn:aws:s3:::bucket"), None);
-        assert_eq!(account_id_from_arn("arn:aws:sts::notdigits:assumed-role/r/s"), None);
+        assert_eq!(
+            account_id_from_arn("arn:aws:sts::notdigits:assumed-role/r/s"),
+            None
+        );
         assert_eq!(account_id_from_arn("not-an-arn"), None);
         assert_eq!(account_id_from_arn(""), None);
         assert_eq!(account_id_from_arn("arn:aws:sts::111122223333:"), None);
@@ -245,7 +249,10 @@ mod tests {
     fn remaining_saturates() {
         let c = sample();
         let t = c.expiration;
-        assert_eq!(c.remaining(t - Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(
+            c.remaining(t - Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
         assert_eq!(c.remaining(t + Duration::from_secs(60)), Duration::ZERO);
     }
 }

@@ -27,7 +27,7 @@ use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::RequestId;
 
 use crate::creds::{account_id_from_arn, Credentials, Secret};
-use crate::model::{AssumeMode, Association, PodInfo};
+use crate::model::{Association, AssumeMode, PodInfo};
 
 /// Final session duration of a plain association, as EKS (6 h).
 pub const DEFAULT_SESSION_SECS: u32 = 21_600;
@@ -192,9 +192,14 @@ impl StsError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StsError::Service { code, status, .. } => {
-                *status >= 500 || *status == 429 || is_throttling_code(code) || is_transient_code(code)
+                *status >= 500
+                    || *status == 429
+                    || is_throttling_code(code)
+                    || is_transient_code(code)
             }
-            StsError::Timeout { .. } | StsError::Dispatch { .. } | StsError::InvalidResponse { .. } => true,
+            StsError::Timeout { .. }
+            | StsError::Dispatch { .. }
+            | StsError::InvalidResponse { .. } => true,
             StsError::Construction { .. }
             | StsError::WebIdentityTokenMissing { .. }
             | StsError::WebIdentityTokenRead { .. } => false,
@@ -211,12 +216,18 @@ impl StsError {
             StsError::Service { code, status, .. } => {
                 if is_throttling_code(code) || *status == 429 {
                     429
-                } else if matches!(code.as_str(), "ResourceNotFound" | "ResourceNotFoundException" | "NoSuchEntity") {
+                } else if matches!(
+                    code.as_str(),
+                    "ResourceNotFound" | "ResourceNotFoundException" | "NoSuchEntity"
+                ) {
                     404
-                } else if *status == 503 || is_transient_code(code) {
+                } else if *status == 503 {
                     503
                 } else if *status >= 500 {
                     500
+                } else if is_transient_code(code) {
+                    // e.g. IDPCommunicationError, sent with a 400.
+                    503
                 } else {
                     400
                 }
@@ -286,7 +297,11 @@ impl StsError {
 /// production; the cache's tests use a fake.
 pub trait Fetch: Send + Sync + 'static {
     /// Obtain fresh credentials for `pod` under `assoc`.
-    fn fetch(&self, pod: &PodInfo, assoc: &Association) -> impl Future<Output = Result<Credentials, StsError>> + Send;
+    fn fetch(
+        &self,
+        pod: &PodInfo,
+        assoc: &Association,
+    ) -> impl Future<Output = Result<Credentials, StsError>> + Send;
 }
 
 /// STS client for the agent.
@@ -302,7 +317,9 @@ pub struct StsFetcher {
 
 impl std::fmt::Debug for StsFetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StsFetcher").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("StsFetcher")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -330,6 +347,21 @@ impl StsFetcher {
         }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url.clone());
+        }
+        // Invariant 3: if the agent's own pod was given Pod Identity variables, the
+        // default chain would ask the credentials address, i.e. this agent.
+        if let Ok(uri) = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            if points_at_pod_identity_agent(&uri) {
+                tracing::warn!(
+                    uri,
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI points at the pod identity address; \
+                     the agent ignores it and takes its own credentials from the environment, \
+                     profile, web identity or IMDS"
+                );
+                let region =
+                    (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
+                loader = loader.credentials_provider(chain_without_container_credentials(region));
+            }
         }
         let sdk_config = loader.load().await;
         Self::with_sdk_config(settings, &sdk_config)
@@ -361,7 +393,11 @@ impl StsFetcher {
 
     /// Fresh credentials for `pod` under `assoc` (see the module docs for the calls made).
     pub async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
-        let session = session_name(&self.settings.cluster_name, &pod.name, &uuid::Uuid::new_v4());
+        let session = session_name(
+            &self.settings.cluster_name,
+            &pod.name,
+            &uuid::Uuid::new_v4(),
+        );
         let final_secs = session_duration_secs(assoc);
         // The first hop's credentials are used once, right away, when chaining.
         let first_secs = if assoc.target_role_arn.is_some() {
@@ -376,13 +412,22 @@ impl StsFetcher {
                 } else {
                     session_tags(&self.settings, pod)
                 };
-                let hop = Hop::AssumeRole { tags: &tags, via: None };
-                self.assume(&assoc.role_arn, &session, first_secs, &hop).await?
+                let hop = Hop::AssumeRole {
+                    tags: &tags,
+                    via: None,
+                };
+                self.assume(&assoc.role_arn, &session, first_secs, &hop)
+                    .await?
             }
             AssumeMode::WebIdentity => {
-                let token = read_web_identity_token(&self.settings.web_identity_token_dir, &pod.uid).await?;
-                let hop = Hop::WebIdentity { token: token.expose() };
-                self.assume(&assoc.role_arn, &session, first_secs, &hop).await?
+                let token =
+                    read_web_identity_token(&self.settings.web_identity_token_dir, &pod.uid)
+                        .await?;
+                let hop = Hop::WebIdentity {
+                    token: token.expose(),
+                };
+                self.assume(&assoc.role_arn, &session, first_secs, &hop)
+                    .await?
             }
         };
         let Some(target) = assoc.target_role_arn.as_deref() else {
@@ -398,12 +443,26 @@ impl StsFetcher {
     }
 
     /// One hop, retried once with 1 h if the role's `MaxSessionDuration` is shorter.
-    async fn assume(&self, role: &str, session: &str, secs: u32, hop: &Hop<'_>) -> Result<Credentials, StsError> {
+    async fn assume(
+        &self,
+        role: &str,
+        session: &str,
+        secs: u32,
+        hop: &Hop<'_>,
+    ) -> Result<Credentials, StsError> {
         let capped = self.capped_roles.lock().is_ok_and(|c| c.contains(role));
-        let secs = if capped { secs.min(ONE_HOUR_SECS) } else { secs };
+        let secs = if capped {
+            secs.min(ONE_HOUR_SECS)
+        } else {
+            secs
+        };
         match self.call(role, session, secs, hop).await {
             Err(e) if secs > ONE_HOUR_SECS && e.exceeds_max_session_duration() => {
-                tracing::info!(role, requested_secs = secs, "role allows shorter sessions; asking for 1 h");
+                tracing::info!(
+                    role,
+                    requested_secs = secs,
+                    "role allows shorter sessions; asking for 1 h"
+                );
                 if let Ok(mut c) = self.capped_roles.lock() {
                     if c.len() >= CAPPED_ROLES_MAX {
                         c.clear();
@@ -416,7 +475,13 @@ impl StsFetcher {
         }
     }
 
-    async fn call(&self, role: &str, session: &str, secs: u32, hop: &Hop<'_>) -> Result<Credentials, StsError> {
+    async fn call(
+        &self,
+        role: &str,
+        session: &str,
+        secs: u32,
+        hop: &Hop<'_>,
+    ) -> Result<Credentials, StsError> {
         // Bounded to [900, 43200] before this point, so the cast cannot wrap.
         let duration = i32::try_from(secs.clamp(STS_MIN_SECS, STS_MAX_SECS)).unwrap_or(3600);
         let (creds, user) = match hop {
@@ -432,12 +497,19 @@ impl StsFetcher {
                         .key(*key)
                         .value(value)
                         .build()
-                        .map_err(|e| StsError::Construction { message: e.to_string() })?;
+                        .map_err(|e| StsError::Construction {
+                            message: e.to_string(),
+                        })?;
                     req = req.tags(tag).transitive_tag_keys(*key);
                 }
                 let out = match via {
                     None => req.send().await,
-                    Some(first) => req.customize().config_override(chained_config(first)).send().await,
+                    Some(first) => {
+                        req.customize()
+                            .config_override(chained_config(first))
+                            .send()
+                            .await
+                    }
                 }
                 .map_err(StsError::from_sdk)?;
                 (out.credentials, out.assumed_role_user)
@@ -469,16 +541,77 @@ impl StsFetcher {
 }
 
 impl Fetch for StsFetcher {
-    fn fetch(&self, pod: &PodInfo, assoc: &Association) -> impl Future<Output = Result<Credentials, StsError>> + Send {
+    fn fetch(
+        &self,
+        pod: &PodInfo,
+        assoc: &Association,
+    ) -> impl Future<Output = Result<Credentials, StsError>> + Send {
         StsFetcher::fetch(self, pod, assoc)
     }
+}
+
+/// The addresses the agent answers on (and the kernel redirects).
+const POD_IDENTITY_HOSTS: [&str; 2] = ["169.254.170.23", "[fd00:ec2::23]"];
+
+/// Whether a container-credentials URI targets a pod identity agent's address.
+fn points_at_pod_identity_agent(uri: &str) -> bool {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match authority.find(']') {
+        Some(end) if authority.starts_with('[') => &authority[..=end],
+        _ => authority.split(':').next().unwrap_or_default(),
+    };
+    POD_IDENTITY_HOSTS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+}
+
+/// aws-config's default chain minus the container (ECS / Pod Identity) provider.
+fn chain_without_container_credentials(
+    region: Option<Region>,
+) -> aws_config::meta::credentials::CredentialsProviderChain {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_config::imds::credentials::ImdsCredentialsProvider;
+    use aws_config::profile::ProfileFileCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
+    use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
+
+    let conf = ProviderConfig::default().with_region(region);
+    aws_config::meta::credentials::CredentialsProviderChain::first_try(
+        "Environment",
+        EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else(
+        "Profile",
+        ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "WebIdentityToken",
+        WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "Ec2InstanceMetadata",
+        ImdsCredentialsProvider::builder().configure(&conf).build(),
+    )
 }
 
 fn timeout_config(settings: &StsSettings) -> TimeoutConfig {
     TimeoutConfig::builder()
         .operation_timeout(settings.call_timeout)
         // Leave room for a retry inside the budget; STS answers in well under a second.
-        .operation_attempt_timeout(settings.call_timeout.mul_f32(0.6).max(Duration::from_millis(500)))
+        .operation_attempt_timeout(
+            settings
+                .call_timeout
+                .mul_f32(0.6)
+                .max(Duration::from_millis(500)),
+        )
         .connect_timeout(Duration::from_secs(1).min(settings.call_timeout))
         .build()
 }
@@ -510,9 +643,10 @@ fn convert(
     let creds = creds.ok_or_else(|| StsError::InvalidResponse {
         message: "response has no Credentials".into(),
     })?;
-    let expiration = SystemTime::try_from(*creds.expiration()).map_err(|e| StsError::InvalidResponse {
-        message: format!("Expiration out of range: {e}"),
-    })?;
+    let expiration =
+        SystemTime::try_from(*creds.expiration()).map_err(|e| StsError::InvalidResponse {
+            message: format!("Expiration out of range: {e}"),
+        })?;
     let assumed_role_arn = user.map(|u| u.arn).unwrap_or_default();
     Ok(Credentials {
         account_id: account_id_from_arn(&assumed_role_arn),
@@ -589,16 +723,28 @@ pub fn session_tags(settings: &StsSettings, pod: &PodInfo) -> Vec<(&'static str,
 /// starts with `aws-iam-token` (the EKS webhook's name) wins; otherwise the first
 /// remaining volume by name, so the choice is deterministic.
 pub async fn read_web_identity_token(pods_dir: &Path, pod_uid: &str) -> Result<Secret, StsError> {
-    let valid_uid = !pod_uid.is_empty() && pod_uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    let projected = pods_dir.join(if valid_uid { pod_uid } else { "_invalid_uid_" }).join("volumes/kubernetes.io~projected");
-    let missing = || StsError::WebIdentityTokenMissing { path: projected.clone() };
+    let valid_uid = !pod_uid.is_empty()
+        && pod_uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let projected = pods_dir
+        .join(if valid_uid { pod_uid } else { "_invalid_uid_" })
+        .join("volumes/kubernetes.io~projected");
+    let missing = || StsError::WebIdentityTokenMissing {
+        path: projected.clone(),
+    };
     if !valid_uid {
         return Err(missing());
     }
     let mut dir = match tokio::fs::read_dir(&projected).await {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(source) => return Err(StsError::WebIdentityTokenRead { path: projected, source }),
+        Err(source) => {
+            return Err(StsError::WebIdentityTokenRead {
+                path: projected,
+                source,
+            })
+        }
     };
     let mut candidates = Vec::new();
     loop {
@@ -609,13 +755,20 @@ pub async fn read_web_identity_token(pods_dir: &Path, pod_uid: &str) -> Result<S
                     continue;
                 }
                 // kubelet writes `token` as a symlink into `..data/`; metadata follows it.
-                let is_file = tokio::fs::metadata(entry.path().join("token")).await.is_ok_and(|m| m.is_file());
+                let is_file = tokio::fs::metadata(entry.path().join("token"))
+                    .await
+                    .is_ok_and(|m| m.is_file());
                 if is_file {
                     candidates.push(name);
                 }
             }
             Ok(None) => break,
-            Err(source) => return Err(StsError::WebIdentityTokenRead { path: projected, source }),
+            Err(source) => {
+                return Err(StsError::WebIdentityTokenRead {
+                    path: projected,
+                    source,
+                })
+            }
         }
     }
     candidates.sort_by_key(|name| (!name.starts_with(IRSA_VOLUME_PREFIX), name.clone()));
@@ -623,9 +776,12 @@ pub async fn read_web_identity_token(pods_dir: &Path, pod_uid: &str) -> Result<S
         return Err(missing());
     };
     let path = projected.join(volume).join("token");
-    let token = tokio::fs::read_to_string(&path)
-        .await
-        .map_err(|source| StsError::WebIdentityTokenRead { path: path.clone(), source })?;
+    let token = tokio::fs::read_to_string(&path).await.map_err(|source| {
+        StsError::WebIdentityTokenRead {
+            path: path.clone(),
+            source,
+        }
+    })?;
     let token = token.trim();
     if token.is_empty() {
         return Err(StsError::WebIdentityTokenMissing { path });
@@ -773,11 +929,39 @@ mod tests {
             (service("InternalFailure", 500), true, 500),
             (service("ServiceUnavailable", 503), true, 503),
             (service("Unknown", 502), true, 500),
-            (StsError::Timeout { message: "t".into() }, true, 503),
-            (StsError::Dispatch { message: "d".into() }, true, 503),
-            (StsError::InvalidResponse { message: "r".into() }, true, 500),
-            (StsError::Construction { message: "c".into() }, false, 500),
-            (StsError::WebIdentityTokenMissing { path: "/x".into() }, false, 404),
+            (
+                StsError::Timeout {
+                    message: "t".into(),
+                },
+                true,
+                503,
+            ),
+            (
+                StsError::Dispatch {
+                    message: "d".into(),
+                },
+                true,
+                503,
+            ),
+            (
+                StsError::InvalidResponse {
+                    message: "r".into(),
+                },
+                true,
+                500,
+            ),
+            (
+                StsError::Construction {
+                    message: "c".into(),
+                },
+                false,
+                500,
+            ),
+            (
+                StsError::WebIdentityTokenMissing { path: "/x".into() },
+                false,
+                404,
+            ),
         ];
         for (err, retryable, status) in cases {
             assert_eq!(err.is_retryable(), retryable, "{err}");
@@ -799,10 +983,55 @@ mod tests {
     }
 
     #[test]
+    fn own_container_credentials_at_the_agent_address_are_recognised() {
+        for uri in [
+            "http://169.254.170.23/v1/credentials",
+            "http://169.254.170.23:80/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "http://[FD00:EC2::23]:80/v1/credentials",
+        ] {
+            assert!(points_at_pod_identity_agent(uri), "{uri}");
+        }
+        for uri in [
+            "http://169.254.170.2/v2/credentials/abc",
+            "http://127.0.0.1:8080/creds",
+            "https://creds.example/169.254.170.23",
+            "http://[fd00:ec2::254]/",
+        ] {
+            assert!(!points_at_pod_identity_agent(uri), "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn new_loads_the_default_chain_without_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fetcher = StsFetcher::new(StsSettings {
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            web_identity_token_dir: tmp.path().to_path_buf(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(fetcher.settings().region, "us-east-1");
+        let mut a = Association {
+            role_arn: "arn:aws:iam::111122223333:role/r".into(),
+            ..Default::default()
+        };
+        a.mode = AssumeMode::WebIdentity;
+        let err = fetcher.fetch(&pod(), &a).await.unwrap_err();
+        assert!(
+            matches!(err, StsError::WebIdentityTokenMissing { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn max_session_duration_error_detected() {
         let e = StsError::Service {
             code: "ValidationError".into(),
-            message: "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.".into(),
+            message:
+                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+                    .into(),
             request_id: None,
             status: 400,
         };
@@ -811,7 +1040,10 @@ mod tests {
     }
 
     fn write_token(root: &Path, uid: &str, volume: &str, token: &str) {
-        let dir = root.join(uid).join("volumes/kubernetes.io~projected").join(volume);
+        let dir = root
+            .join(uid)
+            .join("volumes/kubernetes.io~projected")
+            .join(volume);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), token).unwrap();
     }
@@ -820,7 +1052,12 @@ mod tests {
     async fn token_prefers_aws_iam_token_and_skips_kube_api_access() {
         let tmp = tempfile::tempdir().unwrap();
         let uid = pod().uid;
-        write_token(tmp.path(), &uid, "kube-api-access-abcde", "api-server-token");
+        write_token(
+            tmp.path(),
+            &uid,
+            "kube-api-access-abcde",
+            "api-server-token",
+        );
         write_token(tmp.path(), &uid, "a-custom-token", "custom");
         write_token(tmp.path(), &uid, "aws-iam-token", "irsa-token\n");
         let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
@@ -831,10 +1068,20 @@ mod tests {
     async fn token_falls_back_to_other_projected_volume() {
         let tmp = tempfile::tempdir().unwrap();
         let uid = pod().uid;
-        write_token(tmp.path(), &uid, "kube-api-access-abcde", "api-server-token");
+        write_token(
+            tmp.path(),
+            &uid,
+            "kube-api-access-abcde",
+            "api-server-token",
+        );
         write_token(tmp.path(), &uid, "zz-token", "zz");
         write_token(tmp.path(), &uid, "my-token", "mine");
-        std::fs::create_dir_all(tmp.path().join(&uid).join("volumes/kubernetes.io~projected/no-token-here")).unwrap();
+        std::fs::create_dir_all(
+            tmp.path()
+                .join(&uid)
+                .join("volumes/kubernetes.io~projected/no-token-here"),
+        )
+        .unwrap();
         let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
         assert_eq!(t.expose(), "mine");
     }
@@ -844,18 +1091,370 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let uid = pod().uid;
         let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
-        assert!(matches!(err, StsError::WebIdentityTokenMissing { .. }), "{err}");
+        assert!(
+            matches!(err, StsError::WebIdentityTokenMissing { .. }),
+            "{err}"
+        );
         assert!(!err.is_retryable());
         // Only the API-server token: still missing, never sent to STS.
-        write_token(tmp.path(), &uid, "kube-api-access-abcde", "api-server-token");
+        write_token(
+            tmp.path(),
+            &uid,
+            "kube-api-access-abcde",
+            "api-server-token",
+        );
         let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
-        assert!(matches!(err, StsError::WebIdentityTokenMissing { .. }), "{err}");
+        assert!(
+            matches!(err, StsError::WebIdentityTokenMissing { .. }),
+            "{err}"
+        );
         // Path traversal in a uid is refused.
-        let err = read_web_identity_token(tmp.path(), "../etc").await.unwrap_err();
-        assert!(matches!(err, StsError::WebIdentityTokenMissing { .. }), "{err}");
+        let err = read_web_identity_token(tmp.path(), "../etc")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StsError::WebIdentityTokenMissing { .. }),
+            "{err}"
+        );
         // Empty token.
         write_token(tmp.path(), &uid, "aws-iam-token", "\n");
         let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
-        assert!(matches!(err, StsError::WebIdentityTokenMissing { .. }), "{err}");
+        assert!(
+            matches!(err, StsError::WebIdentityTokenMissing { .. }),
+            "{err}"
+        );
+    }
+
+    /// A minimal STS stand-in on loopback: records each request (Authorization
+    /// header and form body) and answers what `respond` says. Used where moto
+    /// cannot tell: which key signed a call, exact error documents.
+    mod fake_sts {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        #[derive(Clone, Debug)]
+        pub struct Request {
+            pub authorization: Option<String>,
+            pub body: String,
+        }
+
+        impl Request {
+            pub fn action(&self) -> &str {
+                self.param("Action").unwrap_or("")
+            }
+            pub fn param(&self, name: &str) -> Option<&str> {
+                self.body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            }
+            /// The access key id in the SigV4 `Credential=` scope.
+            pub fn signing_key(&self) -> Option<&str> {
+                let auth = self.authorization.as_deref()?;
+                auth.split("Credential=").nth(1)?.split('/').next()
+            }
+        }
+
+        pub type Responder = Arc<dyn Fn(&Request, usize) -> (u16, String) + Send + Sync>;
+
+        pub struct FakeSts {
+            pub url: String,
+            pub requests: Arc<Mutex<Vec<Request>>>,
+        }
+
+        impl FakeSts {
+            pub async fn start(respond: Responder) -> Self {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", listener.local_addr().unwrap());
+                let requests = Arc::new(Mutex::new(Vec::new()));
+                let log = Arc::clone(&requests);
+                tokio::spawn(async move {
+                    while let Ok((mut sock, _)) = listener.accept().await {
+                        let (respond, log) = (Arc::clone(&respond), Arc::clone(&log));
+                        tokio::spawn(async move {
+                            let Some(req) = read_request(&mut sock).await else {
+                                return;
+                            };
+                            let n = {
+                                let mut log = log.lock().unwrap();
+                                log.push(req.clone());
+                                log.len()
+                            };
+                            let (status, body) = respond(&req, n);
+                            let head = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\nx-amzn-requestid: req-{n}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = sock.write_all(head.as_bytes()).await;
+                            let _ = sock.write_all(body.as_bytes()).await;
+                            let _ = sock.shutdown().await;
+                        });
+                    }
+                });
+                Self { url, requests }
+            }
+
+            pub fn requests(&self) -> Vec<Request> {
+                self.requests.lock().unwrap().clone()
+            }
+        }
+
+        async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Request> {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let header_end = loop {
+                let n = sock.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+            let header = |name: &str| {
+                head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_owned())
+                })
+            };
+            let len: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < header_end + len {
+                let n = sock.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Some(Request {
+                authorization: header("authorization"),
+                body: String::from_utf8_lossy(&buf[header_end..]).into_owned(),
+            })
+        }
+
+        /// A successful response document for the request's action.
+        pub fn success(req: &Request, n: usize) -> (u16, String) {
+            let action = req.action();
+            (
+                200,
+                format!(
+                    "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{action}Result>\
+                     <Credentials><AccessKeyId>ASIAHOP{n}</AccessKeyId><SecretAccessKey>secret{n}</SecretAccessKey>\
+                     <SessionToken>token{n}</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>\
+                     <AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:s</AssumedRoleId>\
+                     <Arn>arn:aws:sts::111122223333:assumed-role/r{n}/s</Arn></AssumedRoleUser>\
+                     </{action}Result><ResponseMetadata><RequestId>req-{n}</RequestId></ResponseMetadata></{action}Response>"
+                ),
+            )
+        }
+
+        pub fn error(status: u16, code: &str, message: &str) -> (u16, String) {
+            let kind = if status >= 500 { "Receiver" } else { "Sender" };
+            (
+                status,
+                format!(
+                    "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>{kind}</Type>\
+                     <Code>{code}</Code><Message>{message}</Message></Error><RequestId>ignored</RequestId></ErrorResponse>"
+                ),
+            )
+        }
+    }
+
+    use fake_sts::FakeSts;
+    use std::sync::Arc;
+
+    fn fetcher_for(fake: &FakeSts, token_dir: &Path) -> StsFetcher {
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        "AKIAAGENTEXAMPLE",
+                        "agent-secret",
+                        None,
+                        None,
+                        "test",
+                    ),
+                ),
+            )
+            .build();
+        let settings = StsSettings {
+            endpoint_url: Some(fake.url.clone()),
+            region: "us-east-1".into(),
+            cluster_name: "prod".into(),
+            cluster_arn: Some("arn:aws:eks:us-east-1:111122223333:cluster/prod".into()),
+            web_identity_token_dir: token_dir.to_path_buf(),
+            // One attempt: the SDK's retry backoff would only slow these tests down.
+            max_attempts: 1,
+            ..Default::default()
+        };
+        StsFetcher::with_sdk_config(settings, &sdk)
+    }
+
+    fn role(name: &str) -> Association {
+        Association {
+            namespace: "team-a".into(),
+            service_account: "web".into(),
+            role_arn: format!("arn:aws:iam::111122223333:role/{name}"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn chained_hop_is_signed_with_the_first_roles_credentials() {
+        let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let fetcher = fetcher_for(&fake, tmp.path());
+        let mut a = role("first");
+        a.target_role_arn = Some("arn:aws:iam::444455556666:role/target".into());
+
+        let creds = fetcher.fetch(&pod(), &a).await.unwrap();
+        assert_eq!(creds.access_key_id, "ASIAHOP2");
+        assert_eq!(
+            creds.assumed_role_arn,
+            "arn:aws:sts::111122223333:assumed-role/r2/s"
+        );
+        assert_eq!(creds.account_id.as_deref(), Some("111122223333"));
+        // The agent's own credentials still sign plain calls afterwards.
+        fetcher.fetch(&pod(), &role("plain")).await.unwrap();
+
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 3);
+        let (first, second, plain) = (&reqs[0], &reqs[1], &reqs[2]);
+        assert_eq!(first.signing_key(), Some("AKIAAGENTEXAMPLE"));
+        assert_eq!(first.param("DurationSeconds"), Some("3600"));
+        assert!(
+            first.body.contains("Tags.member.1.Key=eks-cluster-arn"),
+            "{}",
+            first.body
+        );
+        assert!(
+            first.body.contains("Tags.member.6.Key=kubernetes-pod-uid"),
+            "{}",
+            first.body
+        );
+        assert!(
+            first
+                .body
+                .contains("TransitiveTagKeys.member.6=kubernetes-pod-uid"),
+            "{}",
+            first.body
+        );
+        assert_eq!(second.signing_key(), Some("ASIAHOP1"));
+        assert_eq!(second.param("DurationSeconds"), Some("3540"));
+        assert!(!second.body.contains("Tags.member"), "{}", second.body);
+        assert_eq!(
+            first.param("RoleSessionName"),
+            second.param("RoleSessionName")
+        );
+        assert_eq!(plain.signing_key(), Some("AKIAAGENTEXAMPLE"));
+        assert_eq!(plain.param("DurationSeconds"), Some("21600"));
+    }
+
+    #[tokio::test]
+    async fn disabled_session_tags_sends_no_tags() {
+        let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = role("r");
+        a.disable_session_tags = true;
+        fetcher_for(&fake, tmp.path())
+            .fetch(&pod(), &a)
+            .await
+            .unwrap();
+        let body = &fake.requests()[0].body;
+        assert!(
+            !body.contains("Tags") && !body.contains("TransitiveTagKeys"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn web_identity_call_is_unsigned_and_carries_the_token() {
+        let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let p = pod();
+        write_token(tmp.path(), &p.uid, "aws-iam-token", "header.payload.sig\n");
+        let mut a = role("irsa");
+        a.mode = AssumeMode::WebIdentity;
+        let creds = fetcher_for(&fake, tmp.path()).fetch(&p, &a).await.unwrap();
+        assert_eq!(creds.access_key_id, "ASIAHOP1");
+        let req = &fake.requests()[0];
+        assert_eq!(req.action(), "AssumeRoleWithWebIdentity");
+        assert_eq!(req.authorization, None);
+        assert_eq!(req.param("WebIdentityToken"), Some("header.payload.sig"));
+        assert_eq!(req.param("DurationSeconds"), Some("3600"));
+    }
+
+    #[tokio::test]
+    async fn service_errors_keep_code_request_id_and_class() {
+        let fake = FakeSts::start(Arc::new(|req: &fake_sts::Request, _| {
+            let role = req.param("RoleArn").unwrap_or("");
+            if role.ends_with("denied") {
+                fake_sts::error(
+                    403,
+                    "AccessDenied",
+                    "not authorized to perform sts:AssumeRole",
+                )
+            } else if role.ends_with("throttled") {
+                fake_sts::error(400, "Throttling", "Rate exceeded")
+            } else {
+                fake_sts::error(500, "InternalFailure", "oops")
+            }
+        }))
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let fetcher = fetcher_for(&fake, tmp.path());
+
+        let err = fetcher.fetch(&pod(), &role("denied")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[req-1]: (AccessDenied): not authorized to perform sts:AssumeRole, fault: client"
+        );
+        assert_eq!((err.http_status(), err.is_retryable()), (400, false));
+
+        let err = fetcher.fetch(&pod(), &role("throttled")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[req-2]: (Throttling): Rate exceeded, fault: client"
+        );
+        assert_eq!((err.http_status(), err.is_retryable()), (429, true));
+
+        let err = fetcher.fetch(&pod(), &role("broken")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[req-3]: (InternalFailure): oops, fault: server"
+        );
+        assert_eq!((err.http_status(), err.is_retryable()), (500, true));
+    }
+
+    #[tokio::test]
+    async fn role_with_short_max_session_duration_falls_back_to_one_hour() {
+        let fake = FakeSts::start(Arc::new(|req: &fake_sts::Request, n| {
+            if req.param("DurationSeconds") == Some("21600") {
+                fake_sts::error(
+                    400,
+                    "ValidationError",
+                    "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+                )
+            } else {
+                fake_sts::success(req, n)
+            }
+        }))
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let fetcher = fetcher_for(&fake, tmp.path());
+        fetcher.fetch(&pod(), &role("short")).await.unwrap();
+        // Remembered: the next fetch asks for 1 h straight away.
+        fetcher.fetch(&pod(), &role("short")).await.unwrap();
+        let durations: Vec<_> = fake
+            .requests()
+            .iter()
+            .map(|r| r.param("DurationSeconds").unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(durations, ["21600", "3600", "3600"]);
     }
 }

@@ -1,1 +1,412 @@
+//! `sts` and `cache` against a real STS: moto's server (PyPI `moto[server]`).
+//!
+//! Each test starts its own `moto_server` on a free loopback port and kills it on
+//! drop, also when the test panics. Without `moto_server` the tests fail with a
+//! message saying how to install it: they are never skipped.
+//!
+//! The served credentials are checked the way a pod would use them: the real
+//! aws-sdk-sts signs `GetCallerIdentity` with them, and moto answers with the
+//! assumed-role ARN it issued them for.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use pod_identity_agent::cache::{CacheOutcome, CacheSettings, CredentialCache};
+use pod_identity_agent::creds::Credentials;
+use pod_identity_agent::model::{Association, AssumeMode, PodInfo};
+use pod_identity_agent::sts::{StsError, StsFetcher, StsSettings};
+
+/// moto's default account.
+const ACCOUNT: &str = "123456789012";
+
+/// A `moto_server` child process, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("temp file for moto's log");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.reopen().expect("reopen log")))
+            .stderr(Stdio::from(log.reopen().expect("reopen log")))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `moto_server` ({e}). These tests need moto's STS: \
+                     install it with `pip install 'moto[server]'` and make sure \
+                     `moto_server` is on PATH"
+                )
+            });
+        let mut moto = Moto {
+            child,
+            port,
+            _log: log,
+        };
+        moto.wait_ready();
+        moto
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "moto_server exited early ({status}); its output:\n{}",
+                    std::fs::read_to_string(self._log.path()).unwrap_or_default()
+                );
+            }
+            if http_answers(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "moto_server did not answer on 127.0.0.1:{} within 60 s",
+            self.port
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and waits until the port refuses connections.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "port {} still open after kill",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Whether something answers HTTP on the port (moto is up, not just listening).
+fn http_answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(s.read(&mut buf), Ok(n) if n >= 5 && buf.starts_with(b"HTTP/"))
+}
+
+/// SDK config with static agent credentials (moto accepts any).
+fn agent_sdk_config(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new(
+                "AKIAIOSFODNN7EXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                None,
+                None,
+                "sts-moto-test",
+            ),
+        ))
+        .build()
+}
+
+fn settings(moto: &Moto, token_dir: &Path) -> StsSettings {
+    StsSettings {
+        endpoint_url: Some(moto.url()),
+        region: "us-east-1".into(),
+        cluster_name: "test-cluster".into(),
+        cluster_arn: Some(format!(
+            "arn:aws:eks:us-east-1:{ACCOUNT}:cluster/test-cluster"
+        )),
+        call_timeout: Duration::from_secs(5),
+        web_identity_token_dir: token_dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+fn pod() -> PodInfo {
+    PodInfo {
+        uid: "2c48913c-b29f-11e7-9350-020968147796".into(),
+        namespace: "team-a".into(),
+        name: "web-7d4b9c8f6-x2x9z".into(),
+        service_account: "web".into(),
+        ..Default::default()
+    }
+}
+
+fn assoc(role: &str) -> Association {
+    Association {
+        namespace: "team-a".into(),
+        service_account: "web".into(),
+        role_arn: role.into(),
+        source: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// What STS says the served credentials are (the check a pod's client would do).
+async fn caller_arn(moto: &Moto, creds: &Credentials) -> String {
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto.url())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            creds.access_key_id.clone(),
+            creds.secret_access_key.expose().to_owned(),
+            Some(creds.session_token.expose().to_owned()),
+            Some(creds.expiration),
+            "served",
+        ))
+        .build();
+    let out = aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity with the served credentials");
+    out.arn().expect("caller ARN").to_owned()
+}
+
+/// The session-name part of an assumed-role ARN.
+fn session_of(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or_default()
+}
+
+fn assert_lifetime(creds: &Credentials, expected: Duration) {
+    let remaining = creds.remaining(std::time::SystemTime::now());
+    assert!(
+        remaining <= expected && remaining + Duration::from_secs(120) >= expected,
+        "expected about {expected:?} left, got {remaining:?}"
+    );
+}
+
+#[tokio::test]
+async fn assume_role_serves_the_role_with_eks_session_name() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher =
+        StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &agent_sdk_config(&moto.url()));
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/my-role");
+
+    let creds = fetcher
+        .fetch(&pod(), &assoc(&role))
+        .await
+        .expect("AssumeRole");
+
+    let arn = caller_arn(&moto, &creds).await;
+    let session = session_of(&arn);
+    assert_eq!(
+        arn,
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/my-role/{session}")
+    );
+    assert!(
+        session.starts_with("eks-test-cluster-web-7d4b9c-"),
+        "{session}"
+    );
+    assert!(session.len() <= 64, "{session}");
+    assert_eq!(creds.assumed_role_arn, arn);
+    assert_eq!(creds.account_id.as_deref(), Some(ACCOUNT));
+    assert!(!creds.access_key_id.is_empty());
+    assert_lifetime(&creds, Duration::from_secs(21_600));
+
+    // The body the agent serves is what the SDKs parse.
+    let body: serde_json::Value = serde_json::from_str(&creds.to_sdk_json()).unwrap();
+    assert_eq!(body["AccessKeyId"], creds.access_key_id.as_str());
+    assert_eq!(body["AccountId"], ACCOUNT);
+    assert!(body["Expiration"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn role_chaining_serves_the_target_role() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher =
+        StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &agent_sdk_config(&moto.url()));
+    let mut a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/first-role"));
+    a.target_role_arn = Some("arn:aws:iam::444455556666:role/target-role".into());
+
+    let creds = fetcher.fetch(&pod(), &a).await.expect("chained AssumeRole");
+
+    let arn = caller_arn(&moto, &creds).await;
+    let session = session_of(&arn);
+    assert_eq!(
+        arn,
+        format!("arn:aws:sts::444455556666:assumed-role/target-role/{session}")
+    );
+    assert!(session.starts_with("eks-test-cluster-"), "{session}");
+    assert_eq!(creds.account_id.as_deref(), Some("444455556666"));
+    assert_eq!(creds.assumed_role_arn, arn);
+    assert_lifetime(&creds, Duration::from_secs(3_540));
+}
+
+#[tokio::test]
+async fn disabled_session_tags_still_assume() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher =
+        StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &agent_sdk_config(&moto.url()));
+    let mut a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/untagged"));
+    a.disable_session_tags = true;
+    a.session_duration_secs = Some(7200);
+    let creds = fetcher
+        .fetch(&pod(), &a)
+        .await
+        .expect("AssumeRole without tags");
+    assert!(caller_arn(&moto, &creds)
+        .await
+        .contains(":assumed-role/untagged/eks-"));
+    assert_lifetime(&creds, Duration::from_secs(7200));
+}
+
+fn write_token(root: &Path, uid: &str, volume: &str, token: &str) {
+    let dir = root
+        .join(uid)
+        .join("volumes/kubernetes.io~projected")
+        .join(volume);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), token).unwrap();
+}
+
+#[tokio::test]
+async fn web_identity_uses_the_pods_projected_token_without_agent_credentials() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pod();
+    write_token(
+        tmp.path(),
+        &p.uid,
+        "kube-api-access-8x7kq",
+        "api-server-token",
+    );
+    write_token(
+        tmp.path(),
+        &p.uid,
+        "aws-iam-token",
+        "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RzLmFtYXpvbmF3cy5jb20iXX0.c2lnbmF0dXJl\n",
+    );
+    // No credentials at all: AssumeRoleWithWebIdentity must go out unsigned.
+    let no_creds = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .build();
+    let fetcher = StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &no_creds);
+    let mut a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/irsa-role"));
+    a.mode = AssumeMode::WebIdentity;
+    a.source = "irsa-annotation".into();
+
+    let creds = fetcher
+        .fetch(&p, &a)
+        .await
+        .expect("AssumeRoleWithWebIdentity");
+
+    let arn = caller_arn(&moto, &creds).await;
+    assert_eq!(
+        arn,
+        format!(
+            "arn:aws:sts::{ACCOUNT}:assumed-role/irsa-role/{}",
+            session_of(&arn)
+        )
+    );
+    assert_eq!(creds.assumed_role_arn, arn);
+    assert_eq!(creds.account_id.as_deref(), Some(ACCOUNT));
+
+    // Another pod on the node without a token: final 404-class error, no STS call needed.
+    let mut other = pod();
+    other.uid = "0b0c5f0e-0000-4000-8000-000000000000".into();
+    let err = fetcher.fetch(&other, &a).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenMissing { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(err.http_status(), 404);
+}
+
+#[tokio::test]
+async fn cache_over_real_sts_makes_one_call_for_concurrent_requests() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher =
+        StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &agent_sdk_config(&moto.url()));
+    let cache = CredentialCache::new(fetcher, CacheSettings::default());
+    let a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/my-role"));
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (cache, a) = (cache.clone(), a.clone());
+        set.spawn(async move { cache.get(&pod(), &a).await });
+    }
+    let mut keys = std::collections::HashSet::new();
+    while let Some(joined) = set.join_next().await {
+        let (creds, outcome) = joined.unwrap().expect("credentials");
+        assert_eq!(outcome, CacheOutcome::Miss);
+        keys.insert(creds.access_key_id.clone());
+    }
+    assert_eq!(keys.len(), 1);
+    assert_eq!(cache.stats().sts_calls, 1);
+    let (creds, outcome) = cache.get(&pod(), &a).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Hit);
+    assert!(caller_arn(&moto, &creds)
+        .await
+        .contains(":assumed-role/my-role/eks-"));
+}
+
+#[tokio::test]
+async fn stopped_sts_is_a_retryable_error() {
+    let mut moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(&moto, tmp.path());
+    s.call_timeout = Duration::from_secs(3);
+    let fetcher = StsFetcher::with_sdk_config(s, &agent_sdk_config(&moto.url()));
+    let a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/my-role"));
+    fetcher
+        .fetch(&pod(), &a)
+        .await
+        .expect("works while moto runs");
+
+    moto.stop();
+    let started = Instant::now();
+    let err = fetcher.fetch(&pod(), &a).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.http_status() >= 500, "{err}");
+    assert!(
+        matches!(err, StsError::Dispatch { .. } | StsError::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
