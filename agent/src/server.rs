@@ -134,32 +134,6 @@ pub fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(host: &str) -> Request<()> {
-        Request::builder().header("host", host).body(()).unwrap()
-    }
-
-    #[test]
-    fn host_strips_port_and_brackets() {
-        assert_eq!(host_of(&req("169.254.170.23")).unwrap(), "169.254.170.23");
-        assert_eq!(host_of(&req("169.254.170.23:80")).unwrap(), "169.254.170.23");
-        assert_eq!(host_of(&req("[fd00:ec2::23]:80")).unwrap(), "fd00:ec2::23");
-        assert_eq!(host_of(&req("[FD00:EC2::23]")).unwrap(), "fd00:ec2::23");
-        assert_eq!(host_of(&req("fd00:ec2::23")).unwrap(), "fd00:ec2::23");
-        assert!(host_of(&Request::new(())).is_none());
-    }
-
-    #[test]
-    fn text_has_stock_headers() {
-        let r = text(StatusCode::FORBIDDEN, "nope");
-        assert_eq!(r.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
-        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
-    }
-}
-
 // === probes ===
 
 /// `/healthz` (the process answers) and `/readyz` (programs attached, sources
@@ -200,5 +174,31 @@ pub async fn serve_probes(
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str) -> Request<()> {
+        Request::builder().header("host", host).body(()).unwrap()
+    }
+
+    #[test]
+    fn host_strips_port_and_brackets() {
+        assert_eq!(host_of(&req("169.254.170.23")).unwrap(), "169.254.170.23");
+        assert_eq!(host_of(&req("169.254.170.23:80")).unwrap(), "169.254.170.23");
+        assert_eq!(host_of(&req("[fd00:ec2::23]:80")).unwrap(), "fd00:ec2::23");
+        assert_eq!(host_of(&req("[FD00:EC2::23]")).unwrap(), "fd00:ec2::23");
+        assert_eq!(host_of(&req("fd00:ec2::23")).unwrap(), "fd00:ec2::23");
+        assert!(host_of(&Request::new(())).is_none());
+    }
+
+    #[test]
+    fn text_has_stock_headers() {
+        let r = text(StatusCode::FORBIDDEN, "nope");
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
 }

@@ -57,10 +57,10 @@ pub enum Refusal {
     NotAPod { path: String },
     /// The cgroup path could not be attributed safely.
     #[error("Access Denied. The caller's cgroup cannot be attributed to one pod: {0}")]
-    Ambiguous(CgroupError),
+    Ambiguous(Box<CgroupError>),
     /// Other cgroup index failure.
     #[error("Internal error resolving the caller's cgroup: {0}")]
-    Cgroup(CgroupError),
+    Cgroup(Box<CgroupError>),
     /// The pod directory does not know the pod (yet).
     #[error("Pod {uid} is not known to the agent yet; retry")]
     UnknownPod { uid: String },
@@ -69,7 +69,7 @@ pub enum Refusal {
     NoAssociation { namespace: String, service_account: String, pod: String },
     /// An association exists but is unusable.
     #[error("Invalid Pod Identity association: {0}")]
-    BadAssociation(AssociationError),
+    BadAssociation(Box<AssociationError>),
     /// Token cross-check failed.
     #[error("{0}")]
     Token(token::TokenError),
@@ -127,7 +127,7 @@ impl Resolver {
         let pod_cgroup = match cgroup::parse_cgroup_path(&path) {
             Ok(Some(pc)) => pc,
             Ok(None) => return Err(Refusal::NotAPod { path }),
-            Err(e) => return Err(Refusal::Ambiguous(e)),
+            Err(e) => return Err(Refusal::Ambiguous(Box::new(e))),
         };
         let pod = self
             .pods
@@ -154,7 +154,7 @@ impl Resolver {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(CgroupError::NotFound { cgroup_id }) => return Err(Refusal::CgroupNotFound { cgroup_id }),
-                Err(e) => return Err(Refusal::Cgroup(e)),
+                Err(e) => return Err(Refusal::Cgroup(Box::new(e))),
             }
         }
         Err(Refusal::CgroupNotFound { cgroup_id })
@@ -167,7 +167,7 @@ impl Resolver {
                 service_account,
                 pod: pod.name.clone(),
             },
-            other => Refusal::BadAssociation(other),
+            other => Refusal::BadAssociation(Box::new(other)),
         })
     }
 }

@@ -65,7 +65,7 @@ pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
         '_' => '/',
         c => c,
     }).collect();
-    while std_b64.len() % 4 != 0 {
+    while !std_b64.len().is_multiple_of(4) {
         std_b64.push('=');
     }
     let bytes = aws_smithy_types::base64::decode(&std_b64)
