@@ -246,11 +246,18 @@ pub struct EventReader {
     ring: RingBuf<MapData>,
 }
 
+impl std::os::fd::AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
+    }
+}
+
 impl EventReader {
-    /// The ring buffer's fd, to poll for readability.
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.ring.as_fd()
+    /// Register with the tokio reactor to await readability.
+    pub fn into_async(self) -> std::io::Result<tokio::io::unix::AsyncFd<EventReader>> {
+        // SAFETY: the fd belongs to `self.ring`, which the AsyncFd owns and drops
+        // after deregistering; nothing else closes it.
+        unsafe { tokio::io::unix::AsyncFd::register(self) }.map_err(|e| e.into_parts().1)
     }
 
     /// The next event, if any is ready.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use pod_identity_agent::{
     associations::{self, AssociationStore},
+    audit,
     cache::CredentialCache,
     cgroup::CgroupIndex,
     config::{self, Config, EnforceMode},
@@ -71,9 +72,56 @@ struct Args {
     /// Serve /healthz and /readyz here (keep it on localhost).
     #[arg(long, env = "POD_IDENTITY_PROBE_ADDR")]
     probe_addr: Option<SocketAddr>,
+    /// Audit log: a file path, or `-` for stdout.
+    #[arg(long, env = "POD_IDENTITY_AUDIT_LOG", default_value = "-")]
+    audit_log: String,
+    /// Rotate the audit log file at this size.
+    #[arg(long, default_value_t = 50 * 1024 * 1024)]
+    audit_max_bytes: u64,
+    /// Rotated audit files kept.
+    #[arg(long, default_value_t = 5)]
+    audit_keep: u32,
+    /// How long a redirected connect waits for its request before it is audited alone.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    audit_join_window_ms: u64,
     /// Log as JSON lines.
     #[arg(long, env = "POD_IDENTITY_LOG_JSON")]
     log_json: bool,
+}
+
+/// `pod-identity-agent audit`: read the audit log as a table.
+#[derive(Debug, Parser)]
+#[command(name = "pod-identity-agent audit")]
+struct AuditArgs {
+    /// The audit log file.
+    #[arg(long, default_value = "/var/log/pod-identity-agent/audit.log")]
+    file: PathBuf,
+    /// Keep reading as the log grows (and across rotation).
+    #[arg(long, short)]
+    follow: bool,
+    /// Pod name contains.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Namespace equals.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Role ARN contains.
+    #[arg(long)]
+    role: Option<String>,
+    /// success | failure | unknown.
+    #[arg(long)]
+    outcome: Option<String>,
+}
+
+fn audit_command(args: AuditArgs) -> anyhow::Result<()> {
+    let filter = pod_identity_agent::audit::Filter {
+        pod: args.pod,
+        namespace: args.namespace,
+        role: args.role,
+        outcome: args.outcome,
+    };
+    pod_identity_agent::audit::print_table(&args.file, &filter, args.follow, std::io::stdout())?;
+    Ok(())
 }
 
 fn init_tracing(json: bool) {
@@ -114,6 +162,10 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("audit") {
+        let args = AuditArgs::parse_from(std::env::args().skip(1));
+        return tokio::task::spawn_blocking(move || audit_command(args)).await?;
+    }
     let args = Args::parse();
     init_tracing(args.log_json);
     let cfg = to_config(&args)?;
@@ -149,7 +201,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let kernel = Arc::new(Kernel::start(&cfg.kernel).context("starting the kernel side")?);
+    let audit_target = if args.audit_log == "-" {
+        audit::Target::Stdout
+    } else {
+        audit::Target::File {
+            path: PathBuf::from(&args.audit_log),
+            max_bytes: args.audit_max_bytes,
+            keep: args.audit_keep,
+        }
+    };
+    let audit_log = audit::AuditLog::open_with_window(
+        audit_target,
+        &cfg.sts.cluster_name,
+        Duration::from_millis(args.audit_join_window_ms),
+    ).context("opening the audit log")?;
+
+    let mut kernel = Kernel::start(&cfg.kernel).context("starting the kernel side")?;
+    let events = kernel.take_events();
+    let kernel = Arc::new(kernel);
     tracing::info!(
         cgroup = %kernel.attached_to().display(),
         listen4 = %v4,
@@ -170,12 +239,15 @@ async fn main() -> anyhow::Result<()> {
         ServiceSettings::from(&cfg),
         resolver.clone(),
         cache.clone(),
-        Arc::new(TracingSink),
+        Arc::new(audit::Tee(vec![Arc::new(TracingSink), audit_log.clone()])),
     ));
     let verdicts: Option<Arc<dyn lifecycle::VerdictSink>> =
         (cfg.kernel.enforce == EnforceMode::Enforce).then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(reader) = events {
+        tasks.spawn(audit::run_kernel_events(reader, audit_log.clone()));
+    }
     tasks.spawn(lifecycle::run(resolver, cache.clone(), verdicts, cfg.rescan_interval));
     for l in listeners {
         tasks.spawn(server::serve(l, kernel.clone(), service.clone()));
@@ -183,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = cfg.probe_addr {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding probe {addr}"))?;
         let pods = pod_store.clone();
-        let (k, c) = (kernel.clone(), cache.clone());
+        let (k, c, al) = (kernel.clone(), cache.clone(), audit_log.clone());
         let metrics = Arc::new(move || {
             let s = c.stats();
             format!(
@@ -194,9 +266,15 @@ async fn main() -> anyhow::Result<()> {
                  # TYPE pod_identity_sts_errors_total counter\npod_identity_sts_errors_total {}\n\
                  # TYPE pod_identity_cache_evictions_total counter\npod_identity_cache_evictions_total {}\n\
                  # TYPE pod_identity_cache_entries gauge\npod_identity_cache_entries {}\n\
-                 # TYPE pod_identity_kernel_events_lost_total counter\npod_identity_kernel_events_lost_total {}\n",
+                 # TYPE pod_identity_kernel_events_lost_total counter\npod_identity_kernel_events_lost_total {}\n\
+                 # TYPE pod_identity_kernel_events_total counter\npod_identity_kernel_events_total {}\n\
+                 # TYPE pod_identity_audit_written_total counter\npod_identity_audit_written_total {}\n\
+                 # TYPE pod_identity_audit_dropped_total counter\npod_identity_audit_dropped_total {}\n",
                 s.hits, s.misses, s.stale_served, s.sts_calls, s.sts_errors, s.evictions, c.len(),
                 k.events_lost().unwrap_or(0),
+                al.stats.kernel_events.load(std::sync::atomic::Ordering::Relaxed),
+                al.stats.written.load(std::sync::atomic::Ordering::Relaxed),
+                al.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
             )
         });
         tasks.spawn(server::serve_probes(l, Arc::new(move || pods.is_synced()), metrics));

@@ -187,6 +187,9 @@ pub struct Access {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub path: String,
+    pub method: String,
+    /// The client's address as the agent saw it.
+    pub peer: Option<std::net::SocketAddr>,
     pub latency: Duration,
 }
 
@@ -287,7 +290,12 @@ impl<F: Fetch> Service<F> {
     /// Handle one request from an attributed (or not) connection.
     pub async fn respond<B>(&self, ctx: &RequestContext, req: &Request<B>) -> (Response<Full<Bytes>>, Access) {
         let start = Instant::now();
-        let mut access = Access { path: req.uri().path().to_owned(), ..Access::default() };
+        let mut access = Access {
+            path: req.uri().path().to_owned(),
+            method: req.method().to_string(),
+            peer: Some(ctx.peer),
+            ..Access::default()
+        };
         let result = async {
             let caller = match &ctx.caller {
                 Ok(c) => c,

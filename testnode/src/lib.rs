@@ -216,6 +216,8 @@ pub struct Node {
     /// The test's cgroup subtree: attach eBPF here.
     pub cgroup_root: Cgroup,
     children: Vec<Child>,
+    /// Lines printed by processes started with `spawn_until`, by handle.
+    logs: std::collections::HashMap<usize, std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Node {
@@ -230,7 +232,7 @@ impl Node {
         // On `lo`: not every kernel has the dummy link type.
         ip(&["-n", &n, "addr", "add", &format!("{NODE_ADDR4}/32"), "dev", "lo"]);
         ip(&["-n", &n, "-6", "addr", "add", &format!("{NODE_ADDR6}/128"), "dev", "lo", "nodad"]);
-        Node { id, netns, pods: Vec::new(), cgroup_root, children: Vec::new() }
+        Node { id, netns, pods: Vec::new(), cgroup_root, children: Vec::new(), logs: Default::default() }
     }
 
     /// Add a pod with its own netns (or the node's, for `host_network`) and cgroup.
@@ -307,6 +309,7 @@ impl Node {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
             child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
@@ -315,9 +318,11 @@ impl Node {
         .flatten()
         {
             let tx = tx.clone();
+            let log = log.clone();
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     eprintln!("  | {line}");
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
                     let _ = tx.send(line);
                 }
             });
@@ -337,7 +342,16 @@ impl Node {
             }
         }
         self.children.push(child);
+        self.logs.insert(self.children.len() - 1, log);
         self.children.len() - 1
+    }
+
+    /// Everything a `spawn_until` process printed so far (stdout and stderr).
+    pub fn output_of(&self, handle: usize) -> String {
+        self.logs
+            .get(&handle)
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).join("\n"))
+            .unwrap_or_default()
     }
 
     /// Stop a process started with [`Node::spawn`] or [`Node::spawn_until`].

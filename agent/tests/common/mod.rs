@@ -195,3 +195,102 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
         .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
 }
+
+// === the credentials scenario ===
+
+use pod_identity_agent::token::fake_pod_token;
+use serde_json::json;
+
+pub const PROBE: &str = "127.0.0.1:2711";
+
+pub struct Scenario {
+    pub node: Node,
+    pub dir: tempfile::TempDir,
+    pub pods: Vec<Value>,
+    pub tokens: Vec<std::path::PathBuf>,
+    pub sts: usize,
+}
+
+impl Scenario {
+    /// pod-a (sa app-a → role-a), pod-b (app-b → role-b), pod-c (no association),
+    /// host-net (hostNetwork, host-sa → role-h), pod-irsa (IRSA annotation),
+    /// pod-chain (role-first → target role-target).
+    pub fn new() -> Scenario {
+        let mut node = Node::new();
+        let dir = tempfile::tempdir().unwrap();
+        let specs: [(&str, &str, bool, Value); 6] = [
+            ("pod-a", "app-a", false, json!({})),
+            ("pod-b", "app-b", false, json!({})),
+            ("pod-c", "no-role", false, json!({})),
+            ("host-net", "host-sa", true, json!({})),
+            ("pod-irsa", "irsa-sa", false, json!({"eks.amazonaws.com/role-arn": role("role-irsa")})),
+            ("pod-chain", "chain-sa", false, json!({})),
+        ];
+        let mut pods = Vec::new();
+        let mut tokens = Vec::new();
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 86400;
+        for (i, (name, sa, host, ann)) in specs.into_iter().enumerate() {
+            node.add_pod(name, UIDS[i], host);
+            pods.push(pod_json(&node, i, "default", sa, ann));
+            let t = dir.path().join(format!("token-{name}"));
+            std::fs::write(&t, fake_pod_token("default", sa, name, UIDS[i], exp)).unwrap();
+            tokens.push(t);
+        }
+        // IRSA: the projected token where the kubelet puts it.
+        let irsa = dir.path().join(format!("kubelet/{}/volumes/kubernetes.io~projected/aws-iam-token", UIDS[4]));
+        std::fs::create_dir_all(&irsa).unwrap();
+        std::fs::write(irsa.join("token"), "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln").unwrap();
+        write_json(&dir.path().join("pods.json"), &json!({"pods": pods}));
+        write_json(
+            &dir.path().join("associations.json"),
+            &json!({"associations": [
+                {"namespace": "default", "serviceAccount": "app-a", "roleArn": role("role-a")},
+                {"namespace": "default", "serviceAccount": "app-b", "roleArn": role("role-b")},
+                {"namespace": "default", "serviceAccount": "host-sa", "roleArn": role("role-h")},
+                {"namespace": "default", "serviceAccount": "chain-sa", "roleArn": role("role-first"), "targetRoleArn": role("role-target")},
+            ]}),
+        );
+        let sts = start_sts(&mut node);
+        Scenario { node, dir, pods, tokens, sts }
+    }
+
+    pub fn start_agent(&mut self, extra: &[&str]) -> usize {
+        let d = self.dir.path();
+        let mut c = agent_command(&self.node, extra);
+        c.arg("--pods-file")
+            .arg(d.join("pods.json"))
+            .arg("--associations-file")
+            .arg(d.join("associations.json"))
+            .arg("--kubelet-pods-dir")
+            .arg(d.join("kubelet"))
+            .args(["--sts-endpoint", &sts_url(), "--region", "us-east-1", "--cluster-name", "demo"])
+            .args(["--probe-addr", PROBE])
+            // The agent's own credentials (moto accepts any).
+            .env("AWS_ACCESS_KEY_ID", "AKIAAGENTEXAMPLE0001")
+            .env("AWS_SECRET_ACCESS_KEY", "agent-secret-never-logged")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        self.node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+    }
+
+    pub fn arn(&self, pod: usize, sdk: Sdk) -> Result<String, String> {
+        self.arn_with_token(pod, sdk, pod)
+    }
+
+    pub fn arn_with_token(&self, pod: usize, sdk: Sdk, token_of: usize) -> Result<String, String> {
+        sdk_caller_arn(&self.node, pod, sdk, &self.tokens[token_of], self.dir.path())
+    }
+
+    pub fn creds(&self, pod: usize) -> Value {
+        let (_, rec) = client1(&self.node, pod, &["--path", "/v1/credentials"]);
+        rec
+    }
+
+    pub fn metrics(&self) -> String {
+        node_get(&self.node, &format!("http://{PROBE}/metrics"))
+    }
+}
+
