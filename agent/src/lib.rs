@@ -12,8 +12,6 @@ pub mod cgroup;
 pub mod config;
 pub mod creds;
 pub mod ebpf;
-pub mod eks;
-pub mod kubernetes;
 pub mod lifecycle;
 pub mod model;
 pub mod pods;
