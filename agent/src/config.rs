@@ -46,6 +46,9 @@ pub struct KernelConfig {
     pub agent_addr6: Option<Ipv6Addr>,
     pub agent_port: u16,
     pub enforce: EnforceMode,
+    /// bpffs directory for pinned links and maps: the redirect survives an agent
+    /// restart (invariant 8). `None`: programs detach when the agent exits.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The whole agent configuration.
@@ -88,6 +91,7 @@ impl Config {
                 agent_addr6: None,
                 agent_port: DEFAULT_AGENT_PORT,
                 enforce: EnforceMode::Audit,
+                pin_dir: None,
             },
             unknown_pod_wait: Duration::from_secs(2),
             token_cross_check: false,

@@ -15,9 +15,10 @@ use agent_ebpf::{flags, maps, programs, Config as KConfig, Identity, TupleKey};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        links::CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
+        links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
+        CgroupSockAddr, ProgramError, SockOps,
     },
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
 };
 
 use crate::{attribution, config::{EnforceMode, KernelConfig}};
@@ -82,6 +83,9 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// Pinning or re-adopting an object in bpffs failed.
+    #[error("bpffs pin {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
@@ -92,7 +96,94 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
     move |source| KernelError::Program { name, source }
 }
 
-/// The loaded and attached kernel side. Dropping it detaches the programs.
+/// Every map, all pinned when a pin directory is set (state and queued events
+/// survive an agent restart).
+const ALL_MAPS: [&str; 6] = [
+    maps::CONFIG,
+    maps::SOCKETS,
+    maps::TUPLES,
+    maps::VERDICTS,
+    maps::EVENTS,
+    maps::EVENTS_LOST,
+];
+
+fn pin_err(path: &Path, reason: impl std::fmt::Display) -> KernelError {
+    KernelError::Pin {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Load the object, re-adopting pinned maps from `pin_dir` when present. Maps
+/// pinned by an incompatible build are replaced (their state is lost, nothing else).
+fn load(pin_dir: Option<&Path>) -> Result<Ebpf, KernelError> {
+    let Some(dir) = pin_dir else {
+        return Ok(Ebpf::load(OBJECT)?);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+    let paths: Vec<(&str, PathBuf)> = ALL_MAPS
+        .iter()
+        .map(|m| (*m, dir.join(format!("map_{m}"))))
+        .collect();
+    let try_load = || {
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader.load(OBJECT)
+    };
+    match try_load() {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "pinned maps not reusable; replacing them");
+            for (_, p) in &paths {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(try_load()?)
+        }
+    }
+}
+
+/// Pin a freshly attached link at `dir/link_<name>`, replacing (and so detaching)
+/// the link a previous agent pinned there. Both are attached for a moment; that is
+/// harmless, since the second program sees an already rewritten destination.
+fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
+    let path = dir.join(format!("link_{name}"));
+    match PinnedLink::from_pin(&path) {
+        Ok(old) => {
+            let old: FdLink = old.unpin().map_err(|e| pin_err(&path, e))?;
+            drop(old);
+        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            // Not a link (a stale file): remove it so the new pin can take its place.
+            tracing::warn!(path = %path.display(), error = %e, "replacing unreadable pin");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    link.pin(&path).map_err(|e| pin_err(&path, e))
+}
+
+/// Remove every pin of `dir`: detaches the programs and frees the maps. For
+/// uninstalling the agent from a node.
+pub fn unpin_all(dir: &Path) -> Result<usize, KernelError> {
+    let mut n = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(pin_err(dir, e)),
+    };
+    for e in entries.flatten() {
+        std::fs::remove_file(e.path()).map_err(|err| pin_err(&e.path(), err))?;
+        n += 1;
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(n)
+}
+
+/// The loaded and attached kernel side. Without a pin directory, dropping it
+/// detaches the programs; with one, the pinned links keep redirecting (invariant 8)
+/// and the next agent re-adopts maps and replaces the links.
 pub struct Kernel {
     _ebpf: Ebpf,
     tuples: Mutex<HashMap<MapData, PodTupleKey, PodIdentity>>,
@@ -101,6 +192,7 @@ pub struct Kernel {
     events_lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_to: PathBuf,
+    _pinned: Vec<PinnedLink>,
 }
 
 impl Kernel {
@@ -109,7 +201,9 @@ impl Kernel {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        let pin_dir = cfg.pin_dir.as_deref();
+        let mut ebpf = load(pin_dir)?;
+        let mut pinned = Vec::new();
 
         // Config first, so the programs act correctly from their first run.
         let mut config: Array<MapData, PodKConfig> = Array::try_from(
@@ -138,8 +232,14 @@ impl Kernel {
             prog.load().map_err(prog_err(name))?;
             // Links (kernel >= 5.7) are multi-attach: we coexist with Cilium's own
             // programs. `Single` is the only mode the kernel accepts for links.
-            prog.attach(&cgroup, CgroupAttachMode::Single)
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
+            if let Some(dir) = pin_dir {
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
+                pinned.push(pin_link(dir, name, fd)?);
+            }
         }
         let sock_ops: &mut SockOps = ebpf
             .program_mut(programs::SOCK_OPS)
@@ -147,9 +247,14 @@ impl Kernel {
             .try_into()
             .map_err(prog_err(programs::SOCK_OPS))?;
         sock_ops.load().map_err(prog_err(programs::SOCK_OPS))?;
-        sock_ops
+        let id = sock_ops
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(programs::SOCK_OPS))?;
+        if let Some(dir) = pin_dir {
+            let link = sock_ops.take_link(id).map_err(prog_err(programs::SOCK_OPS))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
+            pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
+        }
 
         let tuples = HashMap::try_from(
             ebpf.take_map(maps::TUPLES).ok_or(KernelError::MissingMap(maps::TUPLES))?,
@@ -176,6 +281,7 @@ impl Kernel {
             events_lost,
             events: Some(events),
             attached_to: cfg.cgroup.clone(),
+            _pinned: pinned,
         })
     }
 

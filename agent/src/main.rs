@@ -42,6 +42,10 @@ struct Args {
     /// The credentials port pods call.
     #[arg(long, default_value_t = config::DEFAULT_CRED_PORT)]
     cred_port: u16,
+    /// bpffs directory where links and maps are pinned, so the redirect survives a
+    /// restart; `none` to detach on exit.
+    #[arg(long, env = "POD_IDENTITY_BPFFS_DIR", default_value = "/sys/fs/bpf/pod-identity-agent")]
+    bpffs_dir: String,
     /// audit: record only; enforce: the kernel refuses callers without an association.
     #[arg(long, value_enum, default_value_t = EnforceMode::Audit, env = "POD_IDENTITY_MODE")]
     mode: EnforceMode,
@@ -148,6 +152,7 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
     cfg.kernel.cred_addr6 = args.cred_addr6;
     cfg.kernel.cred_port = args.cred_port;
     cfg.kernel.enforce = args.mode;
+    cfg.kernel.pin_dir = (args.bpffs_dir != "none").then(|| PathBuf::from(&args.bpffs_dir));
     cfg.token_cross_check = args.token_cross_check;
     cfg.pods_file = args.pods_file.clone();
     cfg.associations_file = args.associations_file.clone();
@@ -162,6 +167,13 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("uninstall") {
+        // Detach the programs and free the maps a pinned agent left on this node.
+        let dir = std::env::args().nth(2).unwrap_or_else(|| "/sys/fs/bpf/pod-identity-agent".into());
+        let n = pod_identity_agent::ebpf::unpin_all(std::path::Path::new(&dir))?;
+        println!("removed {n} pins from {dir}");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("audit") {
         let args = AuditArgs::parse_from(std::env::args().skip(1));
         return tokio::task::spawn_blocking(move || audit_command(args)).await?;

@@ -85,7 +85,8 @@ fn ipv6_client_reaches_an_ipv4_only_agent_through_the_mapped_address() {
             .arg("--agent-addr4")
             .arg(testnode::NODE_ADDR4.to_string())
             .arg("--port")
-            .arg(AGENT_PORT.to_string());
+            .arg(AGENT_PORT.to_string())
+            .args(["--bpffs-dir", "none"]);
         c
     };
     node.spawn_until(cmd, "pod-identity-agent ready", std::time::Duration::from_secs(20));
@@ -161,4 +162,43 @@ fn a_thousand_connections_from_four_pods_are_all_attributed() {
         total += recs.len();
     }
     assert_eq!(total, 1000);
+}
+
+#[test]
+fn the_redirect_survives_an_agent_restart() {
+    let mut node = Node::new();
+    let a = node.add_pod("pod-a", UIDS[0], false);
+    let bpffs = testnode::BpfFs::mount();
+    let pins = bpffs.path().join("pod-identity-agent");
+    let pins_s = pins.to_str().unwrap().to_owned();
+    let agent = start_agent(&mut node, &["--bpffs-dir", &pins_s]);
+    let (pid, rec) = client1(&node, a, &[]);
+    assert_attributed(&node, a, pid, &rec);
+    assert!(pins.join("link_pia_connect4").exists() && pins.join("map_TUPLES").exists());
+
+    // Agent gone (crash, rolling update): connects are still redirected to the
+    // agent port, so they are refused at once instead of going anywhere else.
+    node.kill(agent);
+    let (_, rec) = client1(&node, a, &["--timeout", "2"]);
+    assert_eq!(rec["errno"], "ECONNREFUSED", "{rec}");
+
+    // The next agent re-adopts the pins and serves again; the old links are replaced,
+    // not stacked: exactly one program per hook is attached to the cgroup.
+    start_agent(&mut node, &["--bpffs-dir", &pins_s]);
+    let (pid, rec) = client1(&node, a, &[]);
+    assert_attributed(&node, a, pid, &rec);
+    let links = std::fs::read_dir(&pins).unwrap().filter(|e| {
+        e.as_ref().unwrap().file_name().to_string_lossy().starts_with("link_")
+    }).count();
+    assert_eq!(links, 5);
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(node.cgroup_root.path())
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("pia_connect4").count(), 1, "{text}");
+    assert_eq!(text.matches("pia_sock_ops").count(), 1, "{text}");
+    drop(node);
+    drop(bpffs);
 }

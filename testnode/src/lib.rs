@@ -425,3 +425,34 @@ pub fn cleanup_stale() {
         }
     }
 }
+
+/// A bpffs mounted by a test at a temporary directory; unmounted (which drops every
+/// pin in it) and removed on drop. Tests never pin under the machine's /sys/fs/bpf.
+#[derive(Debug)]
+pub struct BpfFs {
+    path: PathBuf,
+}
+
+impl BpfFs {
+    pub fn mount() -> BpfFs {
+        let path = std::env::temp_dir().join(format!(
+            "pia-bpffs-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&path).expect("mkdir bpffs mountpoint");
+        run("mount", &["-t", "bpf", "bpf", path.to_str().expect("utf-8 path")])
+            .unwrap_or_else(|e| panic!("mount bpffs: {e}"));
+        BpfFs { path }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", self.path.to_str().unwrap_or_default()]);
+        let _ = fs::remove_dir(&self.path);
+    }
+}

@@ -132,7 +132,7 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
         .arg("--associations-file")
         .arg(&assoc_file)
         .args(["--sts-endpoint", &format!("http://{NODE_ADDR4}:{STS_PORT}"), "--region", "us-east-1"])
-        .args(["--cluster-name", "demo"])
+        .args(["--cluster-name", "demo", "--bpffs-dir", "none"])
         .env("AWS_ACCESS_KEY_ID", "AKIAAGENTDEMO0000001")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
         .env("AWS_EC2_METADATA_DISABLED", "true")

@@ -31,6 +31,9 @@ pub fn agent_command(node: &Node, extra: &[&str]) -> Command {
         .arg(NODE_ADDR6.to_string())
         .arg("--port")
         .arg(AGENT_PORT.to_string())
+        // Pinning is tested with a test-mounted bpffs (restart test); never pin
+        // under the machine's /sys/fs/bpf.
+        .args(if extra.contains(&"--bpffs-dir") { &[][..] } else { &["--bpffs-dir", "none"][..] })
         .args(extra)
         .env("RUST_LOG", "info,pod_identity_agent=debug");
     c
