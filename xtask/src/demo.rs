@@ -59,7 +59,7 @@ fn step(s: &str) {
 
 fn sdk_env(c: &mut Command, token_file: &Path, home: &Path) {
     c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PATH", crate::setup::path_with_python_scripts())
         .env("HOME", home)
         .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials")
         .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
@@ -119,7 +119,8 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
 
     step(&format!("Local STS (moto) on {NODE_ADDR4}:{STS_PORT}"));
     let mut sts = node.node_command("moto_server");
-    sts.args(["-H", &NODE_ADDR4.to_string(), "-p", &STS_PORT.to_string()]);
+    sts.args(["-H", &NODE_ADDR4.to_string(), "-p", &STS_PORT.to_string()])
+        .env("PATH", crate::setup::path_with_python_scripts());
     node.spawn_until(sts, "Running on", Duration::from_secs(30));
 
     step("Agent: eBPF attached to the node's cgroup subtree, listening on the node address");

@@ -43,7 +43,7 @@ pub fn show(cmd: &Command) -> String {
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
+    c.current_dir(root()).env("PATH", setup::path_with_python_scripts());
     c
 }
 

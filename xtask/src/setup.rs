@@ -21,6 +21,9 @@ const PIP: &[(&str, &str)] = &[
     ("moto[server]", "5.2.1"),
     ("boto3", "1.43.11"),
     ("awscli", "1.45.11"),
+    // Schema validation of deploy/ (xtask/src/manifests.rs). checkov, the other
+    // manifest tool, pins an old boto3 and so lives in its own virtualenv there.
+    ("kubernetes-validate", "1.37.0"),
 ];
 
 const LLVM: &str = "/usr/lib/llvm-22";
@@ -108,14 +111,35 @@ pub fn python() -> Result<(), String> {
     let script = format!(
         "import importlib.metadata as m\nfor p, v in [{check}]:\n    assert m.version(p) == v, p\n"
     );
-    if ok(Command::new("python3").args(["-c", &script])) && ok(Command::new("moto_server").arg("--help")) {
+    let found = |tool: &str, arg: &str| ok(Command::new(tool).arg(arg).env("PATH", path_with_python_scripts()));
+    if ok(Command::new("python3").args(["-c", &script])) && found("moto_server", "--help") && found("aws", "--version") {
         eprintln!("xtask: python tools present ({})", want.join(", "));
         return Ok(());
     }
     eprintln!("xtask: installing python tools: {}", want.join(" "));
     run(Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(&want))
+        .args(&want))?;
+    // pyenv only exposes new console scripts (moto_server, aws) after a rehash;
+    // `path_with_python_scripts` covers machines without pyenv.
+    if ok(Command::new("pyenv").arg("--version")) {
+        run(Command::new("pyenv").arg("rehash"))?;
+    }
+    Ok(())
+}
+
+/// PATH with the Python scripts directory first, so `moto_server` and `aws`
+/// installed by `python()` are found by the tests whatever the shell's PATH.
+pub fn path_with_python_scripts() -> String {
+    let scripts = output(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]));
+    let path = std::env::var("PATH").unwrap_or_default();
+    match scripts.trim() {
+        "" => path,
+        s => format!("{s}:{path}"),
+    }
 }
 
 pub fn all() -> Result<(), String> {
