@@ -337,3 +337,178 @@ impl<F: Fetch> Handler for Service<F> {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The endpoint without root: a temp directory tree stands in for cgroupfs
+    //! (cgroup ids are directory inodes either way) and a fake STS.
+    use super::*;
+    use crate::{
+        cache::CacheSettings,
+        creds::{Credentials, Secret},
+        sts::StsError,
+    };
+    use std::os::unix::fs::MetadataExt;
+
+    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const CID: &str = "4b3c0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b";
+
+    struct FakeSts;
+    impl Fetch for FakeSts {
+        async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
+            Ok(Credentials {
+                access_key_id: "ASIAFAKE".into(),
+                secret_access_key: Secret::new("secret"),
+                session_token: Secret::new("token"),
+                expiration: SystemTime::now() + Duration::from_secs(6 * 3600),
+                account_id: Some("111122223333".into()),
+                assumed_role_arn: format!("{}/{}", assoc.role_arn.replace(":iam::", ":sts::").replace(":role/", ":assumed-role/"), pod.name),
+            })
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        pod_cgroup: u64,
+        host_cgroup: u64,
+        svc: Service<FakeSts>,
+        pods: PodStore,
+    }
+
+    fn fixture(cross_check: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pod_dir = dir.path().join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope",
+            UID.replace('-', "_")
+        ));
+        let host_dir = dir.path().join("system.slice/sshd.service");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let pods = PodStore::new();
+        let assocs = AssociationStore::new();
+        let resolver = Resolver {
+            index: Arc::new(CgroupIndex::new(dir.path().to_owned(), Duration::ZERO)),
+            pods: pods.clone(),
+            assocs: assocs.clone(),
+            unknown_pod_wait: Duration::from_millis(50),
+        };
+        assocs
+            .replace_source(
+                "file",
+                vec![Association {
+                    namespace: "ns".into(),
+                    service_account: "app".into(),
+                    role_arn: "arn:aws:iam::111122223333:role/app".into(),
+                    source: "file".into(),
+                    ..Default::default()
+                }],
+            )
+            .unwrap();
+        let settings = ServiceSettings {
+            cred_addr4: "169.254.170.23".into(),
+            cred_addr6: "fd00:ec2::23".into(),
+            token_cross_check: cross_check,
+        };
+        let svc = Service::new(settings, resolver, CredentialCache::new(FakeSts, CacheSettings::default()), Arc::new(TracingSink));
+        Fixture {
+            pod_cgroup: std::fs::metadata(&pod_dir).unwrap().ino(),
+            host_cgroup: std::fs::metadata(&host_dir).unwrap().ino(),
+            _dir: dir,
+            svc,
+            pods,
+        }
+    }
+
+    fn pod(sa: &str) -> PodInfo {
+        PodInfo { uid: UID.into(), namespace: "ns".into(), name: "web".into(), service_account: sa.into(), ..Default::default() }
+    }
+
+    fn ctx(cgroup_id: Option<u64>) -> RequestContext {
+        RequestContext {
+            peer: "169.254.200.2:40000".parse().unwrap(),
+            local: "169.254.199.1:2710".parse().unwrap(),
+            caller: match cgroup_id {
+                Some(id) => Ok(Caller {
+                    cgroup_id: id,
+                    pid: 1,
+                    tid: 1,
+                    uid: 0,
+                    gid: 0,
+                    comm: "python3".into(),
+                    netns_cookie: 1,
+                    socket_cookie: 1,
+                    original_destination: "169.254.170.23:80".parse().unwrap(),
+                    connect_ktime_ns: 0,
+                }),
+                None => Err(Unattributed::NoRecord),
+            },
+        }
+    }
+
+    fn req(host: &str, token: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(CREDENTIALS_PATH).header("host", host);
+        if let Some(t) = token {
+            b = b.header("authorization", t);
+        }
+        b.body(()).unwrap()
+    }
+
+    async fn call(f: &Fixture, cgroup: Option<u64>, host: &str, token: Option<&str>) -> (u16, String, Access) {
+        use http_body_util::BodyExt;
+        let (resp, access) = f.svc.respond(&ctx(cgroup), &req(host, token)).await;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap(), access)
+    }
+
+    #[tokio::test]
+    async fn serves_the_pods_role_in_the_sdk_format() {
+        let f = fixture(false);
+        f.pods.upsert(pod("app"));
+        let (status, body, access) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with(r#"{"AccessKeyId":"ASIAFAKE","SecretAccessKey":"secret","Token":"token","AccountId":"111122223333","Expiration":""#), "{body}");
+        assert_eq!(access.access_key_id.as_deref(), Some("ASIAFAKE"));
+        assert_eq!(access.container_id.as_deref(), Some(CID));
+        // Bracketed IPv6 host with port is accepted too.
+        assert_eq!(call(&f, Some(f.pod_cgroup), "[fd00:ec2::23]:80", None).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn refusals_have_their_statuses_and_messages() {
+        let f = fixture(false);
+        let (s, b, a) = call(&f, None, "169.254.170.23", None).await;
+        assert_eq!((s, a.reason.as_deref()), (403, Some("Unattributed")), "{b}");
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "example.com", None).await;
+        assert_eq!(s, 403);
+        assert!(b.starts_with("Access Denied. Called agent through invalid address, please use either [169.254.170.23 fd00:ec2::23] address not example.com"), "{b}");
+        let (s, b, _) = call(&f, Some(f.host_cgroup), "169.254.170.23", None).await;
+        assert_eq!(s, 403, "{b}");
+        assert!(b.contains("not in a Kubernetes pod"), "{b}");
+        // Pod not (yet) known: retryable.
+        let (s, _, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!((s, a.reason.as_deref()), (503, Some("UnknownPod")));
+        // Known pod, service account without association.
+        f.pods.upsert(pod("other"));
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(s, 404);
+        assert_eq!(b, "No Pod Identity association for service account ns/other (pod ns/web)\n");
+        // A cgroup id that exists nowhere.
+        let (s, _, a) = call(&f, Some(u64::MAX), "169.254.170.23", None).await;
+        assert_eq!((s, a.reason.as_deref()), (503, Some("CgroupNotFound")));
+    }
+
+    #[tokio::test]
+    async fn cross_check_refuses_another_pods_token() {
+        let f = fixture(true);
+        f.pods.upsert(pod("app"));
+        let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let mine = token::fake_pod_token("ns", "app", "web", UID, exp);
+        let theirs = token::fake_pod_token("ns", "app", "db", "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", exp);
+        assert_eq!(call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await.0, 200);
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&theirs)).await;
+        assert_eq!(s, 403, "{b}");
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!((s, b.as_str()), (400, "Service account token cannot be empty\n"));
+    }
+}
