@@ -164,3 +164,28 @@ fn concurrent_first_requests_from_one_pod_make_one_sts_call() {
     let calls_after = metric(&node_get(&node, &format!("http://{PROBE}/metrics")), "pod_identity_sts_calls_total");
     assert_eq!(calls_after - calls_before, 1, "one STS call for 16 concurrent first requests");
 }
+
+#[test]
+fn the_agent_never_redirects_its_own_connections() {
+    // Make the agent's own STS traffic look exactly like a credentials request:
+    // the credentials address *is* the STS address, and the agent runs in a cgroup
+    // under the attach point. If the programs redirected the agent's own sockets,
+    // its STS calls would loop back into itself and no pod would get credentials.
+    let mut s = Scenario::new();
+    let agent_cg = testnode::Cgroup::create(s.node.cgroup_root.path().join("system.slice/pod-identity-agent.service"));
+    let sts_port = STS_PORT.to_string();
+    let cmd = s.agent_command(&["--cred-addr4", "169.254.199.1", "--cred-port", &sts_port]);
+    let wrapped = testnode::in_cgroup(agent_cg.path(), &cmd);
+    s.node.spawn_until(wrapped, "pod-identity-agent ready", Duration::from_secs(20));
+    let (_, rec) = client1(
+        &s.node,
+        0,
+        &["--addr", "169.254.199.1", "--port", &sts_port, "--path", "/v1/credentials", "--host", "169.254.199.1"],
+    );
+    assert_eq!(rec["status"], 200, "{rec}");
+    let v: Value = serde_json::from_str(rec["body"].as_str().unwrap()).unwrap();
+    assert!(v["AccessKeyId"].as_str().unwrap().starts_with("ASIA"), "{v}");
+    // ...and the pod's request really went through the redirect (kernel attribution).
+    assert_eq!(rec["peer"], serde_json::json!(["169.254.199.1", STS_PORT]), "{rec}");
+    drop(agent_cg);
+}

@@ -361,6 +361,11 @@ impl Node {
         let _ = c.wait();
     }
 
+    /// The process id of a process started with [`Node::spawn`] or [`Node::spawn_until`].
+    pub fn pid(&self, handle: usize) -> u32 {
+        self.children[handle].id()
+    }
+
     /// Whether a spawned process is still running.
     pub fn is_running(&mut self, handle: usize) -> bool {
         matches!(self.children[handle].try_wait(), Ok(None))
@@ -455,4 +460,22 @@ impl Drop for BpfFs {
         let _ = run("umount", &["-l", self.path.to_str().unwrap_or_default()]);
         let _ = fs::remove_dir(&self.path);
     }
+}
+
+/// Wrap `cmd` so that it runs in `cgroup` (program, arguments and environment
+/// are carried over).
+pub fn in_cgroup(cgroup: &Path, cmd: &Command) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"cg=$0; echo $$ > "$cg/cgroup.procs" && exec "$@""#)
+        .arg(cgroup)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
 }

@@ -262,6 +262,11 @@ impl Scenario {
     }
 
     pub fn start_agent(&mut self, extra: &[&str]) -> usize {
+        let c = self.agent_command(extra);
+        self.node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+    }
+
+    pub fn agent_command(&self, extra: &[&str]) -> Command {
         let d = self.dir.path();
         let mut c = agent_command(&self.node, extra);
         c.arg("--pods-file")
@@ -276,7 +281,7 @@ impl Scenario {
             .env("AWS_ACCESS_KEY_ID", "AKIAAGENTEXAMPLE0001")
             .env("AWS_SECRET_ACCESS_KEY", "agent-secret-never-logged")
             .env("AWS_EC2_METADATA_DISABLED", "true");
-        self.node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+        c
     }
 
     pub fn arn(&self, pod: usize, sdk: Sdk) -> Result<String, String> {
