@@ -75,6 +75,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Where `/healthz` and `/readyz` are served (localhost only).
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// Request limits per caller cgroup.
+    pub limits: crate::ratelimit::Limits,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
             sts: StsSettings::default(),
             cache: CacheSettings::default(),
             probe_addr: None,
+            limits: crate::ratelimit::Limits::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod ebpf;
 pub mod lifecycle;
 pub mod model;
 pub mod pods;
+pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod sts;

@@ -73,6 +73,12 @@ struct Args {
     /// Refuse requests whose Authorization token names another pod than the kernel.
     #[arg(long)]
     token_cross_check: bool,
+    /// Requests per second each caller (cgroup) may make; 0 disables the limit.
+    #[arg(long, default_value_t = 200.0)]
+    max_rps_per_caller: f64,
+    /// Burst above that rate.
+    #[arg(long, default_value_t = 400.0)]
+    burst_per_caller: f64,
     /// Serve /healthz and /readyz here (keep it on localhost).
     #[arg(long, env = "POD_IDENTITY_PROBE_ADDR")]
     probe_addr: Option<SocketAddr>,
@@ -157,6 +163,7 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
     cfg.pods_file = args.pods_file.clone();
     cfg.associations_file = args.associations_file.clone();
     cfg.probe_addr = args.probe_addr;
+    cfg.limits = pod_identity_agent::ratelimit::Limits { rate: args.max_rps_per_caller, burst: args.burst_per_caller };
     cfg.sts.cluster_name = args.cluster_name.clone();
     cfg.sts.cluster_arn = args.cluster_arn.clone();
     cfg.sts.endpoint_url = args.sts_endpoint.clone();

@@ -73,6 +73,9 @@ pub enum Refusal {
     /// Token cross-check failed.
     #[error("{0}")]
     Token(token::TokenError),
+    /// The caller is over its request rate.
+    #[error("Too Many Requests")]
+    Throttled,
     /// STS (or the cache) could not produce credentials.
     #[error("{message}")]
     Credentials { status: u16, code: String, message: String },
@@ -88,6 +91,7 @@ impl Refusal {
             Refusal::NoAssociation { .. } => 404,
             Refusal::BadAssociation(_) => 400,
             Refusal::Token(e) => e.http_status(),
+            Refusal::Throttled => 429,
             Refusal::Credentials { status, .. } => *status,
         }
     }
@@ -107,6 +111,7 @@ impl Refusal {
             Refusal::BadAssociation(_) => "BadAssociation",
             Refusal::Token(token::TokenError::PodMismatch { .. }) => "TokenPodMismatch",
             Refusal::Token(_) => "BadToken",
+            Refusal::Throttled => "Throttled",
             Refusal::Credentials { code, .. } => code,
         }
     }
@@ -228,6 +233,8 @@ pub struct ServiceSettings {
     pub cred_addr6: String,
     /// Refuse a token whose pod claims differ from the kernel's attribution.
     pub token_cross_check: bool,
+    /// Request limits per caller cgroup.
+    pub limits: crate::ratelimit::Limits,
 }
 
 impl From<&Config> for ServiceSettings {
@@ -236,6 +243,7 @@ impl From<&Config> for ServiceSettings {
             cred_addr4: cfg.kernel.cred_addr4.to_string(),
             cred_addr6: cfg.kernel.cred_addr6.to_string(),
             token_cross_check: cfg.token_cross_check,
+            limits: cfg.limits,
         }
     }
 }
@@ -246,11 +254,13 @@ pub struct Service<F: Fetch> {
     resolver: Resolver,
     cache: CredentialCache<F>,
     sink: Arc<dyn AccessSink>,
+    limiter: crate::ratelimit::RateLimiter,
 }
 
 impl<F: Fetch> Service<F> {
     pub fn new(settings: ServiceSettings, resolver: Resolver, cache: CredentialCache<F>, sink: Arc<dyn AccessSink>) -> Self {
-        Service { settings, resolver, cache, sink }
+        let limiter = crate::ratelimit::RateLimiter::new(settings.limits);
+        Service { settings, resolver, cache, sink, limiter }
     }
 
     fn check_host<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
@@ -306,6 +316,9 @@ impl<F: Fetch> Service<F> {
                 }
             };
             access.caller = Some(caller.clone());
+            if !self.limiter.allow(caller.cgroup_id) {
+                return Err(Refusal::Throttled);
+            }
             self.check_host(req)?;
             match req.uri().path() {
                 // The stock agent answers any method on the credentials path.
@@ -408,6 +421,7 @@ mod tests {
             cred_addr4: "169.254.170.23".into(),
             cred_addr6: "fd00:ec2::23".into(),
             token_cross_check: cross_check,
+            limits: crate::ratelimit::Limits::default(),
         };
         let svc = Service::new(settings, resolver, CredentialCache::new(FakeSts, CacheSettings::default()), Arc::new(TracingSink));
         Fixture {
