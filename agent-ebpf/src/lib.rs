@@ -165,7 +165,9 @@ mod tests {
         let bytes: std::vec::Vec<u8> = m.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(
             std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).unwrap()),
-            "::ffff:169.254.170.23".parse::<std::net::Ipv6Addr>().unwrap()
+            "::ffff:169.254.170.23"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
         );
         assert!(!is_v4_mapped(&[0, 0, 0, 1u32.to_be()]));
     }

@@ -12,8 +12,7 @@
 #![no_main]
 
 use agent_ebpf::{
-    action, flags, is_v4_mapped, v4_mapped, verdict, Config, Identity, TupleKey,
-    AF_INET, AF_INET6,
+    action, flags, is_v4_mapped, v4_mapped, verdict, Config, Identity, TupleKey, AF_INET, AF_INET6,
 };
 use aya_ebpf::{
     bindings::{

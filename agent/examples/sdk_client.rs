@@ -20,7 +20,10 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sdk_client: {}", aws_smithy_types::error::display::DisplayErrorContext(&e));
+            eprintln!(
+                "sdk_client: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

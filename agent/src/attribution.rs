@@ -77,7 +77,11 @@ pub struct Caller {
 
 impl From<&Identity> for Caller {
     fn from(id: &Identity) -> Self {
-        let end = id.comm.iter().position(|&b| b == 0).unwrap_or(id.comm.len());
+        let end = id
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(id.comm.len());
         Caller {
             cgroup_id: id.cgroup_id,
             pid: id.pid,

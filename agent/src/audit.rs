@@ -54,7 +54,11 @@ pub enum AuditError {
 pub enum Target {
     Stdout,
     /// A file rotated at `max_bytes`, keeping `keep` old files (`.1` newest).
-    File { path: PathBuf, max_bytes: u64, keep: u32 },
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
 }
 
 /// Size-bounded writer with rotation.
@@ -66,7 +70,11 @@ struct Writer {
 
 impl Writer {
     fn open(target: Target) -> Result<Writer, AuditError> {
-        let mut w = Writer { target, out: None, size: 0 };
+        let mut w = Writer {
+            target,
+            out: None,
+            size: 0,
+        };
         w.reopen()?;
         Ok(w)
     }
@@ -77,7 +85,10 @@ impl Writer {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| AuditError::Io { path: path.clone(), source })?;
+                .map_err(|source| AuditError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
             self.out = Some(BufWriter::new(f));
         }
@@ -111,7 +122,9 @@ impl Writer {
                 let _ = so.flush();
                 Ok(())
             }
-            Target::File { path, max_bytes, .. } => {
+            Target::File {
+                path, max_bytes, ..
+            } => {
                 let (path, max) = (path.clone(), *max_bytes);
                 if self.size + line.len() as u64 + 1 > max && self.size > 0 {
                     self.rotate()?;
@@ -163,7 +176,11 @@ impl AuditLog {
         Self::open_with_window(target, cluster, JOIN_WINDOW)
     }
 
-    pub fn open_with_window(target: Target, cluster: &str, join_window: Duration) -> Result<Arc<AuditLog>, AuditError> {
+    pub fn open_with_window(
+        target: Target,
+        cluster: &str,
+        join_window: Duration,
+    ) -> Result<Arc<AuditLog>, AuditError> {
         let mut writer = Writer::open(target)?;
         let (tx, rx) = mpsc::sync_channel::<String>(65_536);
         let stats = Arc::new(AuditStats::default());
@@ -183,7 +200,10 @@ impl AuditLog {
                     }
                 }
             })
-            .map_err(|source| AuditError::Io { path: "audit-writer thread".into(), source })?;
+            .map_err(|source| AuditError::Io {
+                path: "audit-writer thread".into(),
+                source,
+            })?;
         Ok(Arc::new(AuditLog {
             tx,
             stats,
@@ -218,7 +238,13 @@ impl AuditLog {
             return;
         }
         drop(joined);
-        lock(&self.pending).insert(ev.socket_cookie, Pending { event: ev, seen: Instant::now() });
+        lock(&self.pending).insert(
+            ev.socket_cookie,
+            Pending {
+                event: ev,
+                seen: Instant::now(),
+            },
+        );
     }
 
     /// Write redirected connects that never sent a request; forget old joins.
@@ -226,8 +252,15 @@ impl AuditLog {
         let now = Instant::now();
         let expired: Vec<Identity> = {
             let mut p = lock(&self.pending);
-            let old: Vec<u64> = p.iter().filter(|(_, v)| now - v.seen > self.join_window).map(|(k, _)| *k).collect();
-            old.into_iter().filter_map(|k| p.remove(&k)).map(|v| v.event).collect()
+            let old: Vec<u64> = p
+                .iter()
+                .filter(|(_, v)| now - v.seen > self.join_window)
+                .map(|(k, _)| *k)
+                .collect();
+            old.into_iter()
+                .filter_map(|k| p.remove(&k))
+                .map(|v| v.event)
+                .collect()
         };
         for ev in expired {
             self.emit(self.no_request_record(&ev));
@@ -268,7 +301,8 @@ impl AuditLog {
         v["event"]["action"] = json!("connect-denied");
         v["event"]["type"] = json!(["connection", "denied"]);
         v["event"]["outcome"] = json!("failure");
-        v["event"]["reason"] = json!("kernel enforce: cgroup has no association or is not a pod (EPERM)");
+        v["event"]["reason"] =
+            json!("kernel enforce: cgroup has no association or is not a pod (EPERM)");
         v["pod_identity"]["kernel"]["action"] = json!("denied");
         v
     }
@@ -389,7 +423,10 @@ fn monotonic_to_wall_offset() -> Duration {
 
 fn rfc3339_millis(t: SystemTime) -> String {
     let base = rfc3339_utc(t);
-    let ms = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_millis()).unwrap_or(0);
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
     format!("{}.{ms:03}Z", base.trim_end_matches('Z'))
 }
 
@@ -432,11 +469,19 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, v: &Value) -> bool {
         let s = |x: &Value| x.as_str().unwrap_or("").to_owned();
-        let contains = |want: &Option<String>, have: String| want.as_ref().is_none_or(|w| have.contains(w.as_str()));
+        let contains = |want: &Option<String>, have: String| {
+            want.as_ref().is_none_or(|w| have.contains(w.as_str()))
+        };
         contains(&self.pod, s(&v["orchestrator"]["resource"]["name"]))
-            && self.namespace.as_ref().is_none_or(|n| s(&v["orchestrator"]["namespace"]) == *n)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| s(&v["orchestrator"]["namespace"]) == *n)
             && contains(&self.role, s(&v["pod_identity"]["role_arn"]))
-            && self.outcome.as_ref().is_none_or(|o| s(&v["event"]["outcome"]) == *o)
+            && self
+                .outcome
+                .as_ref()
+                .is_none_or(|o| s(&v["event"]["outcome"]) == *o)
     }
 }
 
@@ -447,11 +492,17 @@ pub fn table_row(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     };
-    let pod = match (v["orchestrator"]["namespace"].as_str(), v["orchestrator"]["resource"]["name"].as_str()) {
+    let pod = match (
+        v["orchestrator"]["namespace"].as_str(),
+        v["orchestrator"]["resource"]["name"].as_str(),
+    ) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
         _ => format!("cgroup:{}", s(&v["pod_identity"]["kernel"]["cgroup_id"])),
     };
-    let role = v["pod_identity"]["role_arn"].as_str().map(|r| r.rsplit('/').next().unwrap_or(r).to_owned()).unwrap_or("-".into());
+    let role = v["pod_identity"]["role_arn"]
+        .as_str()
+        .map(|r| r.rsplit('/').next().unwrap_or(r).to_owned())
+        .unwrap_or("-".into());
     format!(
         "{:<24} {:<32} {:>7} {:<15} {:<22} {:<18} {:>4} {:<20} {}",
         s(&v["@timestamp"]),
@@ -469,9 +520,17 @@ pub fn table_row(v: &Value) -> String {
 pub const TABLE_HEADER: &str = "TIME                     POD                                  PID COMM            ACTION                 ROLE               HTTP KEY                  REASON";
 
 /// Print matching lines of `path` as a table; with `follow`, keep reading as it grows.
-pub fn print_table(path: &Path, filter: &Filter, follow: bool, mut out: impl Write) -> Result<usize, AuditError> {
+pub fn print_table(
+    path: &Path,
+    filter: &Filter,
+    follow: bool,
+    mut out: impl Write,
+) -> Result<usize, AuditError> {
     use std::io::{BufRead, BufReader, Seek};
-    let io = |source| AuditError::Io { path: path.to_owned(), source };
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let f = File::open(path).map_err(io)?;
     let mut r = BufReader::new(f);
     let _ = writeln!(out, "{TABLE_HEADER}");
@@ -486,7 +545,10 @@ pub fn print_table(path: &Path, filter: &Filter, follow: bool, mut out: impl Wri
             }
             // Rotation: the path now names a new, shorter file.
             let pos = r.stream_position().map_err(io)?;
-            if std::fs::metadata(path).map(|m| m.len() < pos).unwrap_or(false) {
+            if std::fs::metadata(path)
+                .map(|m| m.len() < pos)
+                .unwrap_or(false)
+            {
                 r = BufReader::new(File::open(path).map_err(io)?);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -530,8 +592,18 @@ mod tests {
     fn access() -> Access {
         Access {
             caller: Some(caller()),
-            pod: Some(PodInfo { uid: "u".into(), namespace: "ns".into(), name: "web".into(), service_account: "sa".into(), ..Default::default() }),
-            association: Some(Association { role_arn: "arn:aws:iam::123456789012:role/r".into(), source: "file".into(), ..Default::default() }),
+            pod: Some(PodInfo {
+                uid: "u".into(),
+                namespace: "ns".into(),
+                name: "web".into(),
+                service_account: "sa".into(),
+                ..Default::default()
+            }),
+            association: Some(Association {
+                role_arn: "arn:aws:iam::123456789012:role/r".into(),
+                source: "file".into(),
+                ..Default::default()
+            }),
             access_key_id: Some("ASIAEXAMPLE".into()),
             assumed_role_arn: Some("arn:aws:sts::123456789012:assumed-role/r/eks-c-web-x".into()),
             status: 200,
@@ -542,7 +614,11 @@ mod tests {
     }
 
     fn read_lines(path: &Path) -> Vec<Value> {
-        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     fn wait_written(log: &AuditLog, n: u64) {
@@ -559,8 +635,22 @@ mod tests {
     fn access_record_uses_ecs_fields_and_joins_the_kernel_event() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Target::File { path: path.clone(), max_bytes: 1 << 20, keep: 2 }, "c").unwrap();
-        let mut ev = Identity { socket_cookie: 555, cgroup_id: 4242, pid: 77, action: action::REDIRECTED, ..Default::default() };
+        let log = AuditLog::open(
+            Target::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                keep: 2,
+            },
+            "c",
+        )
+        .unwrap();
+        let mut ev = Identity {
+            socket_cookie: 555,
+            cgroup_id: 4242,
+            pid: 77,
+            action: action::REDIRECTED,
+            ..Default::default()
+        };
         ev.comm[..7].copy_from_slice(b"python3");
         log.kernel_event(ev);
         log.record(&access());
@@ -582,11 +672,27 @@ mod tests {
     fn denied_kernel_event_is_written_alone_and_late_events_are_not_duplicated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Target::File { path: path.clone(), max_bytes: 1 << 20, keep: 2 }, "c").unwrap();
-        log.kernel_event(Identity { socket_cookie: 1, action: action::DENIED, ..Default::default() });
+        let log = AuditLog::open(
+            Target::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                keep: 2,
+            },
+            "c",
+        )
+        .unwrap();
+        log.kernel_event(Identity {
+            socket_cookie: 1,
+            action: action::DENIED,
+            ..Default::default()
+        });
         // Request first, kernel event later (ring buffer lag): still one line.
         log.record(&access());
-        log.kernel_event(Identity { socket_cookie: 555, action: action::REDIRECTED, ..Default::default() });
+        log.kernel_event(Identity {
+            socket_cookie: 555,
+            action: action::REDIRECTED,
+            ..Default::default()
+        });
         wait_written(&log, 2);
         assert!(lock(&log.pending).is_empty());
         let lines = read_lines(&path);
@@ -598,7 +704,15 @@ mod tests {
     fn rotation_bounds_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Target::File { path: path.clone(), max_bytes: 4096, keep: 2 }, "c").unwrap();
+        let log = AuditLog::open(
+            Target::File {
+                path: path.clone(),
+                max_bytes: 4096,
+                keep: 2,
+            },
+            "c",
+        )
+        .unwrap();
         for _ in 0..100 {
             log.record(&access());
         }
@@ -613,7 +727,15 @@ mod tests {
     fn filter_and_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Target::File { path: path.clone(), max_bytes: 1 << 20, keep: 1 }, "c").unwrap();
+        let log = AuditLog::open(
+            Target::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                keep: 1,
+            },
+            "c",
+        )
+        .unwrap();
         log.record(&access());
         let mut refused = access();
         refused.status = 404;
@@ -622,11 +744,20 @@ mod tests {
         log.record(&refused);
         wait_written(&log, 2);
         let mut out = Vec::new();
-        let f = Filter { outcome: Some("failure".into()), ..Default::default() };
+        let f = Filter {
+            outcome: Some("failure".into()),
+            ..Default::default()
+        };
         assert_eq!(print_table(&path, &f, false, &mut out).unwrap(), 1);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("ns/batch") && text.contains("NoAssociation"), "{text}");
-        let f = Filter { pod: Some("web".into()), ..Default::default() };
+        assert!(
+            text.contains("ns/batch") && text.contains("NoAssociation"),
+            "{text}"
+        );
+        let f = Filter {
+            pod: Some("web".into()),
+            ..Default::default()
+        };
         assert_eq!(print_table(&path, &f, false, std::io::sink()).unwrap(), 1);
     }
 }

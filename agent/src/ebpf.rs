@@ -21,11 +21,15 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 
-use crate::{attribution, config::{EnforceMode, KernelConfig}};
+use crate::{
+    attribution,
+    config::{EnforceMode, KernelConfig},
+};
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs` (empty when
 /// the agent was built without it).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod-identity-ebpf.o"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod-identity-ebpf.o"));
 
 /// `aya::Pod` wrappers: the records are plain `#[repr(C)]` integers and arrays with
 /// no padding, so any byte pattern is a valid value.
@@ -207,7 +211,8 @@ impl Kernel {
 
         // Config first, so the programs act correctly from their first run.
         let mut config: Array<MapData, PodKConfig> = Array::try_from(
-            ebpf.take_map(maps::CONFIG).ok_or(KernelError::MissingMap(maps::CONFIG))?,
+            ebpf.take_map(maps::CONFIG)
+                .ok_or(KernelError::MissingMap(maps::CONFIG))?,
         )
         .map_err(map_err(maps::CONFIG))?;
         config
@@ -251,25 +256,31 @@ impl Kernel {
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(programs::SOCK_OPS))?;
         if let Some(dir) = pin_dir {
-            let link = sock_ops.take_link(id).map_err(prog_err(programs::SOCK_OPS))?;
+            let link = sock_ops
+                .take_link(id)
+                .map_err(prog_err(programs::SOCK_OPS))?;
             let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
             pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
         }
 
         let tuples = HashMap::try_from(
-            ebpf.take_map(maps::TUPLES).ok_or(KernelError::MissingMap(maps::TUPLES))?,
+            ebpf.take_map(maps::TUPLES)
+                .ok_or(KernelError::MissingMap(maps::TUPLES))?,
         )
         .map_err(map_err(maps::TUPLES))?;
         let verdicts = HashMap::try_from(
-            ebpf.take_map(maps::VERDICTS).ok_or(KernelError::MissingMap(maps::VERDICTS))?,
+            ebpf.take_map(maps::VERDICTS)
+                .ok_or(KernelError::MissingMap(maps::VERDICTS))?,
         )
         .map_err(map_err(maps::VERDICTS))?;
         let events_lost = PerCpuArray::try_from(
-            ebpf.take_map(maps::EVENTS_LOST).ok_or(KernelError::MissingMap(maps::EVENTS_LOST))?,
+            ebpf.take_map(maps::EVENTS_LOST)
+                .ok_or(KernelError::MissingMap(maps::EVENTS_LOST))?,
         )
         .map_err(map_err(maps::EVENTS_LOST))?;
         let events = RingBuf::try_from(
-            ebpf.take_map(maps::EVENTS).ok_or(KernelError::MissingMap(maps::EVENTS))?,
+            ebpf.take_map(maps::EVENTS)
+                .ok_or(KernelError::MissingMap(maps::EVENTS))?,
         )
         .map_err(map_err(maps::EVENTS))?;
 
@@ -337,7 +348,10 @@ impl Kernel {
 
     /// Events lost because the ring buffer was full, summed over CPUs.
     pub fn events_lost(&self) -> Result<u64, KernelError> {
-        let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(maps::EVENTS_LOST))?;
+        let per_cpu = self
+            .events_lost
+            .get(&0, 0)
+            .map_err(map_err(maps::EVENTS_LOST))?;
         Ok(per_cpu.iter().sum())
     }
 

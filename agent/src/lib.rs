@@ -5,13 +5,15 @@
 #![deny(unsafe_code)]
 
 pub mod associations;
-pub mod audit;
 pub mod attribution;
+pub mod audit;
 pub mod cache;
 pub mod cgroup;
 pub mod config;
 pub mod creds;
 pub mod ebpf;
+pub mod eks;
+pub mod kubernetes;
 pub mod lifecycle;
 pub mod model;
 pub mod pods;

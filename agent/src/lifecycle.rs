@@ -54,13 +54,20 @@ impl Lifecycle {
             Err(_) => return (0, 0),
         };
         for (id, path) in &delta.appeared {
-            let uid = cgroup::parse_cgroup_path(path).ok().flatten().map(|pc| pc.pod_uid);
+            let uid = cgroup::parse_cgroup_path(path)
+                .ok()
+                .flatten()
+                .map(|pc| pc.pod_uid);
             self.cgroups.insert(*id, uid);
         }
         let mut gone_pods = 0;
         for (id, _) in &delta.gone {
             if let Some(Some(uid)) = self.cgroups.remove(id) {
-                if !self.cgroups.values().any(|u| u.as_deref() == Some(uid.as_str())) {
+                if !self
+                    .cgroups
+                    .values()
+                    .any(|u| u.as_deref() == Some(uid.as_str()))
+                {
                     let n = cache.evict_pod(&uid);
                     self.prefetched.remove(&uid);
                     gone_pods += 1;
@@ -102,10 +109,15 @@ impl Lifecycle {
         for (id, uid) in &self.cgroups {
             let want = match uid {
                 None => Some(verdict::DENY),
-                Some(uid) => resolver.pods.get(uid).map(|pod| match resolver.assocs.resolve(&pod) {
-                    Ok(_) => verdict::ALLOW,
-                    Err(_) => verdict::DENY,
-                }),
+                Some(uid) => {
+                    resolver
+                        .pods
+                        .get(uid)
+                        .map(|pod| match resolver.assocs.resolve(&pod) {
+                            Ok(_) => verdict::ALLOW,
+                            Err(_) => verdict::DENY,
+                        })
+                }
             };
             let have = self.verdicts.get(id).copied();
             if want != have {

@@ -12,7 +12,7 @@ use pod_identity_agent::{
     cgroup::CgroupIndex,
     config::{self, Config, EnforceMode},
     ebpf::Kernel,
-    lifecycle, pods, server,
+    eks, kubernetes, lifecycle, pods, server,
     service::{Resolver, Service, ServiceSettings, TracingSink},
     sts::StsFetcher,
 };
@@ -44,7 +44,11 @@ struct Args {
     cred_port: u16,
     /// bpffs directory where links and maps are pinned, so the redirect survives a
     /// restart; `none` to detach on exit.
-    #[arg(long, env = "POD_IDENTITY_BPFFS_DIR", default_value = "/sys/fs/bpf/pod-identity-agent")]
+    #[arg(
+        long,
+        env = "POD_IDENTITY_BPFFS_DIR",
+        default_value = "/sys/fs/bpf/pod-identity-agent"
+    )]
     bpffs_dir: String,
     /// audit: record only; enforce: the kernel refuses callers without an association.
     #[arg(long, value_enum, default_value_t = EnforceMode::Audit, env = "POD_IDENTITY_MODE")]
@@ -73,6 +77,27 @@ struct Args {
     /// Refuse requests whose Authorization token names another pod than the kernel.
     #[arg(long)]
     token_cross_check: bool,
+    /// This node's name (spec.nodeName, via the downward API); required with --kube.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Pods, service accounts and PodIdentityAssociation resources from the Kubernetes API.
+    #[arg(long)]
+    kube: bool,
+    /// With --kube: do not watch the PodIdentityAssociation CRD (not installed).
+    #[arg(long)]
+    no_crd: bool,
+    /// With --kube: a kubeconfig file instead of in-cluster access.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kube: remove this node taint once the agent is ready (schedule pods after it).
+    #[arg(long)]
+    startup_taint: Option<String>,
+    /// Associations from the EKS API (ListPodIdentityAssociations), polled.
+    #[arg(long)]
+    eks_associations: bool,
+    /// EKS endpoint override.
+    #[arg(long)]
+    eks_endpoint: Option<String>,
     /// Requests per second each caller (cgroup) may make; 0 disables the limit.
     #[arg(long, default_value_t = 200.0)]
     max_rps_per_caller: f64,
@@ -137,7 +162,9 @@ fn audit_command(args: AuditArgs) -> anyhow::Result<()> {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -163,7 +190,10 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
     cfg.pods_file = args.pods_file.clone();
     cfg.associations_file = args.associations_file.clone();
     cfg.probe_addr = args.probe_addr;
-    cfg.limits = pod_identity_agent::ratelimit::Limits { rate: args.max_rps_per_caller, burst: args.burst_per_caller };
+    cfg.limits = pod_identity_agent::ratelimit::Limits {
+        rate: args.max_rps_per_caller,
+        burst: args.burst_per_caller,
+    };
     cfg.sts.cluster_name = args.cluster_name.clone();
     cfg.sts.cluster_arn = args.cluster_arn.clone();
     cfg.sts.endpoint_url = args.sts_endpoint.clone();
@@ -176,7 +206,9 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
 async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("uninstall") {
         // Detach the programs and free the maps a pinned agent left on this node.
-        let dir = std::env::args().nth(2).unwrap_or_else(|| "/sys/fs/bpf/pod-identity-agent".into());
+        let dir = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "/sys/fs/bpf/pod-identity-agent".into());
         let n = pod_identity_agent::ebpf::unpin_all(std::path::Path::new(&dir))?;
         println!("removed {n} pins from {dir}");
         return Ok(());
@@ -192,10 +224,15 @@ async fn main() -> anyhow::Result<()> {
     // Sources first: a broken config is a clear error before anything attaches.
     let pod_store = pods::PodStore::new();
     if let Some(path) = &cfg.pods_file {
-        let initial = pods::load_pods_file(path).with_context(|| format!("loading pods file {}", path.display()))?;
+        let initial = pods::load_pods_file(path)
+            .with_context(|| format!("loading pods file {}", path.display()))?;
         pod_store.replace_all(initial);
         pod_store.mark_synced();
-        tokio::spawn(pods::watch_pods_file(path.clone(), pod_store.clone(), Duration::from_secs(2)));
+        tokio::spawn(pods::watch_pods_file(
+            path.clone(),
+            pod_store.clone(),
+            Duration::from_secs(2),
+        ));
     }
     let assoc_store = AssociationStore::new();
     if let Some(path) = &cfg.associations_file {
@@ -209,14 +246,20 @@ async fn main() -> anyhow::Result<()> {
     // Bind before attaching: once the programs redirect, someone must answer.
     let mut listeners = Vec::new();
     let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
-    listeners.push(tokio::net::TcpListener::bind(v4).await.with_context(|| format!("binding {v4}"))?);
+    listeners.push(
+        tokio::net::TcpListener::bind(v4)
+            .await
+            .with_context(|| format!("binding {v4}"))?,
+    );
     if let Some(a6) = cfg.kernel.agent_addr6 {
         let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
         match tokio::net::TcpListener::bind(v6).await {
             Ok(l) => listeners.push(l),
             // An IPv4-only node must not crash-loop (stock agent issue #16): IPv6
             // clients still reach us through the IPv4-mapped address.
-            Err(e) => tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses"),
+            Err(e) => {
+                tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses")
+            }
         }
     }
 
@@ -233,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
         audit_target,
         &cfg.sts.cluster_name,
         Duration::from_millis(args.audit_join_window_ms),
-    ).context("opening the audit log")?;
+    )
+    .context("opening the audit log")?;
 
     let mut kernel = Kernel::start(&cfg.kernel).context("starting the kernel side")?;
     let events = kernel.take_events();
@@ -246,10 +290,70 @@ async fn main() -> anyhow::Result<()> {
         "programs attached"
     );
 
+    // Cluster sources. Readiness: programs attached (done above) and every
+    // configured source synced.
+    let mut ready_checks: Vec<Box<dyn Fn() -> bool + Send + Sync>> = Vec::new();
+    if cfg.pods_file.is_some() {
+        let p = pod_store.clone();
+        ready_checks.push(Box::new(move || p.is_synced()));
+    }
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    if args.kube {
+        let node = args
+            .node_name
+            .clone()
+            .context("--kube needs --node-name (or NODE_NAME)")?;
+        let mut ks = kubernetes::KubeSettings::new(node);
+        ks.crd = !args.no_crd;
+        ks.startup_taint = args.startup_taint.clone();
+        if let Some(k) = &args.kubeconfig {
+            ks.access = kubernetes::ClusterAccess::Kubeconfig(k.clone());
+        }
+        let src = kubernetes::KubeSources::connect(ks, pod_store.clone(), assoc_store.clone())
+            .await
+            .context("connecting to the Kubernetes API")?
+            .with_ready_gate(gate_rx.clone());
+        let status = src.status();
+        ready_checks.push(Box::new(move || {
+            status.pods_synced() && status.associations_synced()
+        }));
+        tokio::spawn(src.run());
+    }
+    if args.eks_associations {
+        let mut es = eks::EksSettings::new(cfg.sts.cluster_name.clone());
+        es.endpoint_url = args.eks_endpoint.clone();
+        if !cfg.sts.region.is_empty() {
+            es.region = Some(cfg.sts.region.clone());
+        }
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let src = eks::EksSource::new(eks::eks_client(&sdk, &es), es, assoc_store.clone())
+            .context("EKS associations source")?;
+        let status = src.status();
+        ready_checks.push(Box::new(move || status.is_synced()));
+        tokio::spawn(src.run());
+    }
+    let ready: Arc<dyn Fn() -> bool + Send + Sync> =
+        Arc::new(move || ready_checks.iter().all(|c| c()));
+    {
+        // Open the taint gate once everything else is ready.
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            while !ready() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = gate_tx.send(true);
+        });
+    }
+
     let fetcher = StsFetcher::new(cfg.sts.clone()).await;
     let cache = CredentialCache::new(fetcher, cfg.cache.clone());
     let resolver = Resolver {
-        index: Arc::new(CgroupIndex::new(cfg.cgroup_index_root.clone(), Duration::from_millis(200))),
+        index: Arc::new(CgroupIndex::new(
+            cfg.cgroup_index_root.clone(),
+            Duration::from_millis(200),
+        )),
         pods: pod_store.clone(),
         assocs: assoc_store.clone(),
         unknown_pod_wait: cfg.unknown_pod_wait,
@@ -260,20 +364,27 @@ async fn main() -> anyhow::Result<()> {
         cache.clone(),
         Arc::new(audit::Tee(vec![Arc::new(TracingSink), audit_log.clone()])),
     ));
-    let verdicts: Option<Arc<dyn lifecycle::VerdictSink>> =
-        (cfg.kernel.enforce == EnforceMode::Enforce).then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
+    let verdicts: Option<Arc<dyn lifecycle::VerdictSink>> = (cfg.kernel.enforce
+        == EnforceMode::Enforce)
+        .then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(reader) = events {
         tasks.spawn(audit::run_kernel_events(reader, audit_log.clone()));
     }
-    tasks.spawn(lifecycle::run(resolver, cache.clone(), verdicts, cfg.rescan_interval));
+    tasks.spawn(lifecycle::run(
+        resolver,
+        cache.clone(),
+        verdicts,
+        cfg.rescan_interval,
+    ));
     for l in listeners {
         tasks.spawn(server::serve(l, kernel.clone(), service.clone()));
     }
     if let Some(addr) = cfg.probe_addr {
-        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding probe {addr}"))?;
-        let pods = pod_store.clone();
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding probe {addr}"))?;
         let (k, c, al) = (kernel.clone(), cache.clone(), audit_log.clone());
         let metrics = Arc::new(move || {
             let s = c.stats();
@@ -296,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
                 al.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
             )
         });
-        tasks.spawn(server::serve_probes(l, Arc::new(move || pods.is_synced()), metrics));
+        tasks.spawn(server::serve_probes(l, ready.clone(), metrics));
     }
     tracing::info!("pod-identity-agent ready");
 

@@ -26,7 +26,9 @@ pub struct PodInfo {
 }
 
 /// How the agent obtains credentials for an association.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AssumeMode {
     /// EKS Pod Identity: AssumeRole with the agent's own credentials and session tags.

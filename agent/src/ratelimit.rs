@@ -18,7 +18,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { rate: 200.0, burst: 400.0 }
+        Limits {
+            rate: 200.0,
+            burst: 400.0,
+        }
     }
 }
 
@@ -37,7 +40,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(limits: Limits) -> Self {
-        RateLimiter { limits, buckets: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()) }
+        RateLimiter {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
+        }
     }
 
     /// Take one token for `key` at `now`; false when the caller is over its limit.
@@ -53,7 +60,10 @@ impl RateLimiter {
                 *last = now;
             }
         }
-        let bucket = b.entry(key).or_insert(Bucket { tokens: self.limits.burst, last: now });
+        let bucket = b.entry(key).or_insert(Bucket {
+            tokens: self.limits.burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.limits.rate).min(self.limits.burst);
         bucket.last = now;
@@ -76,7 +86,10 @@ mod tests {
 
     #[test]
     fn burst_then_rate_per_key() {
-        let l = RateLimiter::new(Limits { rate: 10.0, burst: 5.0 });
+        let l = RateLimiter::new(Limits {
+            rate: 10.0,
+            burst: 5.0,
+        });
         let t = Instant::now();
         assert_eq!((0..10).filter(|_| l.allow_at(1, t)).count(), 5);
         // Another caller is unaffected.

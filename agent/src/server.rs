@@ -82,7 +82,11 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
             Ok(None) => Err(Unattributed::NoRecord),
             Err(e) => Err(Unattributed::LookupFailed(e)),
         };
-        let ctx = RequestContext { peer, local, caller };
+        let ctx = RequestContext {
+            peer,
+            local,
+            caller,
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -107,8 +111,14 @@ pub fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -123,7 +133,12 @@ pub fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// The `Host` header without port or brackets, lowercased.
 pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.headers().get(hyper::header::HOST)?.to_str().ok()?.trim();
+    let raw = req
+        .headers()
+        .get(hyper::header::HOST)?
+        .to_str()
+        .ok()?
+        .trim();
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else if raw.matches(':').count() == 1 {
@@ -167,12 +182,17 @@ pub async fn serve_probes(
                             r
                         }
                         "/readyz" if ready() => text(StatusCode::OK, "ready"),
-                        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: pod directory not synced"),
+                        "/readyz" => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: sources not synced",
+                        ),
                         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
                     })
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -188,7 +208,10 @@ mod tests {
     #[test]
     fn host_strips_port_and_brackets() {
         assert_eq!(host_of(&req("169.254.170.23")).unwrap(), "169.254.170.23");
-        assert_eq!(host_of(&req("169.254.170.23:80")).unwrap(), "169.254.170.23");
+        assert_eq!(
+            host_of(&req("169.254.170.23:80")).unwrap(),
+            "169.254.170.23"
+        );
         assert_eq!(host_of(&req("[fd00:ec2::23]:80")).unwrap(), "fd00:ec2::23");
         assert_eq!(host_of(&req("[FD00:EC2::23]")).unwrap(), "fd00:ec2::23");
         assert_eq!(host_of(&req("fd00:ec2::23")).unwrap(), "fd00:ec2::23");

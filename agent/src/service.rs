@@ -48,7 +48,11 @@ pub enum Refusal {
     LookupFailed,
     /// Wrong `Host` header.
     #[error("Access Denied. Called agent through invalid address, please use either [{addr4} {addr6}] address not {host}")]
-    InvalidHost { addr4: String, addr6: String, host: String },
+    InvalidHost {
+        addr4: String,
+        addr6: String,
+        host: String,
+    },
     /// The caller's cgroup is gone or not indexed yet.
     #[error("The caller's cgroup {cgroup_id} was not found on this node; retry")]
     CgroupNotFound { cgroup_id: u64 },
@@ -66,7 +70,11 @@ pub enum Refusal {
     UnknownPod { uid: String },
     /// No association for the pod's service account.
     #[error("No Pod Identity association for service account {namespace}/{service_account} (pod {namespace}/{pod})")]
-    NoAssociation { namespace: String, service_account: String, pod: String },
+    NoAssociation {
+        namespace: String,
+        service_account: String,
+        pod: String,
+    },
     /// An association exists but is unusable.
     #[error("Invalid Pod Identity association: {0}")]
     BadAssociation(Box<AssociationError>),
@@ -78,13 +86,20 @@ pub enum Refusal {
     Throttled,
     /// STS (or the cache) could not produce credentials.
     #[error("{message}")]
-    Credentials { status: u16, code: String, message: String },
+    Credentials {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
-            Refusal::Unattributed | Refusal::InvalidHost { .. } | Refusal::NotAPod { .. } | Refusal::Ambiguous(_) => 403,
+            Refusal::Unattributed
+            | Refusal::InvalidHost { .. }
+            | Refusal::NotAPod { .. }
+            | Refusal::Ambiguous(_) => 403,
             Refusal::LookupFailed | Refusal::Cgroup(_) => 500,
             // Retryable: the cgroup index or the pod watch may be a moment behind.
             Refusal::CgroupNotFound { .. } | Refusal::UnknownPod { .. } => 503,
@@ -140,9 +155,15 @@ impl Resolver {
             .await
             .map_err(|e| match e {
                 PodError::UnknownPod { uid } => Refusal::UnknownPod { uid },
-                other => Refusal::UnknownPod { uid: format!("{} ({other})", pod_cgroup.pod_uid) },
+                other => Refusal::UnknownPod {
+                    uid: format!("{} ({other})", pod_cgroup.pod_uid),
+                },
             })?;
-        Ok(Resolved { cgroup_path: path, pod_cgroup, pod })
+        Ok(Resolved {
+            cgroup_path: path,
+            pod_cgroup,
+            pod,
+        })
     }
 
     async fn cgroup_path(&self, cgroup_id: u64) -> Result<String, Refusal> {
@@ -158,7 +179,9 @@ impl Resolver {
                 Err(CgroupError::NotFound { .. }) if attempt == 0 => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(CgroupError::NotFound { cgroup_id }) => return Err(Refusal::CgroupNotFound { cgroup_id }),
+                Err(CgroupError::NotFound { cgroup_id }) => {
+                    return Err(Refusal::CgroupNotFound { cgroup_id })
+                }
                 Err(e) => return Err(Refusal::Cgroup(Box::new(e))),
             }
         }
@@ -167,7 +190,10 @@ impl Resolver {
 
     pub fn association(&self, pod: &PodInfo) -> Result<Association, Refusal> {
         self.assocs.resolve(pod).map_err(|e| match e {
-            AssociationError::NoAssociation { namespace, service_account } => Refusal::NoAssociation {
+            AssociationError::NoAssociation {
+                namespace,
+                service_account,
+            } => Refusal::NoAssociation {
                 namespace,
                 service_account,
                 pod: pod.name.clone(),
@@ -208,7 +234,10 @@ pub struct TracingSink;
 
 impl AccessSink for TracingSink {
     fn record(&self, a: &Access) {
-        let pod = a.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name));
+        let pod = a
+            .pod
+            .as_ref()
+            .map(|p| format!("{}/{}", p.namespace, p.name));
         tracing::info!(
             status = a.status,
             path = %a.path,
@@ -258,9 +287,20 @@ pub struct Service<F: Fetch> {
 }
 
 impl<F: Fetch> Service<F> {
-    pub fn new(settings: ServiceSettings, resolver: Resolver, cache: CredentialCache<F>, sink: Arc<dyn AccessSink>) -> Self {
+    pub fn new(
+        settings: ServiceSettings,
+        resolver: Resolver,
+        cache: CredentialCache<F>,
+        sink: Arc<dyn AccessSink>,
+    ) -> Self {
         let limiter = crate::ratelimit::RateLimiter::new(settings.limits);
-        Service { settings, resolver, cache, sink, limiter }
+        Service {
+            settings,
+            resolver,
+            cache,
+            sink,
+            limiter,
+        }
     }
 
     fn check_host<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
@@ -275,22 +315,35 @@ impl<F: Fetch> Service<F> {
         })
     }
 
-    async fn credentials<B>(&self, caller: &Caller, req: &Request<B>, access: &mut Access) -> Result<Response<Full<Bytes>>, Refusal> {
+    async fn credentials<B>(
+        &self,
+        caller: &Caller,
+        req: &Request<B>,
+        access: &mut Access,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
         let resolved = self.resolver.pod_of(caller.cgroup_id).await?;
         access.cgroup_path = Some(resolved.cgroup_path.clone());
         access.container_id = resolved.pod_cgroup.container_id.clone();
         access.pod = Some(resolved.pod.clone());
         if self.settings.token_cross_check {
-            let tok = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            token::cross_check(tok, &resolved.pod.uid, SystemTime::now()).map_err(Refusal::Token)?;
+            let tok = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            token::cross_check(tok, &resolved.pod.uid, SystemTime::now())
+                .map_err(Refusal::Token)?;
         }
         let assoc = self.resolver.association(&resolved.pod)?;
         access.association = Some(assoc.clone());
-        let (creds, outcome) = self.cache.get(&resolved.pod, &assoc).await.map_err(|e| Refusal::Credentials {
-            status: e.http_status(),
-            code: e.code().to_owned(),
-            message: e.to_string(),
-        })?;
+        let (creds, outcome) =
+            self.cache
+                .get(&resolved.pod, &assoc)
+                .await
+                .map_err(|e| Refusal::Credentials {
+                    status: e.http_status(),
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                })?;
         access.cache = Some(outcome);
         access.access_key_id = Some(creds.access_key_id.clone());
         access.assumed_role_arn = Some(creds.assumed_role_arn.clone());
@@ -298,7 +351,11 @@ impl<F: Fetch> Service<F> {
     }
 
     /// Handle one request from an attributed (or not) connection.
-    pub async fn respond<B>(&self, ctx: &RequestContext, req: &Request<B>) -> (Response<Full<Bytes>>, Access) {
+    pub async fn respond<B>(
+        &self,
+        ctx: &RequestContext,
+        req: &Request<B>,
+    ) -> (Response<Full<Bytes>>, Access) {
         let start = Instant::now();
         let mut access = Access {
             path: req.uri().path().to_owned(),
@@ -323,7 +380,10 @@ impl<F: Fetch> Service<F> {
             match req.uri().path() {
                 // The stock agent answers any method on the credentials path.
                 CREDENTIALS_PATH => self.credentials(caller, req, &mut access).await,
-                WHOAMI_PATH => Ok(json(StatusCode::OK, serde_json::to_string(caller).unwrap_or_default())),
+                WHOAMI_PATH => Ok(json(
+                    StatusCode::OK,
+                    serde_json::to_string(caller).unwrap_or_default(),
+                )),
                 _ => Ok(text(StatusCode::NOT_FOUND, "404 page not found")),
             }
         }
@@ -333,7 +393,8 @@ impl<F: Fetch> Service<F> {
             Err(refusal) => {
                 access.reason = Some(refusal.code().to_owned());
                 access.message = Some(refusal.to_string());
-                let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = StatusCode::from_u16(refusal.status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 text(status, &refusal.to_string())
             }
         };
@@ -375,7 +436,14 @@ mod tests {
                 session_token: Secret::new("token"),
                 expiration: SystemTime::now() + Duration::from_secs(6 * 3600),
                 account_id: Some("111122223333".into()),
-                assumed_role_arn: format!("{}/{}", assoc.role_arn.replace(":iam::", ":sts::").replace(":role/", ":assumed-role/"), pod.name),
+                assumed_role_arn: format!(
+                    "{}/{}",
+                    assoc
+                        .role_arn
+                        .replace(":iam::", ":sts::")
+                        .replace(":role/", ":assumed-role/"),
+                    pod.name
+                ),
             })
         }
     }
@@ -423,7 +491,12 @@ mod tests {
             token_cross_check: cross_check,
             limits: crate::ratelimit::Limits::default(),
         };
-        let svc = Service::new(settings, resolver, CredentialCache::new(FakeSts, CacheSettings::default()), Arc::new(TracingSink));
+        let svc = Service::new(
+            settings,
+            resolver,
+            CredentialCache::new(FakeSts, CacheSettings::default()),
+            Arc::new(TracingSink),
+        );
         Fixture {
             pod_cgroup: std::fs::metadata(&pod_dir).unwrap().ino(),
             host_cgroup: std::fs::metadata(&host_dir).unwrap().ino(),
@@ -434,7 +507,13 @@ mod tests {
     }
 
     fn pod(sa: &str) -> PodInfo {
-        PodInfo { uid: UID.into(), namespace: "ns".into(), name: "web".into(), service_account: sa.into(), ..Default::default() }
+        PodInfo {
+            uid: UID.into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+            service_account: sa.into(),
+            ..Default::default()
+        }
     }
 
     fn ctx(cgroup_id: Option<u64>) -> RequestContext {
@@ -460,14 +539,21 @@ mod tests {
     }
 
     fn req(host: &str, token: Option<&str>) -> Request<()> {
-        let mut b = Request::builder().uri(CREDENTIALS_PATH).header("host", host);
+        let mut b = Request::builder()
+            .uri(CREDENTIALS_PATH)
+            .header("host", host);
         if let Some(t) = token {
             b = b.header("authorization", t);
         }
         b.body(()).unwrap()
     }
 
-    async fn call(f: &Fixture, cgroup: Option<u64>, host: &str, token: Option<&str>) -> (u16, String, Access) {
+    async fn call(
+        f: &Fixture,
+        cgroup: Option<u64>,
+        host: &str,
+        token: Option<&str>,
+    ) -> (u16, String, Access) {
         use http_body_util::BodyExt;
         let (resp, access) = f.svc.respond(&ctx(cgroup), &req(host, token)).await;
         let status = resp.status().as_u16();
@@ -485,7 +571,12 @@ mod tests {
         assert_eq!(access.access_key_id.as_deref(), Some("ASIAFAKE"));
         assert_eq!(access.container_id.as_deref(), Some(CID));
         // Bracketed IPv6 host with port is accepted too.
-        assert_eq!(call(&f, Some(f.pod_cgroup), "[fd00:ec2::23]:80", None).await.0, 200);
+        assert_eq!(
+            call(&f, Some(f.pod_cgroup), "[fd00:ec2::23]:80", None)
+                .await
+                .0,
+            200
+        );
     }
 
     #[tokio::test]
@@ -506,7 +597,10 @@ mod tests {
         f.pods.upsert(pod("other"));
         let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
         assert_eq!(s, 404);
-        assert_eq!(b, "No Pod Identity association for service account ns/other (pod ns/web)\n");
+        assert_eq!(
+            b,
+            "No Pod Identity association for service account ns/other (pod ns/web)\n"
+        );
         // A cgroup id that exists nowhere.
         let (s, _, a) = call(&f, Some(u64::MAX), "169.254.170.23", None).await;
         assert_eq!((s, a.reason.as_deref()), (503, Some("CgroupNotFound")));
@@ -516,13 +610,31 @@ mod tests {
     async fn cross_check_refuses_another_pods_token() {
         let f = fixture(true);
         f.pods.upsert(pod("app"));
-        let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
         let mine = token::fake_pod_token("ns", "app", "web", UID, exp);
-        let theirs = token::fake_pod_token("ns", "app", "db", "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", exp);
-        assert_eq!(call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await.0, 200);
+        let theirs = token::fake_pod_token(
+            "ns",
+            "app",
+            "db",
+            "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+            exp,
+        );
+        assert_eq!(
+            call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine))
+                .await
+                .0,
+            200
+        );
         let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&theirs)).await;
         assert_eq!(s, 403, "{b}");
         let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
-        assert_eq!((s, b.as_str()), (400, "Service account token cannot be empty\n"));
+        assert_eq!(
+            (s, b.as_str()),
+            (400, "Service account token cannot be empty\n")
+        );
     }
 }

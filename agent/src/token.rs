@@ -56,22 +56,29 @@ pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
         return Err(TokenError::Empty);
     }
     let mut parts = token.split('.');
-    let (Some(_h), Some(p), Some(_s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(TokenError::Unparseable("not a JWT (want header.payload.signature)"));
+    let (Some(_h), Some(p), Some(_s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Unparseable(
+            "not a JWT (want header.payload.signature)",
+        ));
     };
     // base64url without padding → standard alphabet with padding.
-    let mut std_b64: String = p.chars().map(|c| match c {
-        '-' => '+',
-        '_' => '/',
-        c => c,
-    }).collect();
+    let mut std_b64: String = p
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
     while !std_b64.len().is_multiple_of(4) {
         std_b64.push('=');
     }
     let bytes = aws_smithy_types::base64::decode(&std_b64)
         .map_err(|_| TokenError::Unparseable("payload is not base64url"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| TokenError::Unparseable("payload is not JSON"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| TokenError::Unparseable("payload is not JSON"))?;
     let k8s = &v["kubernetes.io"];
     let s = |x: &serde_json::Value| x.as_str().map(str::to_owned);
     Ok(TokenClaims {
@@ -84,9 +91,16 @@ pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
 }
 
 /// Cross-check a token against the pod the kernel attributed the call to.
-pub fn cross_check(token: Option<&str>, kernel_pod_uid: &str, now: SystemTime) -> Result<(), TokenError> {
+pub fn cross_check(
+    token: Option<&str>,
+    kernel_pod_uid: &str,
+    now: SystemTime,
+) -> Result<(), TokenError> {
     let claims = decode(token.unwrap_or(""))?;
-    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     if claims.exp.is_some_and(|exp| exp < now) {
         return Err(TokenError::Claims("token is expired"));
     }
@@ -95,14 +109,23 @@ pub fn cross_check(token: Option<&str>, kernel_pod_uid: &str, now: SystemTime) -
     }
     match claims.pod_uid {
         Some(uid) if uid == kernel_pod_uid => Ok(()),
-        Some(uid) => Err(TokenError::PodMismatch { token_pod: uid, kernel_pod: kernel_pod_uid.to_owned() }),
+        Some(uid) => Err(TokenError::PodMismatch {
+            token_pod: uid,
+            kernel_pod: kernel_pod_uid.to_owned(),
+        }),
         None => Err(TokenError::Claims("token has no kubernetes.io pod claim")),
     }
 }
 
 /// Build an unsigned token with pod claims, as the kubelet's projected tokens
 /// look (for tests and the demo; signature is a placeholder).
-pub fn fake_pod_token(namespace: &str, sa: &str, pod_name: &str, pod_uid: &str, exp: u64) -> String {
+pub fn fake_pod_token(
+    namespace: &str,
+    sa: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    exp: u64,
+) -> String {
     let enc = |v: &serde_json::Value| {
         aws_smithy_types::base64::encode(v.to_string())
             .trim_end_matches('=')
@@ -146,7 +169,13 @@ mod tests {
 
     #[test]
     fn other_pods_token_is_refused_with_403() {
-        let t = fake_pod_token("ns", "sa", "p", "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", 1_800_003_600);
+        let t = fake_pod_token(
+            "ns",
+            "sa",
+            "p",
+            "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+            1_800_003_600,
+        );
         let e = cross_check(Some(&t), UID, now()).unwrap_err();
         assert!(matches!(e, TokenError::PodMismatch { .. }));
         assert_eq!(e.http_status(), 403);
@@ -154,12 +183,19 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_400_with_stock_messages() {
-        assert_eq!(cross_check(None, UID, now()).unwrap_err().to_string(), "Service account token cannot be empty");
+        assert_eq!(
+            cross_check(None, UID, now()).unwrap_err().to_string(),
+            "Service account token cannot be empty"
+        );
         let e = cross_check(Some("abc"), UID, now()).unwrap_err();
-        assert!(e.to_string().starts_with("Service account token cannot be parsed"));
+        assert!(e
+            .to_string()
+            .starts_with("Service account token cannot be parsed"));
         assert_eq!(e.http_status(), 400);
         let expired = fake_pod_token("ns", "sa", "p", UID, 1_700_000_000);
         let e = cross_check(Some(&expired), UID, now()).unwrap_err();
-        assert!(e.to_string().starts_with("Service account token failed basic claim validations"));
+        assert!(e
+            .to_string()
+            .starts_with("Service account token failed basic claim validations"));
     }
 }

@@ -21,10 +21,14 @@ fn every_sdk_gets_its_own_pods_role_and_nothing_else() {
     let mut s = Scenario::new();
     s.start_agent(&[]);
     for sdk in [Sdk::Cli, Sdk::Boto3, Sdk::Rust] {
-        let a = s.arn(0, sdk).unwrap_or_else(|e| panic!("{sdk:?} in pod-a: {e}"));
+        let a = s
+            .arn(0, sdk)
+            .unwrap_or_else(|e| panic!("{sdk:?} in pod-a: {e}"));
         assert!(a.starts_with(&assumed("role-a")), "{sdk:?}: {a}");
         assert!(a.contains("/eks-demo-pod-a-"), "EKS-like session name: {a}");
-        let b = s.arn(1, sdk).unwrap_or_else(|e| panic!("{sdk:?} in pod-b: {e}"));
+        let b = s
+            .arn(1, sdk)
+            .unwrap_or_else(|e| panic!("{sdk:?} in pod-b: {e}"));
         assert!(b.starts_with(&assumed("role-b")), "{sdk:?}: {b}");
     }
     // The hostNetwork pod gets its own role, not the node's.
@@ -43,10 +47,19 @@ fn every_sdk_gets_its_own_pods_role_and_nothing_else() {
     let body = rec["body"].as_str().unwrap();
     let v: Value = serde_json::from_str(body).unwrap();
     // Field order as the stock agent writes it (serde_json::Value would sort keys).
-    let pos: Vec<usize> = ["AccessKeyId", "SecretAccessKey", "Token", "AccountId", "Expiration"]
-        .iter()
-        .map(|k| body.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} missing: {body}")))
-        .collect();
+    let pos: Vec<usize> = [
+        "AccessKeyId",
+        "SecretAccessKey",
+        "Token",
+        "AccountId",
+        "Expiration",
+    ]
+    .iter()
+    .map(|k| {
+        body.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} missing: {body}"))
+    })
+    .collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "field order: {body}");
     assert!(body.starts_with("{\"AccessKeyId\":\"ASIA"), "{body}");
     assert_eq!(v["AccountId"], ACCOUNT);
@@ -72,11 +85,19 @@ fn cross_check_mode_refuses_a_foreign_token() {
     let ok = s.arn(0, Sdk::Cli).unwrap();
     assert!(ok.starts_with(&assumed("role-a")), "{ok}");
     let err = s.arn_with_token(0, Sdk::Rust, 1).unwrap_err();
-    assert!(err.contains("403") || err.contains("belongs to pod"), "{err}");
+    assert!(
+        err.contains("403") || err.contains("belongs to pod"),
+        "{err}"
+    );
     let (_, rec) = client1(
         &s.node,
         0,
-        &["--path", "/v1/credentials", "--token", &std::fs::read_to_string(&s.tokens[1]).unwrap()],
+        &[
+            "--path",
+            "/v1/credentials",
+            "--token",
+            &std::fs::read_to_string(&s.tokens[1]).unwrap(),
+        ],
     );
     assert_eq!(rec["status"], 403, "{rec}");
     assert!(rec["body"].as_str().unwrap().contains(UIDS[1]), "{rec}");
@@ -89,11 +110,17 @@ fn a_pod_without_association_gets_a_clear_404() {
     let rec = s.creds(2);
     assert_eq!(rec["status"], 404, "{rec}");
     assert!(
-        rec["body"].as_str().unwrap().contains("No Pod Identity association for service account default/no-role"),
+        rec["body"]
+            .as_str()
+            .unwrap()
+            .contains("No Pod Identity association for service account default/no-role"),
         "{rec}"
     );
     let err = s.arn(2, Sdk::Cli).unwrap_err();
-    assert!(err.contains("No Pod Identity association") || err.contains("404"), "{err}");
+    assert!(
+        err.contains("No Pod Identity association") || err.contains("404"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -102,7 +129,9 @@ fn sts_outage_serves_cached_credentials_and_recovers() {
     s.start_agent(&[]);
     let before = s.creds(0);
     assert_eq!(before["status"], 200, "{before}");
-    let key = |r: &Value| serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["AccessKeyId"].clone();
+    let key = |r: &Value| {
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["AccessKeyId"].clone()
+    };
 
     s.node.kill(s.sts);
     // Cached credentials are still served...
@@ -110,8 +139,11 @@ fn sts_outage_serves_cached_credentials_and_recovers() {
     assert_eq!(during["status"], 200, "{during}");
     assert_eq!(key(&during), key(&before));
     // ...but a pod that appears now cannot get any: a retryable 5xx, not a 4xx.
-    let i = s.node.add_pod("pod-new", UIDS[5].replace("0e8d", "1e8d").as_str(), false);
-    s.pods.push(pod_json(&s.node, i, "default", "app-b", json!({})));
+    let i = s
+        .node
+        .add_pod("pod-new", UIDS[5].replace("0e8d", "1e8d").as_str(), false);
+    s.pods
+        .push(pod_json(&s.node, i, "default", "app-b", json!({})));
     write_json(&s.dir.path().join("pods.json"), &json!({"pods": s.pods}));
     std::thread::sleep(Duration::from_millis(2500));
     let fresh = s.creds(i);
@@ -138,8 +170,11 @@ fn concurrent_first_requests_from_one_pod_make_one_sts_call() {
     s.start_agent(&[]);
     // Let start-up prefetching settle, then add a brand-new pod.
     std::thread::sleep(Duration::from_millis(1500));
-    let i = s.node.add_pod("pod-burst", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", false);
-    s.pods.push(pod_json(&s.node, i, "default", "app-a", json!({})));
+    let i = s
+        .node
+        .add_pod("pod-burst", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", false);
+    s.pods
+        .push(pod_json(&s.node, i, "default", "app-a", json!({})));
     let calls_before = metric(&s.metrics(), "pod_identity_sts_calls_total");
     write_json(&s.dir.path().join("pods.json"), &json!({"pods": s.pods}));
     let node = std::sync::Arc::new(s.node);
@@ -160,9 +195,20 @@ fn concurrent_first_requests_from_one_pod_make_one_sts_call() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(keys.len(), 1, "all 16 processes share one session: {keys:?}");
-    let calls_after = metric(&node_get(&node, &format!("http://{PROBE}/metrics")), "pod_identity_sts_calls_total");
-    assert_eq!(calls_after - calls_before, 1, "one STS call for 16 concurrent first requests");
+    assert_eq!(
+        keys.len(),
+        1,
+        "all 16 processes share one session: {keys:?}"
+    );
+    let calls_after = metric(
+        &node_get(&node, &format!("http://{PROBE}/metrics")),
+        "pod_identity_sts_calls_total",
+    );
+    assert_eq!(
+        calls_after - calls_before,
+        1,
+        "one STS call for 16 concurrent first requests"
+    );
 }
 
 #[test]
@@ -172,20 +218,42 @@ fn the_agent_never_redirects_its_own_connections() {
     // under the attach point. If the programs redirected the agent's own sockets,
     // its STS calls would loop back into itself and no pod would get credentials.
     let mut s = Scenario::new();
-    let agent_cg = testnode::Cgroup::create(s.node.cgroup_root.path().join("system.slice/pod-identity-agent.service"));
+    let agent_cg = testnode::Cgroup::create(
+        s.node
+            .cgroup_root
+            .path()
+            .join("system.slice/pod-identity-agent.service"),
+    );
     let sts_port = STS_PORT.to_string();
     let cmd = s.agent_command(&["--cred-addr4", "169.254.199.1", "--cred-port", &sts_port]);
     let wrapped = testnode::in_cgroup(agent_cg.path(), &cmd);
-    s.node.spawn_until(wrapped, "pod-identity-agent ready", Duration::from_secs(20));
+    s.node
+        .spawn_until(wrapped, "pod-identity-agent ready", Duration::from_secs(20));
     let (_, rec) = client1(
         &s.node,
         0,
-        &["--addr", "169.254.199.1", "--port", &sts_port, "--path", "/v1/credentials", "--host", "169.254.199.1"],
+        &[
+            "--addr",
+            "169.254.199.1",
+            "--port",
+            &sts_port,
+            "--path",
+            "/v1/credentials",
+            "--host",
+            "169.254.199.1",
+        ],
     );
     assert_eq!(rec["status"], 200, "{rec}");
     let v: Value = serde_json::from_str(rec["body"].as_str().unwrap()).unwrap();
-    assert!(v["AccessKeyId"].as_str().unwrap().starts_with("ASIA"), "{v}");
+    assert!(
+        v["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{v}"
+    );
     // ...and the pod's request really went through the redirect (kernel attribution).
-    assert_eq!(rec["peer"], serde_json::json!(["169.254.199.1", STS_PORT]), "{rec}");
+    assert_eq!(
+        rec["peer"],
+        serde_json::json!(["169.254.199.1", STS_PORT]),
+        "{rec}"
+    );
     drop(agent_cg);
 }

@@ -32,7 +32,11 @@ fn each_pod_is_attributed_to_its_own_cgroup_pid_and_comm() {
         let (pid, rec) = client1(&node, pod, &[]);
         assert_attributed(&node, pod, pid, &rec);
         // getpeername shows the credentials address, not the agent.
-        assert_eq!(rec["peer"], serde_json::json!(["169.254.170.23", 80]), "{rec}");
+        assert_eq!(
+            rec["peer"],
+            serde_json::json!(["169.254.170.23", 80]),
+            "{rec}"
+        );
         assert_eq!(body(&rec)["originalDestination"], "169.254.170.23:80");
     }
     assert_ne!(node.pods[a].cgroup.id(), node.pods[b].cgroup.id());
@@ -62,7 +66,11 @@ fn ipv6_and_ipv4_mapped_ipv6_are_redirected_and_attributed() {
 
     let (pid, rec) = client1(&node, a, &["--family", "6", "--addr", "fd00:ec2::23"]);
     assert_attributed(&node, a, pid, &rec);
-    assert_eq!(rec["peer"], serde_json::json!(["fd00:ec2::23", 80]), "{rec}");
+    assert_eq!(
+        rec["peer"],
+        serde_json::json!(["fd00:ec2::23", 80]),
+        "{rec}"
+    );
 
     let (pid, rec) = client1(
         &node,
@@ -70,7 +78,11 @@ fn ipv6_and_ipv4_mapped_ipv6_are_redirected_and_attributed() {
         &["--family", "mapped", "--addr", "::ffff:169.254.170.23"],
     );
     assert_attributed(&node, a, pid, &rec);
-    assert_eq!(rec["peer"], serde_json::json!(["::ffff:169.254.170.23", 80]), "{rec}");
+    assert_eq!(
+        rec["peer"],
+        serde_json::json!(["::ffff:169.254.170.23", 80]),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -89,10 +101,18 @@ fn ipv6_client_reaches_an_ipv4_only_agent_through_the_mapped_address() {
             .args(["--bpffs-dir", "none"]);
         c
     };
-    node.spawn_until(cmd, "pod-identity-agent ready", std::time::Duration::from_secs(20));
+    node.spawn_until(
+        cmd,
+        "pod-identity-agent ready",
+        std::time::Duration::from_secs(20),
+    );
     let (pid, rec) = client1(&node, a, &["--family", "mapped", "--addr", "fd00:ec2::23"]);
     assert_attributed(&node, a, pid, &rec);
-    assert_eq!(rec["peer"], serde_json::json!(["fd00:ec2::23", 80]), "{rec}");
+    assert_eq!(
+        rec["peer"],
+        serde_json::json!(["fd00:ec2::23", 80]),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -105,11 +125,21 @@ fn direct_connection_to_the_agent_port_is_refused() {
         let (_, rec) = client1(
             &node,
             pod,
-            &["--addr", "169.254.199.1", "--port", "2710", "--host", "169.254.170.23"],
+            &[
+                "--addr",
+                "169.254.199.1",
+                "--port",
+                "2710",
+                "--host",
+                "169.254.170.23",
+            ],
         );
         assert_eq!(rec["status"], 403, "{rec}");
         assert!(
-            rec["body"].as_str().unwrap().contains("no record of this connection"),
+            rec["body"]
+                .as_str()
+                .unwrap()
+                .contains("no record of this connection"),
             "{rec}"
         );
     }
@@ -122,8 +152,16 @@ fn other_addresses_and_ports_are_untouched() {
     start_agent(&mut node, &[]);
     // Not redirected, so they hit the pod's routing table, which has no route:
     // the connect fails closed inside the test namespace.
-    for (addr, port) in [("169.254.170.23", "81"), ("169.254.170.24", "80"), ("169.254.170.2", "80")] {
-        let (_, rec) = client1(&node, a, &["--addr", addr, "--port", port, "--timeout", "2"]);
+    for (addr, port) in [
+        ("169.254.170.23", "81"),
+        ("169.254.170.24", "80"),
+        ("169.254.170.2", "80"),
+    ] {
+        let (_, rec) = client1(
+            &node,
+            a,
+            &["--addr", addr, "--port", port, "--timeout", "2"],
+        );
         assert_eq!(rec["errno"], "ENETUNREACH", "{addr}:{port} {rec}");
     }
     let (_, rec) = client1(
@@ -187,9 +225,16 @@ fn the_redirect_survives_an_agent_restart() {
     start_agent(&mut node, &["--bpffs-dir", &pins_s]);
     let (pid, rec) = client1(&node, a, &[]);
     assert_attributed(&node, a, pid, &rec);
-    let links = std::fs::read_dir(&pins).unwrap().filter(|e| {
-        e.as_ref().unwrap().file_name().to_string_lossy().starts_with("link_")
-    }).count();
+    let links = std::fs::read_dir(&pins)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("link_")
+        })
+        .count();
     assert_eq!(links, 5);
     let out = std::process::Command::new("bpftool")
         .args(["cgroup", "show"])

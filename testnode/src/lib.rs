@@ -58,7 +58,10 @@ pub fn require_root() {
             .stderr(Stdio::null())
             .status()
             .is_ok();
-        assert!(ok, "privileged test: `{tool}` not found (cargo xtask setup installs it)");
+        assert!(
+            ok,
+            "privileged test: `{tool}` not found (cargo xtask setup installs it)"
+        );
     }
 }
 
@@ -67,7 +70,9 @@ pub fn cgroup2_mount() -> PathBuf {
     let mi = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     let mut found = Vec::new();
     for line in mi.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         if post.split_whitespace().next() == Some("cgroup2") {
             if let Some(mp) = pre.split_whitespace().nth(4) {
                 found.push(PathBuf::from(mp));
@@ -79,7 +84,10 @@ pub fn cgroup2_mount() -> PathBuf {
             return p.clone();
         }
     }
-    found.into_iter().next().expect("no cgroup2 mount in /proc/self/mountinfo")
+    found
+        .into_iter()
+        .next()
+        .expect("no cgroup2 mount in /proc/self/mountinfo")
 }
 
 fn run(cmd: &str, args: &[&str]) -> io::Result<()> {
@@ -110,7 +118,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> Netns {
         ip(&["netns", "add", name]);
-        let ns = Netns { name: name.to_owned() };
+        let ns = Netns {
+            name: name.to_owned(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"]);
         ns
     }
@@ -158,7 +168,9 @@ impl Drop for Cgroup {
 
 /// Kill every process in the tree and remove it bottom-up.
 pub fn remove_cgroup_tree(path: &Path) {
-    let Ok(entries) = fs::read_dir(path) else { return };
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
     for e in entries.flatten() {
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             remove_cgroup_tree(&e.path());
@@ -225,14 +237,43 @@ impl Node {
     pub fn new() -> Node {
         require_root();
         cleanup_stale();
-        let id = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
         let cgroup_root = Cgroup::create(cgroup2_mount().join(format!("pia-test-{id}")));
         let netns = Netns::create(&format!("pia-{id}-node"));
         let n = netns.name().to_owned();
         // On `lo`: not every kernel has the dummy link type.
-        ip(&["-n", &n, "addr", "add", &format!("{NODE_ADDR4}/32"), "dev", "lo"]);
-        ip(&["-n", &n, "-6", "addr", "add", &format!("{NODE_ADDR6}/128"), "dev", "lo", "nodad"]);
-        Node { id, netns, pods: Vec::new(), cgroup_root, children: Vec::new(), logs: Default::default() }
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{NODE_ADDR4}/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &n,
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_ADDR6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+        Node {
+            id,
+            netns,
+            pods: Vec::new(),
+            cgroup_root,
+            children: Vec::new(),
+            logs: Default::default(),
+        }
     }
 
     /// Add a pod with its own netns (or the node's, for `host_network`) and cgroup.
@@ -241,7 +282,13 @@ impl Node {
         let i = self.pods.len();
         assert!(i < 50, "at most 50 pods");
         let seq: u64 = self.id.replace('-', "").parse().unwrap_or(0);
-        let container_id = format!("{:016x}{:016x}{:016x}{:016x}", 0xc0ffee_u64, seq, i, std::process::id());
+        let container_id = format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            0xc0ffee_u64,
+            seq,
+            i,
+            std::process::id()
+        );
         let uid_ = uid.replace('-', "_");
         let cg = self.cgroup_root.path().join(format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{container_id}.scope"
@@ -257,16 +304,55 @@ impl Node {
             let node6 = format!("fd00:200:{i:x}::1");
             let pod6: Ipv6Addr = format!("fd00:200:{i:x}::2").parse().unwrap();
             let veth = format!("n{i}");
-            ip(&["-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", p]);
+            ip(&[
+                "-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", p,
+            ]);
             ip(&["-n", n, "addr", "add", &format!("{node4}/24"), "dev", &veth]);
-            ip(&["-n", n, "-6", "addr", "add", &format!("{node6}/64"), "dev", &veth, "nodad"]);
+            ip(&[
+                "-n",
+                n,
+                "-6",
+                "addr",
+                "add",
+                &format!("{node6}/64"),
+                "dev",
+                &veth,
+                "nodad",
+            ]);
             ip(&["-n", n, "link", "set", &veth, "up"]);
             ip(&["-n", p, "addr", "add", &format!("{pod4}/24"), "dev", "eth0"]);
-            ip(&["-n", p, "-6", "addr", "add", &format!("{pod6}/64"), "dev", "eth0", "nodad"]);
+            ip(&[
+                "-n",
+                p,
+                "-6",
+                "addr",
+                "add",
+                &format!("{pod6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ip(&["-n", p, "link", "set", "eth0", "up"]);
             // Host routes only: the node address, nothing else, no default route.
-            ip(&["-n", p, "route", "add", &format!("{NODE_ADDR4}/32"), "via", &node4]);
-            ip(&["-n", p, "-6", "route", "add", &format!("{NODE_ADDR6}/128"), "via", &node6]);
+            ip(&[
+                "-n",
+                p,
+                "route",
+                "add",
+                &format!("{NODE_ADDR4}/32"),
+                "via",
+                &node4,
+            ]);
+            ip(&[
+                "-n",
+                p,
+                "-6",
+                "route",
+                "add",
+                &format!("{NODE_ADDR6}/128"),
+                "via",
+                &node6,
+            ]);
             (Some(ns), pod4, pod6)
         };
         self.pods.push(Pod {
@@ -292,7 +378,9 @@ impl Node {
     /// runner's own), e.g. the agent or STS.
     pub fn node_command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.netns.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.netns.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -311,8 +399,14 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -322,7 +416,9 @@ impl Node {
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     eprintln!("  | {line}");
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(line.clone());
                     let _ = tx.send(line);
                 }
             });
@@ -446,8 +542,11 @@ impl BpfFs {
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
         fs::create_dir_all(&path).expect("mkdir bpffs mountpoint");
-        run("mount", &["-t", "bpf", "bpf", path.to_str().expect("utf-8 path")])
-            .unwrap_or_else(|e| panic!("mount bpffs: {e}"));
+        run(
+            "mount",
+            &["-t", "bpf", "bpf", path.to_str().expect("utf-8 path")],
+        )
+        .unwrap_or_else(|e| panic!("mount bpffs: {e}"));
         BpfFs { path }
     }
     pub fn path(&self) -> &Path {

@@ -23,17 +23,45 @@ struct DemoPod {
 }
 
 const PODS: &[DemoPod] = &[
-    DemoPod { name: "web-7d4b9", uid: "2c48913c-b29f-11e7-9350-020968147796", service_account: "web", host_network: false, role: Some("web-reader") },
-    DemoPod { name: "worker-5f6c8", uid: "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", service_account: "worker", host_network: false, role: Some("queue-worker") },
-    DemoPod { name: "batch-x2k9p", uid: "f47ac10b-58cc-4372-a567-0e02b2c3d479", service_account: "batch", host_network: false, role: None },
-    DemoPod { name: "node-exporter-abcde", uid: "6ba7b810-9dad-11d1-80b4-00c04fd430c8", service_account: "monitoring", host_network: true, role: Some("metrics-writer") },
+    DemoPod {
+        name: "web-7d4b9",
+        uid: "2c48913c-b29f-11e7-9350-020968147796",
+        service_account: "web",
+        host_network: false,
+        role: Some("web-reader"),
+    },
+    DemoPod {
+        name: "worker-5f6c8",
+        uid: "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+        service_account: "worker",
+        host_network: false,
+        role: Some("queue-worker"),
+    },
+    DemoPod {
+        name: "batch-x2k9p",
+        uid: "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+        service_account: "batch",
+        host_network: false,
+        role: None,
+    },
+    DemoPod {
+        name: "node-exporter-abcde",
+        uid: "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        service_account: "monitoring",
+        host_network: true,
+        role: Some("metrics-writer"),
+    },
 ];
 
 fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -45,12 +73,20 @@ fn b64url(data: &[u8]) -> String {
 /// A token shaped like the kubelet's projected pod identity token (unsigned: the
 /// agent never trusts it for identity).
 fn token(p: &DemoPod) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86400;
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 86400;
     let payload = format!(
         r#"{{"aud":["pods.eks.amazonaws.com"],"exp":{exp},"kubernetes.io":{{"namespace":"default","pod":{{"name":"{}","uid":"{}"}},"serviceaccount":{{"name":"{}"}}}},"sub":"system:serviceaccount:default:{}"}}"#,
         p.name, p.uid, p.service_account, p.service_account
     );
-    format!("{}.{}.c2ln", b64url(br#"{"alg":"RS256"}"#), b64url(payload.as_bytes()))
+    format!(
+        "{}.{}.c2ln",
+        b64url(br#"{"alg":"RS256"}"#),
+        b64url(payload.as_bytes())
+    )
 }
 
 fn step(s: &str) {
@@ -61,7 +97,10 @@ fn sdk_env(c: &mut Command, token_file: &Path, home: &Path) {
     c.env_clear()
         .env("PATH", crate::setup::path_with_python_scripts())
         .env("HOME", home)
-        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.23/v1/credentials",
+        )
         .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
@@ -96,8 +135,16 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
             "  pod default/{:<20} sa={:<11} {} cgroup …/{}",
             p.name,
             p.service_account,
-            if p.host_network { "hostNetwork        ".to_string() } else { format!("ip {:<15}", pod.addr4) },
-            pod.cgroup.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+            if p.host_network {
+                "hostNetwork        ".to_string()
+            } else {
+                format!("ip {:<15}", pod.addr4)
+            },
+            pod.cgroup
+                .path()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
         );
         pods_json.push(format!(
             r#"{{"uid":"{}","namespace":"default","name":"{}","serviceAccount":"{}","hostNetwork":{}}}"#,
@@ -109,12 +156,21 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
                 p.service_account
             ));
         }
-        std::fs::write(work.join(format!("token-{}", p.name)), token(p)).map_err(|e| e.to_string())?;
+        std::fs::write(work.join(format!("token-{}", p.name)), token(p))
+            .map_err(|e| e.to_string())?;
     }
     let pods_file = work.join("pods.json");
     let assoc_file = work.join("associations.json");
-    std::fs::write(&pods_file, format!(r#"{{"pods":[{}]}}"#, pods_json.join(","))).map_err(|e| e.to_string())?;
-    std::fs::write(&assoc_file, format!(r#"{{"associations":[{}]}}"#, assoc_json.join(","))).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &pods_file,
+        format!(r#"{{"pods":[{}]}}"#, pods_json.join(",")),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &assoc_file,
+        format!(r#"{{"associations":[{}]}}"#, assoc_json.join(",")),
+    )
+    .map_err(|e| e.to_string())?;
     println!("  associations: web→web-reader, worker→queue-worker, monitoring→metrics-writer; batch has none");
 
     step(&format!("Local STS (moto) on {NODE_ADDR4}:{STS_PORT}"));
@@ -127,12 +183,22 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
     let mut a = node.node_command(agent.to_str().ok_or("agent path")?);
     a.arg("--cgroup")
         .arg(node.cgroup_root.path())
-        .args(["--agent-addr4", &NODE_ADDR4.to_string(), "--agent-addr6", &NODE_ADDR6.to_string()])
+        .args([
+            "--agent-addr4",
+            &NODE_ADDR4.to_string(),
+            "--agent-addr6",
+            &NODE_ADDR6.to_string(),
+        ])
         .arg("--pods-file")
         .arg(&pods_file)
         .arg("--associations-file")
         .arg(&assoc_file)
-        .args(["--sts-endpoint", &format!("http://{NODE_ADDR4}:{STS_PORT}"), "--region", "us-east-1"])
+        .args([
+            "--sts-endpoint",
+            &format!("http://{NODE_ADDR4}:{STS_PORT}"),
+            "--region",
+            "us-east-1",
+        ])
         .args(["--cluster-name", "demo", "--bpffs-dir", "none"])
         .env("AWS_ACCESS_KEY_ID", "AKIAAGENTDEMO0000001")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
@@ -141,7 +207,10 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
     node.spawn_until(a, "pod-identity-agent ready", Duration::from_secs(30));
 
     for (i, p) in PODS.iter().enumerate() {
-        step(&format!("pod default/{} runs `aws sts get-caller-identity`", p.name));
+        step(&format!(
+            "pod default/{} runs `aws sts get-caller-identity`",
+            p.name
+        ));
         // What the kernel says about a process of this pod.
         let mut who = node.pod_command(i, "python3");
         who.arg(testnode::CLIENT_PY);
@@ -149,22 +218,45 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
         let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         println!("  kernel says: {}", extract_body(&line));
         let mut cli = node.pod_command(i, "aws");
-        cli.args(["sts", "get-caller-identity", "--output", "text", "--query", "Arn"])
-            .args(["--endpoint-url", &format!("http://{NODE_ADDR4}:{STS_PORT}")]);
+        cli.args([
+            "sts",
+            "get-caller-identity",
+            "--output",
+            "text",
+            "--query",
+            "Arn",
+        ])
+        .args(["--endpoint-url", &format!("http://{NODE_ADDR4}:{STS_PORT}")]);
         sdk_env(&mut cli, &work.join(format!("token-{}", p.name)), work);
         let out = cli.output().map_err(|e| format!("aws: {e}"))?;
         if out.status.success() {
-            println!("  \x1b[32mserved\x1b[0m: {}", String::from_utf8_lossy(&out.stdout).trim());
+            println!(
+                "  \x1b[32mserved\x1b[0m: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            let why = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let why = err
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
             println!("  \x1b[31mrefused\x1b[0m: {why}");
         }
     }
 
     step("a process connects to the agent port directly (no kernel record)");
     let mut direct = node.pod_command(0, "python3");
-    direct.arg(testnode::CLIENT_PY).args(["--addr", &NODE_ADDR4.to_string(), "--port", "2710", "--host", "169.254.170.23", "--path", "/v1/credentials"]);
+    direct.arg(testnode::CLIENT_PY).args([
+        "--addr",
+        &NODE_ADDR4.to_string(),
+        "--port",
+        "2710",
+        "--host",
+        "169.254.170.23",
+        "--path",
+        "/v1/credentials",
+    ]);
     let out = direct.output().map_err(|e| format!("client: {e}"))?;
     println!("  {}", String::from_utf8_lossy(&out.stdout).trim());
 

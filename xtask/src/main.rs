@@ -9,7 +9,9 @@
 //! * `bench`      side-by-side benchmarks
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
+mod manifests;
 mod setup;
 
 use std::{
@@ -18,7 +20,10 @@ use std::{
 };
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Run a command, echoing it; error text names the command.
@@ -43,7 +48,8 @@ pub fn show(cmd: &Command) -> String {
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root()).env("PATH", setup::path_with_python_scripts());
+    c.current_dir(root())
+        .env("PATH", setup::path_with_python_scripts());
     c
 }
 
@@ -84,7 +90,16 @@ fn test(extra: &[String]) -> Result<(), String> {
     setup::all()?;
     build()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // deploy/: schema validation and the security scan.
+    manifests::validate()?;
     // Privileged tests run here, as root; they fail (never skip) otherwise.
     run(cargo().args(["test", "--workspace"]).args(extra))
 }
@@ -99,8 +114,11 @@ fn main() -> ExitCode {
         "build" => build(),
         "test" => test(rest),
         "demo" => setup::all().and_then(|_| build()).and_then(|_| demo::run()),
+        "bench" => setup::all()
+            .and_then(|_| build())
+            .and_then(|_| bench::run()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|demo>");
+            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|demo|bench>");
             return ExitCode::from(2);
         }
     };

@@ -14,6 +14,7 @@ const APT: &[&str] = &[
     "iproute2",
     "util-linux",
     "bpftool",
+    "wrk",
 ];
 
 /// PyPI tools the tests use as real parts (versions checked to work together).
@@ -76,11 +77,19 @@ pub fn toolchain() -> Result<(), String> {
     ]));
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let have = output(Command::new("bpf-linker").arg("--version"));
     if !have.contains(BPF_LINKER_VERSION) {
-        eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)");
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)"
+        );
         let path = format!("{LLVM}/bin:{}", std::env::var("PATH").unwrap_or_default());
         // bpf-linker's build script looks for LLVM_PREFIX (or llvm-config on PATH);
         // llvm-sys for LLVM_SYS_221_PREFIX. Without them the link fails on -lLLVM.
@@ -111,14 +120,27 @@ pub fn python() -> Result<(), String> {
     let script = format!(
         "import importlib.metadata as m\nfor p, v in [{check}]:\n    assert m.version(p) == v, p\n"
     );
-    let found = |tool: &str, arg: &str| ok(Command::new(tool).arg(arg).env("PATH", path_with_python_scripts()));
-    if ok(Command::new("python3").args(["-c", &script])) && found("moto_server", "--help") && found("aws", "--version") {
+    let found = |tool: &str, arg: &str| {
+        ok(Command::new(tool)
+            .arg(arg)
+            .env("PATH", path_with_python_scripts()))
+    };
+    if ok(Command::new("python3").args(["-c", &script]))
+        && found("moto_server", "--help")
+        && found("aws", "--version")
+    {
         eprintln!("xtask: python tools present ({})", want.join(", "));
         return Ok(());
     }
     eprintln!("xtask: installing python tools: {}", want.join(" "));
     run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(&want))?;
     // pyenv only exposes new console scripts (moto_server, aws) after a rehash;
     // `path_with_python_scripts` covers machines without pyenv.

@@ -33,7 +33,11 @@ pub fn agent_command(node: &Node, extra: &[&str]) -> Command {
         .arg(AGENT_PORT.to_string())
         // Pinning is tested with a test-mounted bpffs (restart test); never pin
         // under the machine's /sys/fs/bpf.
-        .args(if extra.contains(&"--bpffs-dir") { &[][..] } else { &["--bpffs-dir", "none"][..] })
+        .args(if extra.contains(&"--bpffs-dir") {
+            &[][..]
+        } else {
+            &["--bpffs-dir", "none"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info,pod_identity_agent=debug");
     c
@@ -76,7 +80,9 @@ pub fn client1(node: &Node, i: usize, args: &[&str]) -> (u32, Value) {
 
 /// The agent's JSON body of a record.
 pub fn body(rec: &Value) -> Value {
-    let b = rec["body"].as_str().unwrap_or_else(|| panic!("no body in {rec}"));
+    let b = rec["body"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no body in {rec}"));
     serde_json::from_str(b).unwrap_or_else(|e| panic!("body not JSON ({e}): {b}"))
 }
 
@@ -122,14 +128,20 @@ pub fn sdk_env(cmd: &mut Command, token_file: &std::path::Path, home: &std::path
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
-        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.23/v1/credentials",
+        )
         .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_REGION", "us-east-1");
-    for (k, v) in ["PYENV_ROOT", "PYENV_VERSION"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))) {
+    for (k, v) in ["PYENV_ROOT", "PYENV_VERSION"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)))
+    {
         cmd.env(k, v);
     }
 }
@@ -146,15 +158,33 @@ pub enum Sdk {
 }
 
 pub fn sdk_client_bin() -> std::path::PathBuf {
-    std::path::Path::new(AGENT).parent().unwrap().join("examples/sdk_client")
+    std::path::Path::new(AGENT)
+        .parent()
+        .unwrap()
+        .join("examples/sdk_client")
 }
 
 /// Run `sdk` in pod `i`: Ok(caller ARN) or Err(stderr).
-pub fn sdk_caller_arn(node: &Node, i: usize, sdk: Sdk, token_file: &std::path::Path, home: &std::path::Path) -> Result<String, String> {
+pub fn sdk_caller_arn(
+    node: &Node,
+    i: usize,
+    sdk: Sdk,
+    token_file: &std::path::Path,
+    home: &std::path::Path,
+) -> Result<String, String> {
     let mut c = match sdk {
         Sdk::Cli => {
             let mut c = node.pod_command(i, "aws");
-            c.args(["sts", "get-caller-identity", "--output", "text", "--query", "Arn", "--endpoint-url", &sts_url()]);
+            c.args([
+                "sts",
+                "get-caller-identity",
+                "--output",
+                "text",
+                "--query",
+                "Arn",
+                "--endpoint-url",
+                &sts_url(),
+            ]);
             c
         }
         Sdk::Boto3 => {
@@ -168,7 +198,11 @@ pub fn sdk_caller_arn(node: &Node, i: usize, sdk: Sdk, token_file: &std::path::P
         }
         Sdk::Rust => {
             let bin = sdk_client_bin();
-            assert!(bin.exists(), "{} missing: cargo test builds examples", bin.display());
+            assert!(
+                bin.exists(),
+                "{} missing: cargo test builds examples",
+                bin.display()
+            );
             let mut c = node.pod_command(i, bin.to_str().unwrap());
             c.arg(sts_url());
             c
@@ -179,7 +213,11 @@ pub fn sdk_caller_arn(node: &Node, i: usize, sdk: Sdk, token_file: &std::path::P
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -188,7 +226,11 @@ pub fn node_get(node: &Node, url: &str) -> String {
     let mut c = node.node_command("python3");
     c.args(["-c", "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())", url]);
     let out = c.output().expect("python3");
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -226,7 +268,12 @@ impl Scenario {
             ("pod-b", "app-b", false, json!({})),
             ("pod-c", "no-role", false, json!({})),
             ("host-net", "host-sa", true, json!({})),
-            ("pod-irsa", "irsa-sa", false, json!({"eks.amazonaws.com/role-arn": role("role-irsa")})),
+            (
+                "pod-irsa",
+                "irsa-sa",
+                false,
+                json!({"eks.amazonaws.com/role-arn": role("role-irsa")}),
+            ),
             ("pod-chain", "chain-sa", false, json!({})),
         ];
         let mut pods = Vec::new();
@@ -244,7 +291,10 @@ impl Scenario {
             tokens.push(t);
         }
         // IRSA: the projected token where the kubelet puts it.
-        let irsa = dir.path().join(format!("kubelet/{}/volumes/kubernetes.io~projected/aws-iam-token", UIDS[4]));
+        let irsa = dir.path().join(format!(
+            "kubelet/{}/volumes/kubernetes.io~projected/aws-iam-token",
+            UIDS[4]
+        ));
         std::fs::create_dir_all(&irsa).unwrap();
         std::fs::write(irsa.join("token"), "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln").unwrap();
         write_json(&dir.path().join("pods.json"), &json!({"pods": pods}));
@@ -258,12 +308,19 @@ impl Scenario {
             ]}),
         );
         let sts = start_sts(&mut node);
-        Scenario { node, dir, pods, tokens, sts }
+        Scenario {
+            node,
+            dir,
+            pods,
+            tokens,
+            sts,
+        }
     }
 
     pub fn start_agent(&mut self, extra: &[&str]) -> usize {
         let c = self.agent_command(extra);
-        self.node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+        self.node
+            .spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
     }
 
     pub fn agent_command(&self, extra: &[&str]) -> Command {
@@ -275,7 +332,14 @@ impl Scenario {
             .arg(d.join("associations.json"))
             .arg("--kubelet-pods-dir")
             .arg(d.join("kubelet"))
-            .args(["--sts-endpoint", &sts_url(), "--region", "us-east-1", "--cluster-name", "demo"])
+            .args([
+                "--sts-endpoint",
+                &sts_url(),
+                "--region",
+                "us-east-1",
+                "--cluster-name",
+                "demo",
+            ])
             .args(["--probe-addr", PROBE])
             // The agent's own credentials (moto accepts any).
             .env("AWS_ACCESS_KEY_ID", "AKIAAGENTEXAMPLE0001")
@@ -289,7 +353,13 @@ impl Scenario {
     }
 
     pub fn arn_with_token(&self, pod: usize, sdk: Sdk, token_of: usize) -> Result<String, String> {
-        sdk_caller_arn(&self.node, pod, sdk, &self.tokens[token_of], self.dir.path())
+        sdk_caller_arn(
+            &self.node,
+            pod,
+            sdk,
+            &self.tokens[token_of],
+            self.dir.path(),
+        )
     }
 
     pub fn creds(&self, pod: usize) -> Value {
@@ -301,4 +371,3 @@ impl Scenario {
         node_get(&self.node, &format!("http://{PROBE}/metrics"))
     }
 }
-
