@@ -146,3 +146,145 @@ pub async fn run<F: Fetch>(
         state.tick(&resolver, &cache, verdicts.as_deref()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A temp directory tree stands in for cgroupfs (ids are inodes either way).
+    use super::*;
+    use crate::{
+        associations::AssociationStore,
+        cache::CacheSettings,
+        cgroup::CgroupIndex,
+        creds::{Credentials, Secret},
+        model::{Association, PodInfo},
+        pods::PodStore,
+        sts::StsError,
+    };
+    use std::{
+        os::unix::fs::MetadataExt,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Mutex,
+        },
+        time::SystemTime,
+    };
+
+    const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const UID_B: &str = "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    #[derive(Clone, Default)]
+    struct CountingSts(Arc<AtomicUsize>);
+    impl Fetch for CountingSts {
+        async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Credentials {
+                access_key_id: "ASIAFAKE".into(),
+                secret_access_key: Secret::new("s"),
+                session_token: Secret::new("t"),
+                expiration: SystemTime::now() + Duration::from_secs(21600),
+                account_id: None,
+                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Verdicts(Mutex<HashMap<u64, u32>>);
+    impl VerdictSink for Verdicts {
+        fn set(&self, id: u64, v: Option<u32>) {
+            let mut m = self.0.lock().unwrap();
+            match v {
+                Some(v) => m.insert(id, v),
+                None => m.remove(&id),
+            };
+        }
+    }
+
+    fn pod_dir(root: &std::path::Path, uid: &str) -> std::path::PathBuf {
+        root.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        ))
+    }
+
+    fn pod(uid: &str, sa: &str) -> PodInfo {
+        PodInfo {
+            uid: uid.into(),
+            namespace: "ns".into(),
+            name: sa.into(),
+            service_account: sa.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn prefetches_new_pods_evicts_gone_ones_and_keeps_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("system.slice/sshd.service");
+        std::fs::create_dir_all(&host).unwrap();
+        let a = pod_dir(dir.path(), UID_A);
+        std::fs::create_dir_all(&a).unwrap();
+        let b = pod_dir(dir.path(), UID_B);
+        std::fs::create_dir_all(&b).unwrap();
+
+        let pods = PodStore::new();
+        pods.upsert(pod(UID_A, "app"));
+        pods.upsert(pod(UID_B, "no-role"));
+        let assocs = AssociationStore::new();
+        assocs
+            .replace_source(
+                "file",
+                vec![Association {
+                    namespace: "ns".into(),
+                    service_account: "app".into(),
+                    role_arn: "arn:aws:iam::111122223333:role/app".into(),
+                    source: "file".into(),
+                    ..Default::default()
+                }],
+            )
+            .unwrap();
+        let resolver = Resolver {
+            index: Arc::new(CgroupIndex::new(dir.path().to_owned(), Duration::ZERO)),
+            pods,
+            assocs,
+            unknown_pod_wait: Duration::ZERO,
+        };
+        let sts = CountingSts::default();
+        let cache = CredentialCache::new(sts.clone(), CacheSettings::default());
+        let verdicts = Verdicts::default();
+        let mut lc = Lifecycle::default();
+
+        lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        for _ in 0..100 {
+            if sts.0.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            sts.0.load(Ordering::SeqCst),
+            1,
+            "pod A prefetched, pod B has no association"
+        );
+        assert_eq!(cache.len(), 1);
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        {
+            let v = verdicts.0.lock().unwrap();
+            assert_eq!(v.get(&ino(&a)), Some(&verdict::ALLOW));
+            assert_eq!(v.get(&ino(&b)), Some(&verdict::DENY));
+            assert_eq!(v.get(&ino(&host)), Some(&verdict::DENY), "not a pod");
+        }
+        // A second tick changes nothing and fetches nothing.
+        lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        assert_eq!(sts.0.load(Ordering::SeqCst), 1);
+
+        // Pod A's cgroup goes away: its credentials are dropped (no renewals for
+        // dead pods) and its verdict removed.
+        let a_id = ino(&a);
+        std::fs::remove_dir(&a).unwrap();
+        let (_, gone) = lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        assert_eq!(gone, 1);
+        assert_eq!(cache.len(), 0);
+        assert!(!verdicts.0.lock().unwrap().contains_key(&a_id));
+    }
+}
