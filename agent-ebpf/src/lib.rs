@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding_surprises() {
-        assert_eq!(core::mem::size_of::<Config>(), 48);
+        assert_eq!(core::mem::size_of::<Config>(), 56);
         assert_eq!(core::mem::size_of::<TupleKey>(), 40);
         assert_eq!(core::mem::size_of::<Identity>(), 88);
     }
