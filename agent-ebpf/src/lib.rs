@@ -36,6 +36,8 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "pia_getpeername4";
     pub const GETPEERNAME6: &str = "pia_getpeername6";
     pub const SOCK_OPS: &str = "pia_sock_ops";
+    pub const BIND4: &str = "pia_bind4";
+    pub const BIND6: &str = "pia_bind6";
 }
 
 /// Bits of [`Config::flags`].
@@ -85,9 +87,10 @@ pub struct Config {
     pub agent_port: u16,
     /// [`flags`] bits.
     pub flags: u32,
-    /// The agent's own process id: its sockets are never redirected (invariant 3).
-    pub agent_tgid: u32,
-    pub _pad: u32,
+    /// The agent's own cgroup id: its sockets are never redirected (invariant 3),
+    /// and only it may bind the agent port. A cgroup id, not a pid: the agent runs
+    /// in its own pid namespace, where its pid means nothing to the kernel helpers.
+    pub agent_cgroup_id: u64,
 }
 
 /// Full 4-tuple of a TCP connection as seen from the client: `src` is the client,

@@ -163,16 +163,17 @@ fn enabled_config() -> Option<&'static Config> {
 /// Who is connecting, from the kernel. `None` for the agent itself (invariant 3).
 #[inline(always)]
 fn caller(ctx: &SockAddrContext, cfg: &Config, orig: [u32; 4], family: u16) -> Option<Identity> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    if pid == cfg.agent_tgid {
+    // SAFETY: plain helper call.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup_id == cfg.agent_cgroup_id {
         return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: plain helper calls with the program's own context pointer.
-    let (cgroup_id, netns_cookie, socket_cookie, ktime_ns) = unsafe {
+    let (netns_cookie, socket_cookie, ktime_ns) = unsafe {
         (
-            bpf_get_current_cgroup_id(),
             bpf_get_netns_cookie(ctx.as_ptr()),
             bpf_get_socket_cookie(ctx.as_ptr()),
             bpf_ktime_get_ns(),
@@ -232,6 +233,39 @@ fn emit(id: &Identity) {
     }
 }
 
+// === bind ===
+
+/// Only the agent may bind the agent port. The redirect outlives the agent (pinned
+/// links): while it restarts, another process listening on the port would receive
+/// every pod's requests and tokens.
+#[inline(always)]
+fn bind_allowed(ctx: &SockAddrContext) -> i32 {
+    let Some(cfg) = enabled_config() else {
+        return PROCEED;
+    };
+    // SAFETY: 4-byte load of a field readable in bind hooks.
+    let port = unsafe { read_volatile(&(*ctx.sock_addr).user_port) };
+    if u16::from_be(port as u16) != cfg.agent_port {
+        return PROCEED;
+    }
+    // SAFETY: plain helper call.
+    if unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
+        PROCEED
+    } else {
+        REFUSE
+    }
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn pia_bind4(ctx: SockAddrContext) -> i32 {
+    bind_allowed(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn pia_bind6(ctx: SockAddrContext) -> i32 {
+    bind_allowed(&ctx)
+}
+
 // === sock_ops ===
 
 #[sock_ops]
@@ -259,6 +293,17 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     let Some(key) = tuple(ctx) else {
         return;
     };
+    // Only a connection that really goes to the agent: a socket whose redirected
+    // connect() failed early and was then connected elsewhere must not carry the
+    // old record (nor report the credentials address from getpeername).
+    let to_agent = enabled_config().is_some_and(|cfg| {
+        key.dst_port == cfg.agent_port
+            && (key.dst_addr[0] == cfg.agent_addr4 || key.dst_addr == cfg.agent_addr6)
+    });
+    if !to_agent {
+        let _ = SOCKETS.remove(&cookie);
+        return;
+    }
     let _ = TUPLES.insert(&key, &id, 0);
     // Hear about the close, to drop what the agent did not consume.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);

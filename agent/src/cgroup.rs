@@ -403,6 +403,29 @@ pub fn host_cgroup2_root() -> Result<PathBuf, CgroupError> {
     cgroup2_mount_from_mountinfo(&text).ok_or(CgroupError::NoCgroup2Mount)
 }
 
+/// The cgroup v2 path of this process, from `/proc/self/cgroup` text (the `0::`
+/// line), relative to the root of its cgroup namespace.
+pub fn own_cgroup_path(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// This process's cgroup id (the inode of its cgroup directory), resolved through
+/// the cgroup2 mount this process sees. Inside a container with its own cgroup
+/// namespace that is `/sys/fs/cgroup` with path `/`, i.e. the container's cgroup.
+pub fn own_cgroup_id() -> Result<u64, CgroupError> {
+    use std::os::unix::fs::MetadataExt;
+    const SELF: &str = "/proc/self/cgroup";
+    let text = std::fs::read_to_string(SELF).map_err(|source| CgroupError::Io {
+        path: PathBuf::from(SELF),
+        source,
+    })?;
+    let rel = own_cgroup_path(&text).ok_or(CgroupError::NoCgroup2Mount)?;
+    let dir = host_cgroup2_root()?.join(rel.trim_start_matches('/'));
+    std::fs::metadata(&dir)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io { path: dir, source })
+}
+
 // === id index ===
 
 /// Change between two walks of the cgroup tree.

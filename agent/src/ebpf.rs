@@ -87,6 +87,9 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent's own cgroup (exempt from the redirect) could not be found.
+    #[error("finding the agent's own cgroup: {0}")]
+    OwnCgroup(crate::cgroup::CgroupError),
     /// Pinning or re-adopting an object in bpffs failed.
     #[error("bpffs pin {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
@@ -215,8 +218,9 @@ impl Kernel {
                 .ok_or(KernelError::MissingMap(maps::CONFIG))?,
         )
         .map_err(map_err(maps::CONFIG))?;
+        let own_cgroup = crate::cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
         config
-            .set(0, PodKConfig(kernel_config(cfg, std::process::id())), 0)
+            .set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
             .map_err(map_err(maps::CONFIG))?;
 
         let cgroup = File::open(&cfg.cgroup).map_err(|source| KernelError::Cgroup {
@@ -228,6 +232,8 @@ impl Kernel {
             programs::CONNECT6,
             programs::GETPEERNAME4,
             programs::GETPEERNAME6,
+            programs::BIND4,
+            programs::BIND6,
         ] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -342,7 +348,8 @@ impl Kernel {
     /// Rewrite the runtime config (e.g. to flip enforce mode).
     pub fn update_config(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        c.set(0, PodKConfig(kernel_config(cfg, std::process::id())), 0)
+        let own_cgroup = crate::cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
+        c.set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
             .map_err(map_err(maps::CONFIG))
     }
 
@@ -393,7 +400,7 @@ impl EventReader {
 }
 
 /// The record the programs read from `CONFIG[0]`.
-pub fn kernel_config(cfg: &KernelConfig, agent_tgid: u32) -> KConfig {
+pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64) -> KConfig {
     let words6 = |a: std::net::Ipv6Addr| {
         let o = a.octets();
         let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
@@ -414,7 +421,6 @@ pub fn kernel_config(cfg: &KernelConfig, agent_tgid: u32) -> KConfig {
         cred_port: cfg.cred_port,
         agent_port: cfg.agent_port,
         flags: f,
-        agent_tgid,
-        _pad: 0,
+        agent_cgroup_id,
     }
 }

@@ -219,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     init_tracing(args.log_json);
-    let cfg = to_config(&args)?;
+    let mut cfg = to_config(&args)?;
 
     // Sources first: a broken config is a clear error before anything attaches.
     let pod_store = pods::PodStore::new();
@@ -243,26 +243,6 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("associations file {}", path.display()))?;
     }
 
-    // Bind before attaching: once the programs redirect, someone must answer.
-    let mut listeners = Vec::new();
-    let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
-    listeners.push(
-        tokio::net::TcpListener::bind(v4)
-            .await
-            .with_context(|| format!("binding {v4}"))?,
-    );
-    if let Some(a6) = cfg.kernel.agent_addr6 {
-        let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
-        match tokio::net::TcpListener::bind(v6).await {
-            Ok(l) => listeners.push(l),
-            // An IPv4-only node must not crash-loop (stock agent issue #16): IPv6
-            // clients still reach us through the IPv4-mapped address.
-            Err(e) => {
-                tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses")
-            }
-        }
-    }
-
     let audit_target = if args.audit_log == "-" {
         audit::Target::Stdout
     } else {
@@ -281,6 +261,32 @@ async fn main() -> anyhow::Result<()> {
 
     let mut kernel = Kernel::start(&cfg.kernel).context("starting the kernel side")?;
     let events = kernel.take_events();
+    // Bind after the programs are set up: the kernel lets only the agent's cgroup
+    // bind the agent port, and a restarted agent (new cgroup) is only recognised
+    // once it has written its cgroup id into the (re-adopted) config map.
+    let mut listeners = Vec::new();
+    let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
+    listeners.push(
+        tokio::net::TcpListener::bind(v4)
+            .await
+            .with_context(|| format!("binding {v4}"))?,
+    );
+    if let Some(a6) = cfg.kernel.agent_addr6 {
+        let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
+        match tokio::net::TcpListener::bind(v6).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                // An IPv4-only node must not crash-loop (stock agent issue #16):
+                // send IPv6 clients to the IPv4-mapped address instead, so nothing
+                // is ever redirected to an address nobody (or somebody else) serves.
+                tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses");
+                cfg.kernel.agent_addr6 = None;
+                kernel
+                    .update_config(&cfg.kernel)
+                    .context("updating the kernel config")?;
+            }
+        }
+    }
     let kernel = Arc::new(kernel);
     tracing::info!(
         cgroup = %kernel.attached_to().display(),

@@ -206,6 +206,7 @@ fn a_thousand_connections_from_four_pods_are_all_attributed() {
 fn the_redirect_survives_an_agent_restart() {
     let mut node = Node::new();
     let a = node.add_pod("pod-a", UIDS[0], false);
+    let h = node.add_pod("host-net", UIDS[1], true);
     let bpffs = testnode::BpfFs::mount();
     let pins = bpffs.path().join("pod-identity-agent");
     let pins_s = pins.to_str().unwrap().to_owned();
@@ -219,6 +220,15 @@ fn the_redirect_survives_an_agent_restart() {
     node.kill(agent);
     let (_, rec) = client1(&node, a, &["--timeout", "2"]);
     assert_eq!(rec["errno"], "ECONNREFUSED", "{rec}");
+    // ...and nobody else can take the agent port meanwhile (a hostNetwork pod
+    // listening there would receive every pod's requests and tokens).
+    let mut squat = node.pod_command(h, "python3");
+    squat.args([
+        "-c",
+        "import socket,errno\ns=socket.socket()\ntry:\n s.bind(('169.254.199.1', 2710)); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])",
+    ]);
+    let out = squat.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EPERM");
 
     // The next agent re-adopts the pins and serves again; the old links are replaced,
     // not stacked: exactly one program per hook is attached to the cgroup.
@@ -235,7 +245,7 @@ fn the_redirect_survives_an_agent_restart() {
                 .starts_with("link_")
         })
         .count();
-    assert_eq!(links, 5);
+    assert_eq!(links, 7);
     let out = std::process::Command::new("bpftool")
         .args(["cgroup", "show"])
         .arg(node.cgroup_root.path())
