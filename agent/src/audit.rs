@@ -37,6 +37,10 @@ use crate::{
 /// How long a redirected connect waits for its request before it is written alone.
 pub const JOIN_WINDOW: Duration = Duration::from_secs(10);
 
+/// Redirected connects held while waiting for their request; beyond this they are
+/// written at once, so memory stays bounded under a connect flood.
+pub const MAX_PENDING: usize = 100_000;
+
 /// Failures of the audit log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -129,7 +133,17 @@ impl Writer {
                 if self.size + line.len() as u64 + 1 > max && self.size > 0 {
                     self.rotate()?;
                 }
-                let out = self.out.as_mut().expect("file target is open");
+                // A failed reopen (during rotation) is retried here, line by line,
+                // rather than leaving the writer without a file for good.
+                if self.out.is_none() {
+                    self.reopen()?;
+                }
+                let Some(out) = self.out.as_mut() else {
+                    return Err(AuditError::Io {
+                        path,
+                        source: std::io::Error::other("audit file not open"),
+                    });
+                };
                 writeln!(out, "{line}")
                     .and_then(|_| out.flush())
                     .map_err(|source| AuditError::Io { path, source })?;
@@ -238,7 +252,15 @@ impl AuditLog {
             return;
         }
         drop(joined);
-        lock(&self.pending).insert(
+        let mut pending = lock(&self.pending);
+        if pending.len() >= MAX_PENDING {
+            // A flood of connects that send nothing: write them now instead of
+            // holding them for the join window.
+            drop(pending);
+            self.emit(self.no_request_record(&ev));
+            return;
+        }
+        pending.insert(
             ev.socket_cookie,
             Pending {
                 event: ev,
@@ -389,7 +411,10 @@ impl AccessSink for AuditLog {
         if let Some(c) = &a.caller {
             let had = lock(&self.pending).remove(&c.socket_cookie).is_some();
             if !had {
-                lock(&self.joined).insert(c.socket_cookie, Instant::now());
+                let mut joined = lock(&self.joined);
+                if joined.len() < MAX_PENDING {
+                    joined.insert(c.socket_cookie, Instant::now());
+                }
             }
         }
         self.emit(self.access_record(a));

@@ -269,6 +269,42 @@ fn segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
 /// assert_eq!(p.pod_uid, "2c48913c-b29f-11e7-9350-020968147796");
 /// assert_eq!(p.container_id, None);
 /// ```
+/// [`parse_cgroup_path`] anchored at the kubelet's hierarchy: the path (relative to
+/// the host cgroup2 root, after an optional configured `prefix` such as
+/// `/docker/<id>` on a nested kind node) must *start* with a kubepods root
+/// (`/kubepods`, `/kubepods.slice`, `/kubelet.slice/kubelet-kubepods.slice`).
+///
+/// This is what the agent uses: a process that can make cgroups elsewhere (a
+/// systemd user session, a service with `Delegate=yes`, a plain docker container)
+/// could otherwise create `…/kubepods/besteffort/pod<victim uid>/…` under its own
+/// cgroup and be taken for the victim pod. Anything not anchored is "not a pod".
+pub fn parse_pod_cgroup(path: &str, prefix: &str) -> Result<Option<PodCgroup>, CgroupError> {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = if prefix.is_empty() {
+        path
+    } else {
+        match path.strip_prefix(prefix) {
+            Some(r) if r.is_empty() || r.starts_with('/') => r,
+            _ => return Ok(None),
+        }
+    };
+    let segs = segments(rest);
+    let anchored = match segs.first().map(|s| classify(s, false)) {
+        Some(Segment::KubepodsRoot) => true,
+        _ => {
+            segs.first().is_some_and(|s| s == "kubelet.slice")
+                && matches!(
+                    segs.get(1).map(|s| classify(s, false)),
+                    Some(Segment::KubepodsRoot)
+                )
+        }
+    };
+    if !anchored {
+        return Ok(None);
+    }
+    parse_cgroup_path(rest)
+}
+
 pub fn parse_cgroup_path(path: &str) -> Result<Option<PodCgroup>, CgroupError> {
     let segs = segments(path);
     // A cgroup-namespace view (`/../..`) has lost its kubepods prefix; the only
@@ -502,6 +538,15 @@ impl CgroupIndex {
     /// The indexed root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Every indexed cgroup (id, path), as of the last walk by anyone.
+    pub fn snapshot(&self) -> Vec<(u64, String)> {
+        self.read_state()
+            .by_id
+            .iter()
+            .map(|(id, p)| (*id, p.clone()))
+            .collect()
     }
 
     /// Number of cgroups in the index.
@@ -1085,5 +1130,44 @@ mod tests {
             matches!(&err, CgroupError::Io { path, .. } if path == Path::new("/nonexistent/cgroup/root"))
         );
         assert!(err.to_string().contains("/nonexistent/cgroup/root"));
+    }
+
+    #[test]
+    fn anchored_parsing_ignores_kubepods_lookalikes_outside_the_kubelet_tree() {
+        let uid = "2c48913c-b29f-11e7-9350-020968147796";
+        let cid = "a".repeat(64);
+        let real = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope", uid.replace('-', "_"));
+        assert_eq!(parse_pod_cgroup(&real, "").unwrap().unwrap().pod_uid, uid);
+        let kubelet = format!("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope", uid.replace('-', "_"));
+        assert_eq!(
+            parse_pod_cgroup(&kubelet, "").unwrap().unwrap().pod_uid,
+            uid
+        );
+        // Forged under a delegated user session, a service, or another container.
+        for forged in [
+            format!(
+                "/user.slice/user-1000.slice/user@1000.service/kubepods/besteffort/pod{uid}/{cid}"
+            ),
+            format!("/system.slice/docker-{cid}.scope/kubepods/besteffort/pod{uid}/{cid}"),
+            format!("/system.slice/foo.service{real}"),
+        ] {
+            assert_eq!(parse_pod_cgroup(&forged, "").unwrap(), None, "{forged}");
+        }
+        // Nested (kind): only with the configured node prefix.
+        let nested = format!("/docker/{cid}/kubepods/besteffort/pod{uid}/{cid}");
+        assert_eq!(parse_pod_cgroup(&nested, "").unwrap(), None);
+        let prefix = format!("/docker/{cid}");
+        assert_eq!(
+            parse_pod_cgroup(&nested, &prefix).unwrap().unwrap().pod_uid,
+            uid
+        );
+        assert_eq!(
+            parse_pod_cgroup(
+                &format!("/docker/{cid}x/kubepods/besteffort/pod{uid}"),
+                &prefix
+            )
+            .unwrap(),
+            None
+        );
     }
 }

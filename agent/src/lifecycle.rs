@@ -44,24 +44,39 @@ impl Lifecycle {
         cache: &CredentialCache<F>,
         verdicts: Option<&dyn VerdictSink>,
     ) -> (usize, usize) {
+        // Walk, then diff the index against what *this task* saw last time: a
+        // request's rescan-on-miss also walks the tree, and its delta would be lost
+        // to us if we used the index's own.
         let index = resolver.index.clone();
-        let delta = match tokio::task::spawn_blocking(move || index.rescan()).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cgroup rescan failed");
-                return (0, 0);
+        let snapshot =
+            match tokio::task::spawn_blocking(move || index.rescan().map(|_| index.snapshot()))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cgroup rescan failed");
+                    return (0, 0);
+                }
+                Err(_) => return (0, 0),
+            };
+        let now: HashMap<u64, String> = snapshot.into_iter().collect();
+        let gone: Vec<u64> = self
+            .cgroups
+            .keys()
+            .filter(|id| !now.contains_key(id))
+            .copied()
+            .collect();
+        for (id, path) in &now {
+            if !self.cgroups.contains_key(id) {
+                let uid = cgroup::parse_pod_cgroup(path, &resolver.cgroup_prefix)
+                    .ok()
+                    .flatten()
+                    .map(|pc| pc.pod_uid);
+                self.cgroups.insert(*id, uid);
             }
-            Err(_) => return (0, 0),
-        };
-        for (id, path) in &delta.appeared {
-            let uid = cgroup::parse_cgroup_path(path)
-                .ok()
-                .flatten()
-                .map(|pc| pc.pod_uid);
-            self.cgroups.insert(*id, uid);
         }
         let mut gone_pods = 0;
-        for (id, _) in &delta.gone {
+        for id in &gone {
             if let Some(Some(uid)) = self.cgroups.remove(id) {
                 if !self
                     .cgroups
@@ -87,12 +102,14 @@ impl Lifecycle {
             if self.prefetched.contains(&uid) {
                 continue;
             }
+            // Marked only once prefetched: a pod whose association is added later
+            // is prefetched then.
             if let Some(pod) = resolver.pods.get(&uid) {
                 if let Ok(assoc) = resolver.assocs.resolve(&pod) {
                     cache.prefetch(pod, assoc);
                     appeared_pods += 1;
+                    self.prefetched.insert(uid);
                 }
-                self.prefetched.insert(uid);
             }
         }
         if let Some(sink) = verdicts {
@@ -248,6 +265,7 @@ mod tests {
             pods,
             assocs,
             unknown_pod_wait: Duration::ZERO,
+            cgroup_prefix: String::new(),
         };
         let sts = CountingSts::default();
         let cache = CredentialCache::new(sts.clone(), CacheSettings::default());

@@ -77,6 +77,10 @@ struct Args {
     /// Refuse requests whose Authorization token names another pod than the kernel.
     #[arg(long)]
     token_cross_check: bool,
+    /// Where the kubelet's cgroup tree starts below --cgroup, on nested nodes (kind:
+    /// `/docker/<node container id>`). Pod cgroups must start there, with kubepods.
+    #[arg(long, default_value = "")]
+    cgroup_prefix: String,
     /// This node's name (spec.nodeName, via the downward API); required with --kube.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -221,6 +225,10 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let mut cfg = to_config(&args)?;
 
+    // Every long-running task lives here: if any ends, the agent exits (and is
+    // restarted) rather than serving from a source that silently stopped.
+    let mut tasks = tokio::task::JoinSet::new();
+
     // Sources first: a broken config is a clear error before anything attaches.
     let pod_store = pods::PodStore::new();
     if let Some(path) = &cfg.pods_file {
@@ -228,11 +236,12 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("loading pods file {}", path.display()))?;
         pod_store.replace_all(initial);
         pod_store.mark_synced();
-        tokio::spawn(pods::watch_pods_file(
-            path.clone(),
-            pod_store.clone(),
-            Duration::from_secs(2),
-        ));
+        let watch = pods::watch_pods_file(path.clone(), pod_store.clone(), Duration::from_secs(2));
+        tasks.spawn(async move {
+            if let Err(e) = watch.await {
+                tracing::error!(error = %e, "pods file watcher stopped");
+            }
+        });
     }
     let assoc_store = AssociationStore::new();
     if let Some(path) = &cfg.associations_file {
@@ -323,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         ready_checks.push(Box::new(move || {
             status.pods_synced() && status.associations_synced()
         }));
-        tokio::spawn(src.run());
+        tasks.spawn(src.run());
     }
     if args.eks_associations {
         let mut es = eks::EksSettings::new(cfg.sts.cluster_name.clone());
@@ -338,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
             .context("EKS associations source")?;
         let status = src.status();
         ready_checks.push(Box::new(move || status.is_synced()));
-        tokio::spawn(src.run());
+        tasks.spawn(src.run());
     }
     let ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_checks.iter().all(|c| c()));
@@ -363,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
         pods: pod_store.clone(),
         assocs: assoc_store.clone(),
         unknown_pod_wait: cfg.unknown_pod_wait,
+        cgroup_prefix: args.cgroup_prefix.clone(),
     };
     let service = Arc::new(Service::new(
         ServiceSettings::from(&cfg),
@@ -374,7 +384,6 @@ async fn main() -> anyhow::Result<()> {
         == EnforceMode::Enforce)
         .then(|| kernel.clone() as Arc<dyn lifecycle::VerdictSink>);
 
-    let mut tasks = tokio::task::JoinSet::new();
     if let Some(reader) = events {
         tasks.spawn(audit::run_kernel_events(reader, audit_log.clone()));
     }

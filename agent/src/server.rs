@@ -57,10 +57,23 @@ pub enum Unattributed {
     LookupFailed(String),
 }
 
+/// Connections served at once per listener; more wait in the accept backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time allowed for a request head to arrive.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest life of one connection (SDKs reconnect freely).
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Serve `listener` until the task is dropped. Each connection is attributed once,
 /// at accept; the identity holds for every request on that connection.
 pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>, handler: Arc<H>) {
+    // The agent port is reachable from the node's network: bound the connections
+    // anyone can hold open, and how long a request head may take.
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -82,6 +95,8 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
             Ok(None) => Err(Unattributed::NoRecord),
             Err(e) => Err(Unattributed::LookupFailed(e)),
         };
+        // A connection without a kernel record gets its 403 and is closed.
+        let keep_alive = caller.is_ok();
         let ctx = RequestContext {
             peer,
             local,
@@ -89,6 +104,7 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
         };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 let ctx = ctx.clone();
@@ -96,8 +112,13 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
             });
             let conn = http1::Builder::new()
                 .max_buf_size(64 * 1024)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            // Idle keep-alive connections are closed after a while too.
+            let conn = tokio::time::timeout(CONNECTION_LIFETIME, conn);
+            if let Ok(Err(e)) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });

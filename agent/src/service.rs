@@ -35,6 +35,9 @@ pub struct Resolver {
     pub pods: PodStore,
     pub assocs: AssociationStore,
     pub unknown_pod_wait: Duration,
+    /// Where the kubelet's cgroup tree starts below the cgroup root ("" normally;
+    /// `/docker/<id>` on a nested node). Pod paths must be anchored there.
+    pub cgroup_prefix: String,
 }
 
 /// Why a caller gets no credentials. Each maps to a status and a plain-text body.
@@ -144,7 +147,7 @@ impl Resolver {
     /// cgroup id → pod, failing closed.
     pub async fn pod_of(&self, cgroup_id: u64) -> Result<Resolved, Refusal> {
         let path = self.cgroup_path(cgroup_id).await?;
-        let pod_cgroup = match cgroup::parse_cgroup_path(&path) {
+        let pod_cgroup = match cgroup::parse_pod_cgroup(&path, &self.cgroup_prefix) {
             Ok(Some(pc)) => pc,
             Ok(None) => return Err(Refusal::NotAPod { path }),
             Err(e) => return Err(Refusal::Ambiguous(Box::new(e))),
@@ -472,6 +475,7 @@ mod tests {
             pods: pods.clone(),
             assocs: assocs.clone(),
             unknown_pod_wait: Duration::from_millis(50),
+            cgroup_prefix: String::new(),
         };
         assocs
             .replace_source(

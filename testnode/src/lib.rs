@@ -501,13 +501,15 @@ pub fn in_cgroup_and_netns(cgroup: &Path, netns_path: &str, program: &str) -> Co
 /// Remove namespaces and cgroups left by test processes that no longer exist
 /// (a test killed with SIGKILL cannot run its destructors).
 pub fn cleanup_stale() {
+    // Only names this module makes: `pia-<pid>-<n>…`, `pia-test-<pid>-<n>`.
+    let is_pid = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if let Some(rest) = name.strip_prefix("pia-") {
                 let pid = rest.split('-').next().unwrap_or("");
-                if !pid.is_empty() && !alive(pid) {
+                if is_pid(pid) && !alive(pid) {
                     let _ = run("ip", &["netns", "del", name]);
                 }
             }
@@ -519,7 +521,7 @@ pub fn cleanup_stale() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix("pia-test-") {
                 let pid = rest.split('-').next().unwrap_or("");
-                if !pid.is_empty() && !alive(pid) {
+                if is_pid(pid) && !alive(pid) {
                     remove_cgroup_tree(&e.path());
                 }
             }
