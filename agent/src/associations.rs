@@ -391,6 +391,10 @@ struct FileEntry {
     session_duration_secs: Option<u32>,
     #[serde(default)]
     mode: AssumeMode,
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 /// Read and validate an associations file:
@@ -420,6 +424,8 @@ pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, Associati
             mode: e.mode,
             source: FILE_SOURCE.to_owned(),
             association_id: None,
+            external_id: e.external_id,
+            policy: e.policy,
         })
         .collect();
     // Validate here too, so the error names the file.

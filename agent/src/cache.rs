@@ -190,6 +190,8 @@ struct Key {
     mode: AssumeMode,
     disable_session_tags: bool,
     session_duration_secs: Option<u32>,
+    external_id: Option<String>,
+    policy: Option<String>,
 }
 
 impl Key {
@@ -201,6 +203,8 @@ impl Key {
             mode: assoc.mode,
             disable_session_tags: assoc.disable_session_tags,
             session_duration_secs: assoc.session_duration_secs,
+            external_id: assoc.external_id.clone(),
+            policy: assoc.policy.clone(),
         }
     }
 }

@@ -374,19 +374,6 @@ pub fn to_association(e: &EksAssociation) -> Option<Association> {
         );
         return None;
     };
-    if e.policy().is_some_and(|p| !p.trim().is_empty()) {
-        // Serving it without the session policy would grant the whole role.
-        tracing::error!(
-            association_id = id,
-            namespace,
-            service_account,
-            "EKS association has an inline session policy, which this agent does not apply; ignored"
-        );
-        return None;
-    }
-    // `externalId` (set by EKS on target-role associations) is not carried: the
-    // model has no field for it yet. A target role whose trust policy requires
-    // `sts:ExternalId` then refuses the agent (AccessDenied): fail closed.
     let a = Association {
         namespace: namespace.to_owned(),
         service_account: service_account.to_owned(),
@@ -400,6 +387,14 @@ pub fn to_association(e: &EksAssociation) -> Option<Association> {
         mode: AssumeMode::PodIdentity,
         source: EKS_SOURCE.to_owned(),
         association_id: e.association_id().map(str::to_owned),
+        // EKS sets an external id on target-role associations; the target role's
+        // trust policy may require it. The inline session policy narrows what the
+        // pod gets (EKS requires disableSessionTags with it).
+        external_id: e.external_id().filter(|x| !x.is_empty()).map(str::to_owned),
+        policy: e
+            .policy()
+            .filter(|p| !p.trim().is_empty())
+            .map(str::to_owned),
     };
     // The store's own rules, one association at a time, so one bad entry does not
     // block the rest (the store takes a source's set all or nothing).
@@ -455,10 +450,18 @@ mod tests {
         assert_eq!(a.effective_role_arn(), "arn:aws:iam::444455556666:role/t");
         assert!(a.disable_session_tags);
 
+        // The inline session policy and external id are carried, never dropped
+        // (serving without the policy would grant the whole role).
         let with_policy = builder("ns", "sa", role)
             .policy(r#"{"Version":"2012-10-17","Statement":[]}"#)
+            .external_id("ext-1")
             .build();
-        assert!(to_association(&with_policy).is_none());
+        let a = to_association(&with_policy).unwrap();
+        assert_eq!(
+            a.policy.as_deref(),
+            Some(r#"{"Version":"2012-10-17","Statement":[]}"#)
+        );
+        assert_eq!(a.external_id.as_deref(), Some("ext-1"));
         assert!(to_association(&eks("ns", "sa", "not-an-arn")).is_none());
         assert!(to_association(&EksAssociation::builder().build()).is_none());
     }

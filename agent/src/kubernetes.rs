@@ -747,6 +747,9 @@ pub fn crd_association(pia: &PodIdentityAssociation) -> Option<Association> {
         mode: AssumeMode::PodIdentity,
         source: CRD_SOURCE.to_owned(),
         association_id: None,
+        // Not in the CRD (v1alpha1) yet.
+        external_id: None,
+        policy: None,
     })
 }
 

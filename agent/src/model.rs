@@ -61,6 +61,13 @@ pub struct Association {
     /// EKS association id, when it came from EKS.
     #[serde(default)]
     pub association_id: Option<String>,
+    /// `sts:ExternalId` for the role the pod finally receives (EKS sets one on
+    /// target-role associations; the target role's trust policy may require it).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Inline session policy (JSON) that narrows the credentials the pod receives.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 impl Association {

@@ -329,6 +329,10 @@ enum Hop<'a> {
     AssumeRole {
         tags: &'a [(&'static str, String)],
         via: Option<&'a Credentials>,
+        /// `ExternalId` and inline session `Policy` (on the hop whose credentials the
+        /// pod receives).
+        external_id: Option<&'a str>,
+        policy: Option<&'a str>,
     },
     /// `AssumeRoleWithWebIdentity` with the pod's token (unsigned).
     WebIdentity { token: &'a str },
@@ -412,9 +416,14 @@ impl StsFetcher {
                 } else {
                     session_tags(&self.settings, pod)
                 };
+                // ExternalId and the session policy belong to the hop whose
+                // credentials the pod receives: the target role when chaining.
+                let last = assoc.target_role_arn.is_none();
                 let hop = Hop::AssumeRole {
                     tags: &tags,
                     via: None,
+                    external_id: assoc.external_id.as_deref().filter(|_| last),
+                    policy: assoc.policy.as_deref().filter(|_| last),
                 };
                 self.assume(&assoc.role_arn, &session, first_secs, &hop)
                     .await?
@@ -438,6 +447,8 @@ impl StsFetcher {
         let hop = Hop::AssumeRole {
             tags: &[],
             via: Some(&first),
+            external_id: assoc.external_id.as_deref(),
+            policy: assoc.policy.as_deref(),
         };
         self.assume(target, &session, final_secs, &hop).await
     }
@@ -485,13 +496,20 @@ impl StsFetcher {
         // Bounded to [900, 43200] before this point, so the cast cannot wrap.
         let duration = i32::try_from(secs.clamp(STS_MIN_SECS, STS_MAX_SECS)).unwrap_or(3600);
         let (creds, user) = match hop {
-            Hop::AssumeRole { tags, via } => {
+            Hop::AssumeRole {
+                tags,
+                via,
+                external_id,
+                policy,
+            } => {
                 let mut req = self
                     .client
                     .assume_role()
                     .role_arn(role)
                     .role_session_name(session)
-                    .duration_seconds(duration);
+                    .duration_seconds(duration)
+                    .set_external_id(external_id.map(str::to_owned))
+                    .set_policy(policy.map(str::to_owned));
                 for (key, value) in tags.iter() {
                     let tag = aws_sdk_sts::types::Tag::builder()
                         .key(*key)
@@ -1353,6 +1371,36 @@ mod tests {
         );
         assert_eq!(plain.signing_key(), Some("AKIAAGENTEXAMPLE"));
         assert_eq!(plain.param("DurationSeconds"), Some("21600"));
+    }
+
+    #[tokio::test]
+    async fn external_id_and_session_policy_go_on_the_hop_the_pod_receives() {
+        let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let fetcher = fetcher_for(&fake, tmp.path());
+        let mut chained = role("first");
+        chained.target_role_arn = Some("arn:aws:iam::444455556666:role/target".into());
+        chained.external_id = Some("ext-123".into());
+        chained.policy = Some(r#"{"Version":"2012-10-17"}"#.into());
+        fetcher.fetch(&pod(), &chained).await.unwrap();
+        let mut plain = role("plain");
+        plain.external_id = Some("ext-456".into());
+        plain.policy = Some("{}".into());
+        fetcher.fetch(&pod(), &plain).await.unwrap();
+
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].param("ExternalId"), None, "{}", reqs[0].body);
+        assert_eq!(reqs[0].param("Policy"), None);
+        assert_eq!(
+            reqs[1].param("ExternalId"),
+            Some("ext-123"),
+            "{}",
+            reqs[1].body
+        );
+        assert!(reqs[1].param("Policy").is_some(), "{}", reqs[1].body);
+        assert_eq!(reqs[2].param("ExternalId"), Some("ext-456"));
+        assert!(reqs[2].param("Policy").is_some());
     }
 
     #[tokio::test]

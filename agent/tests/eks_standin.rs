@@ -347,7 +347,7 @@ fn seed(api: &EksApi) {
 async fn all_pages_listed_each_described_and_applied() {
     let api = EksApi::start().await;
     seed(&api);
-    // An association with an inline session policy: the agent cannot honour it.
+    // An association with an inline session policy: carried, and applied on AssumeRole.
     api.put(
         &id(6),
         "shop",
@@ -368,10 +368,10 @@ async fn all_pages_listed_each_described_and_applied() {
             report.applied,
             report.skipped
         ),
-        (6, 6, 5, 1)
+        (6, 6, 6, 0)
     );
     assert!(status.is_synced());
-    assert_eq!(store.source_len("eks"), 5);
+    assert_eq!(store.source_len("eks"), 6);
 
     let web = store.resolve(&pod("shop", "web")).unwrap();
     assert_eq!(
@@ -395,8 +395,10 @@ async fn all_pages_listed_each_described_and_applied() {
         etl.effective_role_arn(),
         "arn:aws:iam::444455556666:role/etl-target"
     );
-    // Left out rather than served without its session policy.
-    assert!(store.resolve(&pod("shop", "restricted")).is_err());
+    // Carried with its session policy (never served without it).
+    let restricted = store.resolve(&pod("shop", "restricted")).unwrap();
+    assert!(restricted.policy.as_deref().unwrap().contains("\"Deny\""));
+    assert!(restricted.disable_session_tags);
 
     // Pagination: 3 pages of 2, following nextToken, asking for full pages.
     let st = api.lock();
