@@ -200,6 +200,8 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
             "us-east-1",
         ])
         .args(["--cluster-name", "demo", "--bpffs-dir", "none"])
+        .arg("--audit-log")
+        .arg(work.join("audit.log"))
         .env("AWS_ACCESS_KEY_ID", "AKIAAGENTDEMO0000001")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -259,6 +261,16 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
     ]);
     let out = direct.output().map_err(|e| format!("client: {e}"))?;
     println!("  {}", String::from_utf8_lossy(&out.stdout).trim());
+
+    step("the audit log, read with `pod-identity-agent audit` (ECS JSON lines underneath)");
+    std::thread::sleep(Duration::from_millis(500));
+    let table = Command::new(agent)
+        .arg("audit")
+        .arg("--file")
+        .arg(work.join("audit.log"))
+        .output()
+        .map_err(|e| format!("audit: {e}"))?;
+    print!("{}", String::from_utf8_lossy(&table.stdout));
 
     step("done: removing namespaces, cgroups and processes");
     drop(node);
