@@ -24,8 +24,11 @@ pub const IRSA_SOURCE: &str = "irsa-annotation";
 /// `source` of associations from [`load_associations_file`].
 pub const FILE_SOURCE: &str = "file";
 
-/// Session durations STS accepts for AssumeRole (15 min to 12 h).
-pub const SESSION_DURATION_SECS: std::ops::RangeInclusive<u32> = 900..=43_200;
+/// Session durations accepted: STS allows 15 min to 12 h, but the agent never serves
+/// credentials with less than 15 min left (botocore refreshes inside 15 min), so a
+/// session must last at least 30 min to be servable at all; shorter ones are refused
+/// when loaded rather than failing every request with a 500.
+pub const SESSION_DURATION_SECS: std::ops::RangeInclusive<u32> = 1_800..=43_200;
 
 /// Errors of association lookup, validation and loading.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +71,7 @@ pub enum AssociationError {
         arn: String,
     },
     /// The session duration is outside what STS accepts.
-    #[error("source {origin}: service account {namespace}/{service_account}: sessionDurationSecs {secs} is outside 900..=43200")]
+    #[error("source {origin}: service account {namespace}/{service_account}: sessionDurationSecs {secs} is outside 1800..=43200 (credentials are served with at least 15 min left)")]
     InvalidSessionDuration {
         /// The association source.
         origin: String,
@@ -673,10 +676,10 @@ mod tests {
         ));
 
         let mut short = assoc("ns", "sa", ROLE_B);
-        short.session_duration_secs = Some(899);
+        short.session_duration_secs = Some(1799);
         assert!(matches!(
             store.replace_source("eks", vec![short]),
-            Err(AssociationError::InvalidSessionDuration { secs: 899, .. })
+            Err(AssociationError::InvalidSessionDuration { secs: 1799, .. })
         ));
 
         assert!(matches!(

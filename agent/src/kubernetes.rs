@@ -139,7 +139,7 @@ pub struct PodIdentityAssociationSpec {
     /// Do not attach the `eks-*`/`kubernetes-*` session tags.
     #[serde(default)]
     pub disable_session_tags: bool,
-    /// Requested session duration in seconds (900..=43200); default 6 h, or 59 min
+    /// Requested session duration in seconds (1800..=43200); default 6 h, or 59 min
     /// with a target role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_duration_secs: Option<u32>,

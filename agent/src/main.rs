@@ -102,6 +102,13 @@ struct Args {
     /// EKS endpoint override.
     #[arg(long)]
     eks_endpoint: Option<String>,
+    /// Most cached credential sets (pods × associations), as the stock agent's flag.
+    #[arg(long, default_value_t = 2000)]
+    max_cache_size: usize,
+    /// Renew cached credentials at most after this many seconds, whatever their
+    /// expiry (the stock agent's --max-credential-retention-before-renewal, 3 h).
+    #[arg(long, default_value_t = 3 * 3600)]
+    max_credential_retention_secs: u64,
     /// Requests per second each caller (cgroup) may make; 0 disables the limit.
     #[arg(long, default_value_t = 200.0)]
     max_rps_per_caller: f64,
@@ -194,6 +201,8 @@ fn to_config(args: &Args) -> anyhow::Result<Config> {
     cfg.pods_file = args.pods_file.clone();
     cfg.associations_file = args.associations_file.clone();
     cfg.probe_addr = args.probe_addr;
+    cfg.cache.max_entries = args.max_cache_size;
+    cfg.cache.max_retention = Duration::from_secs(args.max_credential_retention_secs);
     cfg.limits = pod_identity_agent::ratelimit::Limits {
         rate: args.max_rps_per_caller,
         burst: args.burst_per_caller,
