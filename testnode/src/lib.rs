@@ -580,3 +580,27 @@ pub fn in_cgroup(cgroup: &Path, cmd: &Command) -> Command {
     }
     c
 }
+
+/// The environment of an unmodified AWS SDK client in a pod, as EKS's webhook sets
+/// it, and nothing else: no static keys, no shared config, no IMDS fallback, so the
+/// client can only get credentials through the credentials endpoint.
+pub fn sdk_env(cmd: &mut Command, token_file: &Path, home: &Path, path: &str) {
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("HOME", home)
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.23/v1/credentials",
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_REGION", "us-east-1");
+    for k in ["PYENV_ROOT", "PYENV_VERSION"] {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+}

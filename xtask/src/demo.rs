@@ -93,26 +93,6 @@ fn step(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
 }
 
-fn sdk_env(c: &mut Command, token_file: &Path, home: &Path) {
-    c.env_clear()
-        .env("PATH", crate::setup::path_with_python_scripts())
-        .env("HOME", home)
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "http://169.254.170.23/v1/credentials",
-        )
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_DEFAULT_REGION", "us-east-1");
-    for k in ["PYENV_ROOT", "PYENV_VERSION"] {
-        if let Ok(v) = std::env::var(k) {
-            c.env(k, v);
-        }
-    }
-}
-
 pub fn run() -> Result<(), String> {
     let root = crate::root();
     let agent = root.join("target/debug/pod-identity-agent");
@@ -229,7 +209,12 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
             "Arn",
         ])
         .args(["--endpoint-url", &format!("http://{NODE_ADDR4}:{STS_PORT}")]);
-        sdk_env(&mut cli, &work.join(format!("token-{}", p.name)), work);
+        testnode::sdk_env(
+            &mut cli,
+            &work.join(format!("token-{}", p.name)),
+            work,
+            &crate::setup::path_with_python_scripts(),
+        );
         let out = cli.output().map_err(|e| format!("aws: {e}"))?;
         if out.status.success() {
             println!(

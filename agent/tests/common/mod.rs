@@ -123,29 +123,6 @@ pub fn write_json(path: &std::path::Path, v: &Value) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Environment of an unmodified SDK client in a pod, as EKS's webhook sets it.
-pub fn sdk_env(cmd: &mut Command, token_file: &std::path::Path, home: &std::path::Path) {
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "http://169.254.170.23/v1/credentials",
-        )
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_REGION", "us-east-1");
-    for (k, v) in ["PYENV_ROOT", "PYENV_VERSION"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)))
-    {
-        cmd.env(k, v);
-    }
-}
-
 /// Which client runs in the pod.
 #[derive(Clone, Copy, Debug)]
 pub enum Sdk {
@@ -208,7 +185,12 @@ pub fn sdk_caller_arn(
             c
         }
     };
-    sdk_env(&mut c, token_file, home);
+    testnode::sdk_env(
+        &mut c,
+        token_file,
+        home,
+        &std::env::var("PATH").unwrap_or_default(),
+    );
     let out = c.output().expect("run sdk client");
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
