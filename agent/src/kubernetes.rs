@@ -143,6 +143,14 @@ pub struct PodIdentityAssociationSpec {
     /// with a target role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_duration_secs: Option<u32>,
+    /// `sts:ExternalId` sent when assuming the role the pod receives (the target
+    /// role when chaining), for trust policies that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Inline session policy (JSON) narrowing the pod's credentials; as in EKS, it
+    /// requires `disableSessionTags: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 // === settings ===
@@ -747,9 +755,8 @@ pub fn crd_association(pia: &PodIdentityAssociation) -> Option<Association> {
         mode: AssumeMode::PodIdentity,
         source: CRD_SOURCE.to_owned(),
         association_id: None,
-        // Not in the CRD (v1alpha1) yet.
-        external_id: None,
-        policy: None,
+        external_id: pia.spec.external_id.clone().filter(|x| !x.is_empty()),
+        policy: pia.spec.policy.clone().filter(|p| !p.trim().is_empty()),
     })
 }
 
@@ -1011,6 +1018,8 @@ mod tests {
                 target_role_arn: None,
                 disable_session_tags: false,
                 session_duration_secs: None,
+                external_id: None,
+                policy: None,
             },
         );
         p.metadata = ObjectMeta {
@@ -1092,7 +1101,7 @@ mod tests {
                 "deploy/crd.yaml lacks spec field {field}"
             );
         }
-        assert_eq!(props.len(), 5);
+        assert_eq!(props.len(), 7);
     }
 
     #[test]
