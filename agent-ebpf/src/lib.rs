@@ -69,7 +69,7 @@ pub mod action {
 /// Runtime settings, written by the agent into `CONFIG[0]`.
 ///
 /// A map rather than load-time globals so that a restarted agent can re-adopt pinned
-/// programs and still update its own pid and addresses.
+/// programs and still update its own cgroup id and addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
