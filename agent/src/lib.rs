@@ -15,6 +15,7 @@ pub mod ebpf;
 pub mod eks;
 pub mod kubernetes;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod pods;
 pub mod ratelimit;

@@ -383,11 +383,16 @@ async fn main() -> anyhow::Result<()> {
         unknown_pod_wait: cfg.unknown_pod_wait,
         cgroup_prefix: args.cgroup_prefix.clone(),
     };
+    let request_metrics = Arc::new(pod_identity_agent::metrics::RequestMetrics::default());
     let service = Arc::new(Service::new(
         ServiceSettings::from(&cfg),
         resolver.clone(),
         cache.clone(),
-        Arc::new(audit::Tee(vec![Arc::new(TracingSink), audit_log.clone()])),
+        Arc::new(audit::Tee(vec![
+            Arc::new(TracingSink),
+            audit_log.clone(),
+            request_metrics.clone(),
+        ])),
     ));
     let verdicts: Option<Arc<dyn lifecycle::VerdictSink>> = (cfg.kernel.enforce
         == EnforceMode::Enforce)
@@ -410,9 +415,10 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding probe {addr}"))?;
         let (k, c, al) = (kernel.clone(), cache.clone(), audit_log.clone());
+        let rm = request_metrics.clone();
         let metrics = Arc::new(move || {
             let s = c.stats();
-            format!(
+            rm.render() + &format!(
                 "# TYPE pod_identity_cache_hits_total counter\npod_identity_cache_hits_total {}\n\
                  # TYPE pod_identity_cache_misses_total counter\npod_identity_cache_misses_total {}\n\
                  # TYPE pod_identity_cache_stale_served_total counter\npod_identity_cache_stale_served_total {}\n\

@@ -121,6 +121,16 @@ fn a_pod_without_association_gets_a_clear_404() {
         err.contains("No Pod Identity association") || err.contains("404"),
         "{err}"
     );
+    // Counted like the stock agent's metric, and by reason.
+    let m = s.metrics();
+    assert!(
+        metric(&m, "pod_identity_http_response{code=\"404\"}") >= 2,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "pod_identity_refusals_total{reason=\"NoAssociation\"}") >= 2,
+        "{m}"
+    );
 }
 
 #[test]

@@ -1,0 +1,101 @@
+//! Request counters for `/metrics`, by HTTP status and refusal reason. Names follow
+//! the stock agent's (`pod_identity_http_response{code}`) so existing dashboards
+//! keep working after a migration.
+
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+
+use crate::service::{Access, AccessSink};
+
+/// Counts accesses; cheap enough for the request path (one short lock).
+#[derive(Default)]
+pub struct RequestMetrics {
+    by_code: Mutex<BTreeMap<u16, u64>>,
+    by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+impl AccessSink for RequestMetrics {
+    fn record(&self, a: &Access) {
+        *self
+            .by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(a.status)
+            .or_default() += 1;
+        if let Some(r) = &a.reason {
+            let mut m = self.by_reason.lock().unwrap_or_else(|e| e.into_inner());
+            // Reasons are a small fixed set of codes (plus STS error codes); cap anyway.
+            if m.len() < 256 || m.contains_key(r) {
+                *m.entry(r.clone()).or_default() += 1;
+            }
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// Prometheus text for these counters.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# TYPE pod_identity_http_response counter\n");
+        for (code, n) in self
+            .by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "pod_identity_http_response{{code=\"{code}\"}} {n}");
+        }
+        out.push_str("# TYPE pod_identity_refusals_total counter\n");
+        for (reason, n) in self
+            .by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let reason: String = reason
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            let _ = writeln!(
+                out,
+                "pod_identity_refusals_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_code_and_reason() {
+        let m = RequestMetrics::default();
+        m.record(&Access {
+            status: 200,
+            ..Default::default()
+        });
+        m.record(&Access {
+            status: 200,
+            ..Default::default()
+        });
+        m.record(&Access {
+            status: 404,
+            reason: Some("NoAssociation".into()),
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains("pod_identity_http_response{code=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pod_identity_http_response{code=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pod_identity_refusals_total{reason=\"NoAssociation\"} 1"),
+            "{text}"
+        );
+    }
+}
