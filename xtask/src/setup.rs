@@ -13,6 +13,7 @@ const APT: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "util-linux",
+    "procps",
     "bpftool",
     "wrk",
 ];
