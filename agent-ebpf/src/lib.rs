@@ -48,6 +48,9 @@ pub mod flags {
     pub const AGENT_V6: u32 = 1 << 1;
     /// Kernel enforcement: cgroups with a `DENY` verdict get `EPERM` from `connect()`.
     pub const ENFORCE: u32 = 1 << 2;
+    /// The agent cannot serve: every connect to the credentials address gets `EPERM`
+    /// (never redirected to whoever might hold the agent port).
+    pub const FAIL_CLOSED: u32 = 1 << 3;
 }
 
 /// Values of the `VERDICTS` map.

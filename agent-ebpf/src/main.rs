@@ -77,6 +77,9 @@ pub fn pia_connect4(ctx: SockAddrContext) -> i32 {
     if typ != SOCK_STREAM || dst != cfg.cred_addr4 || u16::from_be(port as u16) != cfg.cred_port {
         return PROCEED;
     }
+    if cfg.flags & flags::FAIL_CLOSED != 0 {
+        return REFUSE;
+    }
     let Some(mut id) = caller(&ctx, cfg, [dst, 0, 0, 0], AF_INET) else {
         return PROCEED;
     };
@@ -133,6 +136,9 @@ pub fn pia_connect6(ctx: SockAddrContext) -> i32 {
     } else {
         return PROCEED;
     };
+    if cfg.flags & flags::FAIL_CLOSED != 0 {
+        return REFUSE;
+    }
     let Some(mut id) = caller(&ctx, cfg, dst, AF_INET6) else {
         return PROCEED;
     };
@@ -239,13 +245,15 @@ fn emit(id: &Identity) {
 /// links): while it restarts, another process listening on the port would receive
 /// every pod's requests and tokens.
 #[inline(always)]
-fn bind_allowed(ctx: &SockAddrContext) -> i32 {
-    let Some(cfg) = enabled_config() else {
-        return PROCEED;
+fn bind_allowed(ctx: &SockAddrContext, cfg: &Config) -> i32 {
+    // SAFETY: 4-byte loads of fields readable in bind hooks.
+    let (typ, port) = unsafe {
+        (
+            read_volatile(&(*ctx.sock_addr).type_),
+            read_volatile(&(*ctx.sock_addr).user_port),
+        )
     };
-    // SAFETY: 4-byte load of a field readable in bind hooks.
-    let port = unsafe { read_volatile(&(*ctx.sock_addr).user_port) };
-    if u16::from_be(port as u16) != cfg.agent_port {
+    if typ != SOCK_STREAM || u16::from_be(port as u16) != cfg.agent_port {
         return PROCEED;
     }
     // SAFETY: plain helper call.
@@ -256,14 +264,42 @@ fn bind_allowed(ctx: &SockAddrContext) -> i32 {
     }
 }
 
+/// Only binds that could receive redirected traffic are guarded: the agent address
+/// or a wildcard (other addresses of the node, and other ports, are untouched).
 #[cgroup_sock_addr(bind4)]
 pub fn pia_bind4(ctx: SockAddrContext) -> i32 {
-    bind_allowed(&ctx)
+    let Some(cfg) = enabled_config() else {
+        return PROCEED;
+    };
+    // SAFETY: 4-byte load of a field readable in bind4.
+    let addr = unsafe { read_volatile(&(*ctx.sock_addr).user_ip4) };
+    if addr != 0 && addr != cfg.agent_addr4 {
+        return PROCEED;
+    }
+    bind_allowed(&ctx, cfg)
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn pia_bind6(ctx: SockAddrContext) -> i32 {
-    bind_allowed(&ctx)
+    let Some(cfg) = enabled_config() else {
+        return PROCEED;
+    };
+    // SAFETY: user_ip6 read one 4-byte word at a time, as the verifier requires.
+    let addr = unsafe {
+        [
+            read_volatile(&(*ctx.sock_addr).user_ip6[0]),
+            read_volatile(&(*ctx.sock_addr).user_ip6[1]),
+            read_volatile(&(*ctx.sock_addr).user_ip6[2]),
+            read_volatile(&(*ctx.sock_addr).user_ip6[3]),
+        ]
+    };
+    let wildcard = addr == [0, 0, 0, 0];
+    let agent6 = cfg.flags & flags::AGENT_V6 != 0 && addr == cfg.agent_addr6;
+    let mapped = addr == v4_mapped(cfg.agent_addr4);
+    if !(wildcard || agent6 || mapped) {
+        return PROCEED;
+    }
+    bind_allowed(&ctx, cfg)
 }
 
 // === sock_ops ===
@@ -298,7 +334,8 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     // old record (nor report the credentials address from getpeername).
     let to_agent = enabled_config().is_some_and(|cfg| {
         key.dst_port == cfg.agent_port
-            && (key.dst_addr[0] == cfg.agent_addr4 || key.dst_addr == cfg.agent_addr6)
+            && ((key.family == AF_INET && key.dst_addr[0] == cfg.agent_addr4)
+                || (key.family == AF_INET6 && key.dst_addr == cfg.agent_addr6))
     });
     if !to_agent {
         let _ = SOCKETS.remove(&cookie);

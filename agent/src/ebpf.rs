@@ -192,82 +192,54 @@ pub fn unpin_all(dir: &Path) -> Result<usize, KernelError> {
 /// detaches the programs; with one, the pinned links keep redirecting (invariant 8)
 /// and the next agent re-adopts maps and replaces the links.
 pub struct Kernel {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     tuples: Mutex<HashMap<MapData, PodTupleKey, PodIdentity>>,
     verdicts: Mutex<HashMap<MapData, u64, u32>>,
     config: Mutex<Array<MapData, PodKConfig>>,
     events_lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_to: PathBuf,
+    pin_dir: Option<PathBuf>,
+    own_cgroup: u64,
     _pinned: Vec<PinnedLink>,
 }
 
 impl Kernel {
-    /// Load the programs, write their config, and attach them to `cfg.cgroup`.
-    pub fn start(cfg: &KernelConfig) -> Result<Kernel, KernelError> {
+    /// Load the programs and write their config (the agent's cgroup id included),
+    /// without attaching. Programs a previous agent pinned keep running and, through
+    /// the re-adopted config map, now recognise this agent: it may bind its port.
+    /// Then bind, then [`Kernel::attach`].
+    pub fn load(cfg: &KernelConfig) -> Result<Kernel, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
         let pin_dir = cfg.pin_dir.as_deref();
         let mut ebpf = load(pin_dir)?;
-        let mut pinned = Vec::new();
 
-        // Config first, so the programs act correctly from their first run.
         let mut config: Array<MapData, PodKConfig> = Array::try_from(
             ebpf.take_map(maps::CONFIG)
                 .ok_or(KernelError::MissingMap(maps::CONFIG))?,
         )
         .map_err(map_err(maps::CONFIG))?;
         let own_cgroup = crate::cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
+        let attach_root = std::fs::metadata(&cfg.cgroup)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|source| KernelError::Cgroup {
+                path: cfg.cgroup.clone(),
+                source,
+            })?;
+        if own_cgroup == attach_root {
+            // Exempting the attach root would exempt every process directly in it,
+            // and says the agent's cgroup was not found (e.g. no cgroup namespace).
+            return Err(KernelError::OwnCgroup(
+                crate::cgroup::CgroupError::NotFound {
+                    cgroup_id: own_cgroup,
+                },
+            ));
+        }
         config
             .set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
             .map_err(map_err(maps::CONFIG))?;
-
-        let cgroup = File::open(&cfg.cgroup).map_err(|source| KernelError::Cgroup {
-            path: cfg.cgroup.clone(),
-            source,
-        })?;
-        for name in [
-            programs::CONNECT4,
-            programs::CONNECT6,
-            programs::GETPEERNAME4,
-            programs::GETPEERNAME6,
-            programs::BIND4,
-            programs::BIND6,
-        ] {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
-            prog.load().map_err(prog_err(name))?;
-            // Links (kernel >= 5.7) are multi-attach: we coexist with Cilium's own
-            // programs. `Single` is the only mode the kernel accepts for links.
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            if let Some(dir) = pin_dir {
-                let link = prog.take_link(id).map_err(prog_err(name))?;
-                let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
-                pinned.push(pin_link(dir, name, fd)?);
-            }
-        }
-        let sock_ops: &mut SockOps = ebpf
-            .program_mut(programs::SOCK_OPS)
-            .ok_or(KernelError::MissingProgram(programs::SOCK_OPS))?
-            .try_into()
-            .map_err(prog_err(programs::SOCK_OPS))?;
-        sock_ops.load().map_err(prog_err(programs::SOCK_OPS))?;
-        let id = sock_ops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(prog_err(programs::SOCK_OPS))?;
-        if let Some(dir) = pin_dir {
-            let link = sock_ops
-                .take_link(id)
-                .map_err(prog_err(programs::SOCK_OPS))?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
-            pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
-        }
 
         let tuples = HashMap::try_from(
             ebpf.take_map(maps::TUPLES)
@@ -291,15 +263,82 @@ impl Kernel {
         .map_err(map_err(maps::EVENTS))?;
 
         Ok(Kernel {
-            _ebpf: ebpf,
+            ebpf,
             tuples: Mutex::new(tuples),
             verdicts: Mutex::new(verdicts),
             config: Mutex::new(config),
             events_lost,
             events: Some(events),
             attached_to: cfg.cgroup.clone(),
-            _pinned: pinned,
+            pin_dir: cfg.pin_dir.clone(),
+            own_cgroup,
+            _pinned: Vec::new(),
         })
+    }
+
+    /// Attach (and pin) the programs to the configured cgroup: the bind guard first,
+    /// so the redirect is never live without it.
+    pub fn attach(&mut self) -> Result<(), KernelError> {
+        let cgroup = File::open(&self.attached_to).map_err(|source| KernelError::Cgroup {
+            path: self.attached_to.clone(),
+            source,
+        })?;
+        let pin_dir = self.pin_dir.clone();
+        let pin_dir = pin_dir.as_deref();
+        for name in [
+            programs::BIND4,
+            programs::BIND6,
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::GETPEERNAME4,
+            programs::GETPEERNAME6,
+        ] {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+            // Links (kernel >= 5.7) are multi-attach: we coexist with Cilium's own
+            // programs. `Single` is the only mode the kernel accepts for links.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            if let Some(dir) = pin_dir {
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
+                self._pinned.push(pin_link(dir, name, fd)?);
+            }
+        }
+        let sock_ops: &mut SockOps = self
+            .ebpf
+            .program_mut(programs::SOCK_OPS)
+            .ok_or(KernelError::MissingProgram(programs::SOCK_OPS))?
+            .try_into()
+            .map_err(prog_err(programs::SOCK_OPS))?;
+        sock_ops.load().map_err(prog_err(programs::SOCK_OPS))?;
+        let id = sock_ops
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(programs::SOCK_OPS))?;
+        if let Some(dir) = pin_dir {
+            let link = sock_ops
+                .take_link(id)
+                .map_err(prog_err(programs::SOCK_OPS))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(dir, e))?;
+            self._pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
+        }
+        Ok(())
+    }
+
+    /// The agent cannot serve (e.g. its port is taken): make programs a previous
+    /// agent pinned refuse credential connects with EPERM, rather than redirect pods
+    /// (and their tokens) to whoever holds the port.
+    pub fn fail_closed(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
+        let mut k = kernel_config(cfg, self.own_cgroup);
+        k.flags |= flags::FAIL_CLOSED;
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.set(0, PodKConfig(k), 0).map_err(map_err(maps::CONFIG))
     }
 
     /// The cgroup the programs are attached to.
@@ -348,8 +387,7 @@ impl Kernel {
     /// Rewrite the runtime config (e.g. to flip enforce mode).
     pub fn update_config(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        let own_cgroup = crate::cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
-        c.set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
+        c.set(0, PodKConfig(kernel_config(cfg, self.own_cgroup)), 0)
             .map_err(map_err(maps::CONFIG))
     }
 

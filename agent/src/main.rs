@@ -277,18 +277,26 @@ async fn main() -> anyhow::Result<()> {
     )
     .context("opening the audit log")?;
 
-    let mut kernel = Kernel::start(&cfg.kernel).context("starting the kernel side")?;
+    let mut kernel = Kernel::load(&cfg.kernel).context("loading the kernel side")?;
     let events = kernel.take_events();
     // Bind after the programs are set up: the kernel lets only the agent's cgroup
     // bind the agent port, and a restarted agent (new cgroup) is only recognised
     // once it has written its cgroup id into the (re-adopted) config map.
     let mut listeners = Vec::new();
     let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
-    listeners.push(
-        tokio::net::TcpListener::bind(v4)
-            .await
-            .with_context(|| format!("binding {v4}"))?,
-    );
+    match tokio::net::TcpListener::bind(v4).await {
+        Ok(l) => listeners.push(l),
+        Err(e) => {
+            // Someone holds our port. Programs a previous agent pinned would send
+            // every pod (and its token) there: make them refuse instead, then exit.
+            if let Err(fc) = kernel.fail_closed(&cfg.kernel) {
+                tracing::error!(error = %fc, "could not switch the kernel to fail-closed");
+            }
+            return Err(e).with_context(|| {
+                format!("binding {v4} (credential connects now fail with EPERM)")
+            });
+        }
+    }
     if let Some(a6) = cfg.kernel.agent_addr6 {
         let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
         match tokio::net::TcpListener::bind(v6).await {
@@ -305,6 +313,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // Only now does the redirect go live (or get replaced): someone answers.
+    kernel.attach().context("attaching the kernel programs")?;
     let kernel = Arc::new(kernel);
     tracing::info!(
         cgroup = %kernel.attached_to().display(),

@@ -37,6 +37,41 @@ pub trait Handler: Send + Sync + 'static {
         ctx: RequestContext,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
+
+    /// A connection without a kernel record was refused before any request was
+    /// read (for the audit log).
+    fn unattributed(&self, _peer: SocketAddr, _local: SocketAddr) {}
+}
+
+/// The fixed answer to a connection the kernel did not redirect.
+pub const UNATTRIBUTED_BODY: &str = "Access Denied. The kernel has no record of this connection: call http://169.254.170.23/v1/credentials from a pod on this node\n";
+
+/// Refuse an unattributed connection without reading a request: write the 403,
+/// stop writing, drain what the client sends for a moment (so closing does not
+/// reset the connection under its reader), close. Returns whether the client sent
+/// anything (a connection closed before sending a byte is not an access; its
+/// kernel event, if any, is audited on its own).
+async fn refuse_unattributed(mut stream: tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let resp = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\nx-content-type-options: nosniff\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{UNATTRIBUTED_BODY}",
+        UNATTRIBUTED_BODY.len()
+    );
+    let mut total = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    total > 0
 }
 
 /// What the accept loop knows about a connection.
@@ -59,6 +94,8 @@ pub enum Unattributed {
 
 /// Connections served at once per listener; more wait in the accept backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Unattributed connections being refused at once (each for at most 1 s).
+pub const MAX_REFUSING: usize = 256;
 /// Time allowed for a request head to arrive.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest life of one connection (SDKs reconnect freely).
@@ -70,6 +107,7 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
     // The agent port is reachable from the node's network: bound the connections
     // anyone can hold open, and how long a request head may take.
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refused = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -92,7 +130,25 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
         };
         let caller = match attr.caller(peer, local) {
             Ok(Some(c)) => Ok(c),
-            Ok(None) => Err(Unattributed::NoRecord),
+            Ok(None) => {
+                // Anyone on the node's network can reach this port: answer at once
+                // from a small pool of its own, so they cannot hold the slots pods
+                // need; beyond that pool, drop.
+                drop(permit);
+                match refused.clone().try_acquire_owned() {
+                    Ok(p) => {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            let _p = p;
+                            if refuse_unattributed(stream).await {
+                                handler.unattributed(peer, local);
+                            }
+                        });
+                    }
+                    Err(_) => handler.unattributed(peer, local),
+                }
+                continue;
+            }
             Err(e) => Err(Unattributed::LookupFailed(e)),
         };
         // A connection without a kernel record gets its 403 and is closed.

@@ -413,6 +413,16 @@ impl<F: Fetch> Handler for Service<F> {
         self.sink.record(&access);
         resp
     }
+
+    fn unattributed(&self, peer: std::net::SocketAddr, _local: std::net::SocketAddr) {
+        self.sink.record(&Access {
+            peer: Some(peer),
+            status: 403,
+            reason: Some(Refusal::Unattributed.code().to_owned()),
+            message: Some(Refusal::Unattributed.to_string()),
+            ..Access::default()
+        });
+    }
 }
 
 #[cfg(test)]

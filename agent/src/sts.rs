@@ -334,8 +334,12 @@ enum Hop<'a> {
         external_id: Option<&'a str>,
         policy: Option<&'a str>,
     },
-    /// `AssumeRoleWithWebIdentity` with the pod's token (unsigned).
-    WebIdentity { token: &'a str },
+    /// `AssumeRoleWithWebIdentity` with the pod's token (unsigned), and the session
+    /// policy when this hop's credentials are the pod's.
+    WebIdentity {
+        token: &'a str,
+        policy: Option<&'a str>,
+    },
 }
 
 impl StsFetcher {
@@ -434,6 +438,10 @@ impl StsFetcher {
                         .await?;
                 let hop = Hop::WebIdentity {
                     token: token.expose(),
+                    policy: assoc
+                        .policy
+                        .as_deref()
+                        .filter(|_| assoc.target_role_arn.is_none()),
                 };
                 self.assume(&assoc.role_arn, &session, first_secs, &hop)
                     .await?
@@ -532,13 +540,14 @@ impl StsFetcher {
                 .map_err(StsError::from_sdk)?;
                 (out.credentials, out.assumed_role_user)
             }
-            Hop::WebIdentity { token } => {
+            Hop::WebIdentity { token, policy } => {
                 let out = self
                     .client
                     .assume_role_with_web_identity()
                     .role_arn(role)
                     .role_session_name(session)
                     .web_identity_token(*token)
+                    .set_policy(policy.map(str::to_owned))
                     .duration_seconds(duration)
                     .send()
                     .await

@@ -210,7 +210,19 @@ fn the_redirect_survives_an_agent_restart() {
     let bpffs = testnode::BpfFs::mount();
     let pins = bpffs.path().join("pod-identity-agent");
     let pins_s = pins.to_str().unwrap().to_owned();
-    let agent = start_agent(&mut node, &["--bpffs-dir", &pins_s]);
+    // Each agent runs in its own cgroup under the attach point, as a new container
+    // would after a restart: the programs must recognise the new agent by its
+    // cgroup id (exempt from the redirect, allowed to bind its port).
+    let root = node_cgroup_root(&node);
+    let agent_cgroup =
+        |n: u32| testnode::Cgroup::create(root.join(format!("system.slice/agent-{n}.scope")));
+    let cg1 = agent_cgroup(1);
+    let cmd = testnode::in_cgroup(cg1.path(), &agent_command(&node, &["--bpffs-dir", &pins_s]));
+    let agent = node.spawn_until(
+        cmd,
+        "pod-identity-agent ready",
+        std::time::Duration::from_secs(20),
+    );
     let (pid, rec) = client1(&node, a, &[]);
     assert_attributed(&node, a, pid, &rec);
     assert!(pins.join("link_pia_connect4").exists() && pins.join("map_TUPLES").exists());
@@ -221,18 +233,47 @@ fn the_redirect_survives_an_agent_restart() {
     let (_, rec) = client1(&node, a, &["--timeout", "2"]);
     assert_eq!(rec["errno"], "ECONNREFUSED", "{rec}");
     // ...and nobody else can take the agent port meanwhile (a hostNetwork pod
-    // listening there would receive every pod's requests and tokens).
-    let mut squat = node.pod_command(h, "python3");
-    squat.args([
+    // listening there would receive every pod's requests and tokens), while
+    // other addresses and ports stay free.
+
+    assert_eq!(try_bind(&node, h, "169.254.199.1", 2710), "EPERM");
+    assert_eq!(try_bind(&node, h, "0.0.0.0", 2710), "EPERM");
+    assert_eq!(try_bind(&node, h, "127.0.0.1", 2710), "bound");
+    assert_eq!(try_bind(&node, h, "169.254.199.1", 2711), "bound");
+
+    // A process outside the guarded subtree holds the port: the next agent cannot
+    // bind, so it switches the pinned programs to fail closed (EPERM), never
+    // leaving pods redirected to the squatter.
+    let mut squatter = node.node_command("python3");
+    squatter.args([
         "-c",
-        "import socket,errno\ns=socket.socket()\ntry:\n s.bind(('169.254.199.1', 2710)); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])",
+        "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('169.254.199.1', 2710))\ns.listen()\nprint('listening', flush=True)\ntime.sleep(30)",
     ]);
-    let out = squat.output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EPERM");
+    let sq = node.spawn_until(squatter, "listening", std::time::Duration::from_secs(10));
+    let cg2 = agent_cgroup(2);
+    let out = testnode::in_cgroup(cg2.path(), &agent_command(&node, &["--bpffs-dir", &pins_s]))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the agent must exit when its port is taken"
+    );
+    let (_, rec) = client1(&node, a, &["--timeout", "2"]);
+    assert_eq!(
+        rec["errno"], "EPERM",
+        "fail closed, not redirected to the squatter: {rec}"
+    );
+    node.kill(sq);
 
     // The next agent re-adopts the pins and serves again; the old links are replaced,
     // not stacked: exactly one program per hook is attached to the cgroup.
-    start_agent(&mut node, &["--bpffs-dir", &pins_s]);
+    let cg3 = agent_cgroup(3);
+    let cmd = testnode::in_cgroup(cg3.path(), &agent_command(&node, &["--bpffs-dir", &pins_s]));
+    node.spawn_until(
+        cmd,
+        "pod-identity-agent ready",
+        std::time::Duration::from_secs(20),
+    );
     let (pid, rec) = client1(&node, a, &[]);
     assert_attributed(&node, a, pid, &rec);
     let links = std::fs::read_dir(&pins)
@@ -255,5 +296,21 @@ fn the_redirect_survives_an_agent_restart() {
     assert_eq!(text.matches("pia_connect4").count(), 1, "{text}");
     assert_eq!(text.matches("pia_sock_ops").count(), 1, "{text}");
     drop(node);
+    drop((cg1, cg2, cg3));
     drop(bpffs);
+}
+
+fn node_cgroup_root(node: &Node) -> std::path::PathBuf {
+    node.cgroup_root.path().to_path_buf()
+}
+
+fn try_bind(node: &Node, pod: usize, addr: &str, port: u16) -> String {
+    let mut c = node.pod_command(pod, "python3");
+    c.args([
+        "-c",
+        &format!("import socket,errno\ns=socket.socket()\ntry:\n s.bind(('{addr}', {port})); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])"),
+    ]);
+    String::from_utf8_lossy(&c.output().unwrap().stdout)
+        .trim()
+        .to_owned()
 }
