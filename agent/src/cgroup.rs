@@ -445,18 +445,53 @@ pub fn own_cgroup_path(proc_self_cgroup: &str) -> Option<&str> {
     proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
-/// This process's cgroup id (the inode of its cgroup directory), resolved through
-/// the cgroup2 mount this process sees. Inside a container with its own cgroup
-/// namespace that is `/sys/fs/cgroup` with path `/`, i.e. the container's cgroup.
+/// The directory of this process's cgroup, from `/proc/self/mountinfo` and
+/// `/proc/self/cgroup` text: the cgroup2 mount whose root (mountinfo field 4) is the
+/// longest prefix of our cgroup path, joined with the rest of the path. Works inside
+/// a container with a cgroup namespace (`0::/`, the container's own mount), without
+/// one (runc bind-mounts the container's cgroup, root = its path), and on hosts.
+pub fn own_cgroup_dir(mountinfo: &str, proc_self_cgroup: &str) -> Option<PathBuf> {
+    let path = own_cgroup_path(proc_self_cgroup)?;
+    let mut best: Option<(usize, PathBuf)> = None;
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if post.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let f: Vec<&str> = pre.split_whitespace().collect();
+        let (Some(root), Some(mount)) = (f.get(3), f.get(4)) else {
+            continue;
+        };
+        let rest = if *root == "/" {
+            Some(path)
+        } else {
+            path.strip_prefix(root)
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+        };
+        if let Some(rest) = rest {
+            let len = if *root == "/" { 1 } else { root.len() };
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, Path::new(mount).join(rest.trim_start_matches('/'))));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// This process's cgroup id (the inode of its cgroup directory), see [`own_cgroup_dir`].
 pub fn own_cgroup_id() -> Result<u64, CgroupError> {
     use std::os::unix::fs::MetadataExt;
     const SELF: &str = "/proc/self/cgroup";
-    let text = std::fs::read_to_string(SELF).map_err(|source| CgroupError::Io {
-        path: PathBuf::from(SELF),
-        source,
-    })?;
-    let rel = own_cgroup_path(&text).ok_or(CgroupError::NoCgroup2Mount)?;
-    let dir = host_cgroup2_root()?.join(rel.trim_start_matches('/'));
+    let read = |p: &str| {
+        std::fs::read_to_string(p).map_err(|source| CgroupError::Io {
+            path: PathBuf::from(p),
+            source,
+        })
+    };
+    let (mi, own) = (read(MOUNTINFO)?, read(SELF)?);
+    let dir = own_cgroup_dir(&mi, &own).ok_or(CgroupError::NoCgroup2Mount)?;
     std::fs::metadata(&dir)
         .map(|m| m.ino())
         .map_err(|source| CgroupError::Io { path: dir, source })
@@ -1169,5 +1204,33 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn own_cgroup_dir_in_containers_and_on_hosts() {
+        let host = "25 30 0:22 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            own_cgroup_dir(host, "12:cpu:/x\n0::/user.slice/session-1.scope\n").unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified/user.slice/session-1.scope")
+        );
+        // Container with a cgroup namespace: its own mount, path "/"; the host tree
+        // mounted elsewhere has a root outside the namespace.
+        let ns = "100 90 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
+                  101 90 0:30 /../../.. /host/sys/fs/cgroup ro - cgroup2 cgroup rw\n";
+        assert_eq!(
+            own_cgroup_dir(ns, "0::/\n").unwrap(),
+            PathBuf::from("/sys/fs/cgroup")
+        );
+        // No cgroup namespace: runc bind-mounts the container's cgroup directory.
+        let c = "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope";
+        let bind = format!(
+            "100 90 0:30 {c} /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
+             101 90 0:30 / /host/sys/fs/cgroup ro - cgroup2 cgroup rw\n"
+        );
+        assert_eq!(
+            own_cgroup_dir(&bind, &format!("0::{c}\n")).unwrap(),
+            PathBuf::from("/sys/fs/cgroup")
+        );
+        assert!(own_cgroup_dir("", "0::/\n").is_none());
     }
 }
