@@ -27,6 +27,9 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` with one entry: events lost because `EVENTS` was full.
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    /// `Array<u64>` with one entry: the network namespace cookie the agent binds its
+    /// port in, learned by the bind hook from the agent's own bind.
+    pub const AGENT_NETNS: &str = "AGENT_NETNS";
 }
 
 /// Program names, as in the object file.

@@ -54,6 +54,9 @@ static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+#[map(name = "AGENT_NETNS")]
+static AGENT_NETNS: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map(name = "EVENTS_LOST")]
 static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -256,11 +259,24 @@ fn bind_allowed(ctx: &SockAddrContext, cfg: &Config) -> i32 {
     if typ != SOCK_STREAM || u16::from_be(port as u16) != cfg.agent_port {
         return PROCEED;
     }
-    // SAFETY: plain helper call.
-    if unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
-        PROCEED
-    } else {
-        REFUSE
+    // SAFETY: plain helper calls with the program's own context pointer.
+    let (cgroup_id, netns) = unsafe {
+        (
+            bpf_get_current_cgroup_id(),
+            bpf_get_netns_cookie(ctx.as_ptr()),
+        )
+    };
+    if cgroup_id == cfg.agent_cgroup_id {
+        // Learn where the agent listens: only that namespace can receive the
+        // redirected connections, so only there is the port guarded.
+        let _ = AGENT_NETNS.set(0, netns, 0);
+        return PROCEED;
+    }
+    match AGENT_NETNS.get(0).copied() {
+        // Another namespace (a pod's own): its port 2710 is none of our business.
+        Some(known) if known != 0 && known != netns => PROCEED,
+        // The agent's namespace, or not learned yet: refuse.
+        _ => REFUSE,
     }
 }
 

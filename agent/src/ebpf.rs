@@ -105,7 +105,8 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
 
 /// Every map, all pinned when a pin directory is set (state and queued events
 /// survive an agent restart).
-const ALL_MAPS: [&str; 6] = [
+const ALL_MAPS: [&str; 7] = [
+    maps::AGENT_NETNS,
     maps::CONFIG,
     maps::SOCKETS,
     maps::TUPLES,
@@ -329,6 +330,22 @@ impl Kernel {
             self._pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
         }
         Ok(())
+    }
+
+    /// Teach the bind guard which network namespace the agent listens in: a bind of
+    /// the agent port by the agent itself is recorded by the hook (which runs before
+    /// the kernel's address-in-use check, so this bind fails as expected). Programs
+    /// attached after the agent bound its listeners have not seen that bind.
+    pub fn teach_bind_guard(&self, addr: SocketAddr) {
+        match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "bind guard: unexpected result teaching the agent's namespace")
+            }
+            Ok(_) => {
+                tracing::warn!(%addr, "bind guard: agent port was free while teaching the agent's namespace")
+            }
+        }
     }
 
     /// The agent cannot serve (e.g. its port is taken): make programs a previous

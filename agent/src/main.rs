@@ -315,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Only now does the redirect go live (or get replaced): someone answers.
     kernel.attach().context("attaching the kernel programs")?;
+    kernel.teach_bind_guard(v4);
     let kernel = Arc::new(kernel);
     tracing::info!(
         cgroup = %kernel.attached_to().display(),

@@ -240,6 +240,9 @@ fn the_redirect_survives_an_agent_restart() {
     assert_eq!(try_bind(&node, h, "0.0.0.0", 2710), "EPERM");
     assert_eq!(try_bind(&node, h, "127.0.0.1", 2710), "bound");
     assert_eq!(try_bind(&node, h, "169.254.199.1", 2711), "bound");
+    // A pod in its own network namespace may use the port: redirected traffic can
+    // only reach the agent's namespace.
+    assert_eq!(try_bind(&node, a, "0.0.0.0", 2710), "bound");
 
     // A process outside the guarded subtree holds the port: the next agent cannot
     // bind, so it switches the pinned programs to fail closed (EPERM), never
