@@ -1,7 +1,8 @@
 //! Agent configuration as a plain value.
 //!
-//! `main` turns command-line flags (and their environment variables) into a
-//! [`Config`]; tests build one directly, without touching the process environment.
+//! [`crate::cli`] turns command-line flags (and their environment variables) into a
+//! [`Config`]; tests build one directly, without touching the process environment,
+//! and [`crate::app::build`] starts the whole agent from it.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -9,7 +10,12 @@ use std::{
     time::Duration,
 };
 
-use crate::{cache::CacheSettings, sts::StsSettings};
+use crate::{
+    audit::Target,
+    credentials::{cache::CacheSettings, sts::StsSettings},
+    http::ratelimit::Limits,
+    sources::{eks::EksSettings, kubernetes::KubeSettings},
+};
 
 /// The EKS Pod Identity credentials addresses and port.
 pub const DEFAULT_CRED_ADDR4: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
@@ -76,7 +82,33 @@ pub struct Config {
     /// Where `/healthz` and `/readyz` are served (localhost only).
     pub probe_addr: Option<std::net::SocketAddr>,
     /// Request limits per caller cgroup.
-    pub limits: crate::ratelimit::Limits,
+    pub limits: Limits,
+    /// Where the kubelet's cgroup tree starts below the cgroup root ("" normally;
+    /// `/docker/<id>` on a nested node such as kind).
+    pub cgroup_prefix: String,
+    /// The audit log.
+    pub audit: AuditSettings,
+    /// Pods, service accounts and the CRD from the Kubernetes API (`None`: off).
+    pub kube: Option<KubeSettings>,
+    /// Associations polled from the EKS API (`None`: off).
+    pub eks: Option<EksSettings>,
+}
+
+/// Where the audit log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub target: Target,
+    /// How long a redirected connect waits for its request before it is audited alone.
+    pub join_window: Duration,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            target: Target::Stdout,
+            join_window: crate::audit::JOIN_WINDOW,
+        }
+    }
 }
 
 impl Config {
@@ -104,7 +136,11 @@ impl Config {
             sts: StsSettings::default(),
             cache: CacheSettings::default(),
             probe_addr: None,
-            limits: crate::ratelimit::Limits::default(),
+            limits: Limits::default(),
+            cgroup_prefix: String::new(),
+            audit: AuditSettings::default(),
+            kube: None,
+            eks: None,
         }
     }
 }

@@ -1,25 +1,33 @@
 //! pod-identity-agent: AWS credentials for pods, attributed by the kernel.
 //!
-//! See `ARCHITECTURE.md` at the repository root for how the modules fit together.
-//! Only [`ebpf`] may use `unsafe` (the `aya::Pod` impls of the shared records).
+//! The modules follow a request's path (see `ARCHITECTURE.md`):
+//!
+//! 1. [`kernel`]: eBPF redirects the pod's `connect()` and records who made it.
+//! 2. [`attribution`]: cgroup id → pod → association, failing closed.
+//! 3. [`sources`]: the pod directory and associations (files, Kubernetes, EKS).
+//! 4. [`credentials`]: the per-pod cache and STS.
+//! 5. [`http`]: the listener, the endpoint, refusals and probes.
+//! 6. [`audit`] and [`metrics`]: what happened, for people and for Prometheus.
+//!
+//! [`config`] holds every setting; [`app`] builds the running agent from one.
+//! Only [`kernel::loader`] may use `unsafe`.
 #![deny(unsafe_code)]
 
-pub mod associations;
-pub mod attribution;
-pub mod audit;
-pub mod cache;
-pub mod cgroup;
-pub mod config;
-pub mod creds;
-pub mod ebpf;
-pub mod eks;
-pub mod kubernetes;
-pub mod lifecycle;
-pub mod metrics;
 pub mod model;
-pub mod pods;
-pub mod ratelimit;
-pub mod server;
-pub mod service;
-pub mod sts;
-pub mod token;
+
+pub mod kernel;
+
+pub mod attribution;
+
+pub mod sources;
+
+pub mod credentials;
+
+pub mod http;
+
+pub mod audit;
+pub mod metrics;
+
+pub mod app;
+pub mod cli;
+pub mod config;

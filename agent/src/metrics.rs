@@ -2,9 +2,17 @@
 //! the stock agent's (`pod_identity_http_response{code}`) so existing dashboards
 //! keep working after a migration.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{atomic::Ordering, Arc, Mutex},
+};
 
-use crate::service::{Access, AccessSink};
+use crate::{
+    audit::{Access, AccessSink, AuditLog},
+    credentials::{CredentialCache, StsFetcher},
+    kernel::Kernel,
+};
 
 /// Counts accesses; cheap enough for the request path (one short lock).
 #[derive(Default)]
@@ -59,6 +67,62 @@ impl RequestMetrics {
                 out,
                 "pod_identity_refusals_total{{reason=\"{reason}\"}} {n}"
             );
+        }
+        out
+    }
+}
+
+/// Everything `/metrics` shows: requests, cache, kernel events, audit lines.
+pub struct Renderer {
+    pub requests: Arc<RequestMetrics>,
+    pub cache: CredentialCache<StsFetcher>,
+    pub kernel: Arc<Kernel>,
+    pub audit: Arc<AuditLog>,
+}
+
+impl Renderer {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let s = self.cache.stats();
+        let mut out = self.requests.render();
+        for (name, kind, value) in [
+            ("pod_identity_cache_hits_total", "counter", s.hits),
+            ("pod_identity_cache_misses_total", "counter", s.misses),
+            (
+                "pod_identity_cache_stale_served_total",
+                "counter",
+                s.stale_served,
+            ),
+            ("pod_identity_sts_calls_total", "counter", s.sts_calls),
+            ("pod_identity_sts_errors_total", "counter", s.sts_errors),
+            ("pod_identity_cache_evictions_total", "counter", s.evictions),
+            (
+                "pod_identity_cache_entries",
+                "gauge",
+                self.cache.len() as u64,
+            ),
+            (
+                "pod_identity_kernel_events_lost_total",
+                "counter",
+                self.kernel.events_lost().unwrap_or(0),
+            ),
+            (
+                "pod_identity_kernel_events_total",
+                "counter",
+                self.audit.stats.kernel_events.load(Ordering::Relaxed),
+            ),
+            (
+                "pod_identity_audit_written_total",
+                "counter",
+                self.audit.stats.written.load(Ordering::Relaxed),
+            ),
+            (
+                "pod_identity_audit_dropped_total",
+                "counter",
+                self.audit.stats.dropped.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
         }
         out
     }

@@ -1,4 +1,4 @@
-//! The EKS association source (`pod_identity_agent::eks`) against an in-process
+//! The EKS association source (`pod_identity_agent::sources::eks`) against an in-process
 //! stand-in of the EKS API.
 //!
 //! There is no EKS endpoint to reach from here (no network beyond 127.0.0.1), so a
@@ -32,9 +32,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use pod_identity_agent::associations::AssociationStore;
-use pod_identity_agent::eks::{eks_client, EksError, EksSettings, EksSource};
 use pod_identity_agent::model::{AssumeMode, PodInfo};
+use pod_identity_agent::sources::associations::AssociationStore;
+use pod_identity_agent::sources::eks::{eks_client, EksError, EksSettings, EksSource};
 use serde_json::{json, Value};
 
 const CLUSTER: &str = "prod";

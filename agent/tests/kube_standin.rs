@@ -1,4 +1,4 @@
-//! The Kubernetes sources (`pod_identity_agent::kubernetes`) against an in-process
+//! The Kubernetes sources (`pod_identity_agent::sources::kubernetes`) against an in-process
 //! stand-in of the Kubernetes API server.
 //!
 //! There is no API server to install on this machine (no kind, no kubelet, no
@@ -31,10 +31,12 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use pod_identity_agent::associations::AssociationStore;
-use pod_identity_agent::kubernetes::{ClusterAccess, KubeSettings, KubeSources, KubeStatus};
 use pod_identity_agent::model::AssumeMode;
-use pod_identity_agent::pods::PodStore;
+use pod_identity_agent::sources::associations::AssociationStore;
+use pod_identity_agent::sources::kubernetes::{
+    ClusterAccess, KubeSettings, KubeSources, KubeStatus,
+};
+use pod_identity_agent::sources::pods::PodStore;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
-use pod_identity_agent::cache::{CacheOutcome, CacheSettings, CredentialCache};
-use pod_identity_agent::creds::Credentials;
+use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, CredentialCache};
+use pod_identity_agent::credentials::sts::{StsError, StsFetcher, StsSettings};
+use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo};
-use pod_identity_agent::sts::{StsError, StsFetcher, StsSettings};
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";

@@ -499,7 +499,7 @@ fn bench(agent: &Path, work: &Path) -> Result<(), String> {
         // keep the start-up lines, among them the readiness line.
         .env(
             "RUST_LOG",
-            "warn,pod_identity_agent=info,pod_identity_agent::service=warn",
+            "warn,pod_identity_agent=info,pod_identity_agent::http::endpoint=warn",
         );
     let handle = node.spawn_until(a, "pod-identity-agent ready", Duration::from_secs(30));
     let pid = agent_pid(&node, handle)?;

@@ -225,7 +225,7 @@ pub fn metric(text: &str, name: &str) -> u64 {
 
 // === the credentials scenario ===
 
-use pod_identity_agent::token::fake_pod_token;
+use pod_identity_agent::http::token::fake_pod_token;
 use serde_json::json;
 
 pub const PROBE: &str = "127.0.0.1:2711";

@@ -54,9 +54,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::creds::Credentials;
+use crate::credentials::sts::{Fetch, StsError};
+use crate::credentials::types::Credentials;
 use crate::model::{Association, AssumeMode, PodInfo};
-use crate::sts::{Fetch, StsError};
 
 /// Time source; tests inject a manual clock.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -628,7 +628,7 @@ impl<F: Fetch> CredentialCache<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::creds::Secret;
+    use crate::credentials::types::Secret;
     use std::collections::HashSet;
     use std::sync::atomic::AtomicUsize;
     use std::time::UNIX_EPOCH;

@@ -21,9 +21,14 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 
+use super::{
+    pins::{pin_err, pin_link},
+    settings::kernel_config,
+    tuple::tuple_key,
+};
 use crate::{
-    attribution,
-    config::{EnforceMode, KernelConfig},
+    attribution::{cgroup, Caller},
+    config::KernelConfig,
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs` (empty when
@@ -89,7 +94,7 @@ pub enum KernelError {
     },
     /// The agent's own cgroup (exempt from the redirect) could not be found.
     #[error("finding the agent's own cgroup: {0}")]
-    OwnCgroup(crate::cgroup::CgroupError),
+    OwnCgroup(cgroup::CgroupError),
     /// Pinning or re-adopting an object in bpffs failed.
     #[error("bpffs pin {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
@@ -114,13 +119,6 @@ const ALL_MAPS: [&str; 7] = [
     maps::EVENTS,
     maps::EVENTS_LOST,
 ];
-
-fn pin_err(path: &Path, reason: impl std::fmt::Display) -> KernelError {
-    KernelError::Pin {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
-}
 
 /// Load the object, re-adopting pinned maps from `pin_dir` when present. Maps
 /// pinned by an incompatible build are replaced (their state is lost, nothing else).
@@ -150,43 +148,6 @@ fn load(pin_dir: Option<&Path>) -> Result<Ebpf, KernelError> {
             Ok(try_load()?)
         }
     }
-}
-
-/// Pin a freshly attached link at `dir/link_<name>`, replacing (and so detaching)
-/// the link a previous agent pinned there. Both are attached for a moment; that is
-/// harmless, since the second program sees an already rewritten destination.
-fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
-    let path = dir.join(format!("link_{name}"));
-    match PinnedLink::from_pin(&path) {
-        Ok(old) => {
-            let old: FdLink = old.unpin().map_err(|e| pin_err(&path, e))?;
-            drop(old);
-        }
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            // Not a link (a stale file): remove it so the new pin can take its place.
-            tracing::warn!(path = %path.display(), error = %e, "replacing unreadable pin");
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    link.pin(&path).map_err(|e| pin_err(&path, e))
-}
-
-/// Remove every pin of `dir`: detaches the programs and frees the maps. For
-/// uninstalling the agent from a node.
-pub fn unpin_all(dir: &Path) -> Result<usize, KernelError> {
-    let mut n = 0;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(pin_err(dir, e)),
-    };
-    for e in entries.flatten() {
-        std::fs::remove_file(e.path()).map_err(|err| pin_err(&e.path(), err))?;
-        n += 1;
-    }
-    let _ = std::fs::remove_dir(dir);
-    Ok(n)
 }
 
 /// The loaded and attached kernel side. Without a pin directory, dropping it
@@ -222,7 +183,7 @@ impl Kernel {
                 .ok_or(KernelError::MissingMap(maps::CONFIG))?,
         )
         .map_err(map_err(maps::CONFIG))?;
-        let own_cgroup = crate::cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
+        let own_cgroup = cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
         let attach_root = std::fs::metadata(&cfg.cgroup)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .map_err(|source| KernelError::Cgroup {
@@ -232,11 +193,9 @@ impl Kernel {
         if own_cgroup == attach_root {
             // Exempting the attach root would exempt every process directly in it,
             // and says the agent's cgroup was not found (e.g. no cgroup namespace).
-            return Err(KernelError::OwnCgroup(
-                crate::cgroup::CgroupError::NotFound {
-                    cgroup_id: own_cgroup,
-                },
-            ));
+            return Err(KernelError::OwnCgroup(cgroup::CgroupError::NotFound {
+                cgroup_id: own_cgroup,
+            }));
         }
         config
             .set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
@@ -371,14 +330,14 @@ impl Kernel {
         &self,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Result<Option<attribution::Caller>, KernelError> {
-        let key = PodTupleKey(attribution::tuple_key(peer, local));
+    ) -> Result<Option<Caller>, KernelError> {
+        let key = PodTupleKey(tuple_key(peer, local));
         let mut tuples = self.tuples.lock().unwrap_or_else(|e| e.into_inner());
         match tuples.get(&key, 0) {
             Ok(PodIdentity(id)) => {
                 // Already consumed is fine: the LRU would drop it anyway.
                 let _ = tuples.remove(&key);
-                Ok(Some(attribution::Caller::from(&id)))
+                Ok(Some(Caller::from(&id)))
             }
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(KernelError::Map {
@@ -451,31 +410,5 @@ impl EventReader {
         // SAFETY: the kernel wrote exactly one `Identity` (repr(C), no padding, any
         // bit pattern valid); read_unaligned copes with the ring's 8-byte alignment.
         Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Identity>()) })
-    }
-}
-
-/// The record the programs read from `CONFIG[0]`.
-pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64) -> KConfig {
-    let words6 = |a: std::net::Ipv6Addr| {
-        let o = a.octets();
-        let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-        [w(0), w(4), w(8), w(12)]
-    };
-    let mut f = flags::ENABLED;
-    if cfg.agent_addr6.is_some() {
-        f |= flags::AGENT_V6;
-    }
-    if cfg.enforce == EnforceMode::Enforce {
-        f |= flags::ENFORCE;
-    }
-    KConfig {
-        cred_addr4: u32::from_ne_bytes(cfg.cred_addr4.octets()),
-        agent_addr4: u32::from_ne_bytes(cfg.agent_addr4.octets()),
-        cred_addr6: words6(cfg.cred_addr6),
-        agent_addr6: cfg.agent_addr6.map(words6).unwrap_or_default(),
-        cred_port: cfg.cred_port,
-        agent_port: cfg.agent_port,
-        flags: f,
-        agent_cgroup_id,
     }
 }

@@ -52,9 +52,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::associations::AssociationStore;
 use crate::model::{Association, AssumeMode, PodInfo};
-use crate::pods::PodStore;
+use crate::sources::associations::AssociationStore;
+use crate::sources::pods::PodStore;
 
 /// The `source` name of associations from `PodIdentityAssociation` resources.
 pub const CRD_SOURCE: &str = "crd";
@@ -389,20 +389,6 @@ impl KubeSources {
         // The watch loops never end; the taint task may, and must not end the rest.
         tokio::join!(pod_task, crd_task, taint_task);
     }
-}
-
-/// Connect and run the Kubernetes sources (see [`KubeSources`] for a status
-/// handle). Returns only if the client cannot be set up.
-pub async fn run(
-    settings: KubeSettings,
-    pods: PodStore,
-    assocs: AssociationStore,
-) -> Result<(), KubeError> {
-    KubeSources::connect(settings, pods, assocs)
-        .await?
-        .run()
-        .await;
-    Ok(())
 }
 
 async fn wait_ready(status: &KubeStatus, gate: Option<watch::Receiver<bool>>) {
@@ -1068,7 +1054,7 @@ mod tests {
     /// deploy/crd.yaml must describe the same resource as the Rust type.
     #[test]
     fn crd_manifest_matches_the_type() {
-        let yaml = include_str!("../../deploy/crd.yaml");
+        let yaml = include_str!("../../../deploy/crd.yaml");
         let crd = PodIdentityAssociation::crd();
         let names = &crd.spec.names;
         for needle in [

@@ -3,7 +3,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -11,252 +11,22 @@ use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
 
 use crate::{
-    associations::{AssociationError, AssociationStore},
-    attribution::Caller,
-    cache::{CacheOutcome, CredentialCache},
-    cgroup::{self, CgroupError, CgroupIndex, PodCgroup},
+    attribution::{Caller, Resolver},
+    audit::{Access, AccessSink},
     config::Config,
-    model::{Association, PodInfo},
-    pods::{PodError, PodStore},
-    server::{json, text, Handler, RequestContext, Unattributed},
-    sts::Fetch,
-    token,
+    credentials::{CredentialCache, Fetch},
+    http::{
+        listener::{Handler, RequestContext, Unattributed},
+        ratelimit,
+        response::{json, text},
+        token, Refusal,
+    },
 };
 
 /// Path of the credentials endpoint.
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 /// Diagnostic endpoint: what the kernel says about the caller (its own data only).
 pub const WHOAMI_PATH: &str = "/v1/whoami";
-
-/// cgroup → pod resolution, shared by the endpoint and the lifecycle task.
-#[derive(Clone)]
-pub struct Resolver {
-    pub index: Arc<CgroupIndex>,
-    pub pods: PodStore,
-    pub assocs: AssociationStore,
-    pub unknown_pod_wait: Duration,
-    /// Where the kubelet's cgroup tree starts below the cgroup root ("" normally;
-    /// `/docker/<id>` on a nested node). Pod paths must be anchored there.
-    pub cgroup_prefix: String,
-}
-
-/// Why a caller gets no credentials. Each maps to a status and a plain-text body.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    /// No kernel record for the connection.
-    #[error("Access Denied. The kernel has no record of this connection: call http://169.254.170.23/v1/credentials from a pod on this node")]
-    Unattributed,
-    /// The attribution map lookup failed.
-    #[error("Internal error: attribution lookup failed")]
-    LookupFailed,
-    /// Wrong `Host` header.
-    #[error("Access Denied. Called agent through invalid address, please use either [{addr4} {addr6}] address not {host}")]
-    InvalidHost {
-        addr4: String,
-        addr6: String,
-        host: String,
-    },
-    /// The caller's cgroup is gone or not indexed yet.
-    #[error("The caller's cgroup {cgroup_id} was not found on this node; retry")]
-    CgroupNotFound { cgroup_id: u64 },
-    /// The caller is not in a pod's cgroup (a host process).
-    #[error("Access Denied. The caller (cgroup {path}) is not in a Kubernetes pod")]
-    NotAPod { path: String },
-    /// The cgroup path could not be attributed safely.
-    #[error("Access Denied. The caller's cgroup cannot be attributed to one pod: {0}")]
-    Ambiguous(Box<CgroupError>),
-    /// Other cgroup index failure.
-    #[error("Internal error resolving the caller's cgroup: {0}")]
-    Cgroup(Box<CgroupError>),
-    /// The pod directory does not know the pod (yet).
-    #[error("Pod {uid} is not known to the agent yet; retry")]
-    UnknownPod { uid: String },
-    /// No association for the pod's service account.
-    #[error("No Pod Identity association for service account {namespace}/{service_account} (pod {namespace}/{pod})")]
-    NoAssociation {
-        namespace: String,
-        service_account: String,
-        pod: String,
-    },
-    /// An association exists but is unusable.
-    #[error("Invalid Pod Identity association: {0}")]
-    BadAssociation(Box<AssociationError>),
-    /// Token cross-check failed.
-    #[error("{0}")]
-    Token(token::TokenError),
-    /// The caller is over its request rate.
-    #[error("Too Many Requests")]
-    Throttled,
-    /// STS (or the cache) could not produce credentials.
-    #[error("{message}")]
-    Credentials {
-        status: u16,
-        code: String,
-        message: String,
-    },
-}
-
-impl Refusal {
-    pub fn status(&self) -> u16 {
-        match self {
-            Refusal::Unattributed
-            | Refusal::InvalidHost { .. }
-            | Refusal::NotAPod { .. }
-            | Refusal::Ambiguous(_) => 403,
-            Refusal::LookupFailed | Refusal::Cgroup(_) => 500,
-            // Retryable: the cgroup index or the pod watch may be a moment behind.
-            Refusal::CgroupNotFound { .. } | Refusal::UnknownPod { .. } => 503,
-            Refusal::NoAssociation { .. } => 404,
-            Refusal::BadAssociation(_) => 400,
-            Refusal::Token(e) => e.http_status(),
-            Refusal::Throttled => 429,
-            Refusal::Credentials { status, .. } => *status,
-        }
-    }
-
-    /// Short reason code for logs and audit records.
-    pub fn code(&self) -> &str {
-        match self {
-            Refusal::Unattributed => "Unattributed",
-            Refusal::LookupFailed => "LookupFailed",
-            Refusal::InvalidHost { .. } => "InvalidHost",
-            Refusal::CgroupNotFound { .. } => "CgroupNotFound",
-            Refusal::NotAPod { .. } => "NotAPod",
-            Refusal::Ambiguous(_) => "AmbiguousCgroup",
-            Refusal::Cgroup(_) => "CgroupError",
-            Refusal::UnknownPod { .. } => "UnknownPod",
-            Refusal::NoAssociation { .. } => "NoAssociation",
-            Refusal::BadAssociation(_) => "BadAssociation",
-            Refusal::Token(token::TokenError::PodMismatch { .. }) => "TokenPodMismatch",
-            Refusal::Token(_) => "BadToken",
-            Refusal::Throttled => "Throttled",
-            Refusal::Credentials { code, .. } => code,
-        }
-    }
-}
-
-/// A resolved caller.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    pub cgroup_path: String,
-    pub pod_cgroup: PodCgroup,
-    pub pod: PodInfo,
-}
-
-impl Resolver {
-    /// cgroup id → pod, failing closed.
-    pub async fn pod_of(&self, cgroup_id: u64) -> Result<Resolved, Refusal> {
-        let path = self.cgroup_path(cgroup_id).await?;
-        let pod_cgroup = match cgroup::parse_pod_cgroup(&path, &self.cgroup_prefix) {
-            Ok(Some(pc)) => pc,
-            Ok(None) => return Err(Refusal::NotAPod { path }),
-            Err(e) => return Err(Refusal::Ambiguous(Box::new(e))),
-        };
-        let pod = self
-            .pods
-            .lookup(&pod_cgroup.pod_uid, self.unknown_pod_wait)
-            .await
-            .map_err(|e| match e {
-                PodError::UnknownPod { uid } => Refusal::UnknownPod { uid },
-                other => Refusal::UnknownPod {
-                    uid: format!("{} ({other})", pod_cgroup.pod_uid),
-                },
-            })?;
-        Ok(Resolved {
-            cgroup_path: path,
-            pod_cgroup,
-            pod,
-        })
-    }
-
-    async fn cgroup_path(&self, cgroup_id: u64) -> Result<String, Refusal> {
-        // A brand-new pod can call before the index has seen its cgroup; the index
-        // rescans on a miss at most every `min_rescan_interval`, so try twice.
-        for attempt in 0..2 {
-            let index = self.index.clone();
-            let r = tokio::task::spawn_blocking(move || index.resolve(cgroup_id))
-                .await
-                .map_err(|_| Refusal::LookupFailed)?;
-            match r {
-                Ok(p) => return Ok(p),
-                Err(CgroupError::NotFound { .. }) if attempt == 0 => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(CgroupError::NotFound { cgroup_id }) => {
-                    return Err(Refusal::CgroupNotFound { cgroup_id })
-                }
-                Err(e) => return Err(Refusal::Cgroup(Box::new(e))),
-            }
-        }
-        Err(Refusal::CgroupNotFound { cgroup_id })
-    }
-
-    pub fn association(&self, pod: &PodInfo) -> Result<Association, Refusal> {
-        self.assocs.resolve(pod).map_err(|e| match e {
-            AssociationError::NoAssociation {
-                namespace,
-                service_account,
-            } => Refusal::NoAssociation {
-                namespace,
-                service_account,
-                pod: pod.name.clone(),
-            },
-            other => Refusal::BadAssociation(Box::new(other)),
-        })
-    }
-}
-
-/// Everything known about one request, for logs and the audit log.
-#[derive(Clone, Debug, Default)]
-pub struct Access {
-    pub caller: Option<Caller>,
-    pub cgroup_path: Option<String>,
-    pub container_id: Option<String>,
-    pub pod: Option<PodInfo>,
-    pub association: Option<Association>,
-    pub access_key_id: Option<String>,
-    pub assumed_role_arn: Option<String>,
-    pub cache: Option<CacheOutcome>,
-    pub status: u16,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-    pub path: String,
-    pub method: String,
-    /// The client's address as the agent saw it.
-    pub peer: Option<std::net::SocketAddr>,
-    pub latency: Duration,
-}
-
-/// Receives one [`Access`] per request (the audit log, in production).
-pub trait AccessSink: Send + Sync + 'static {
-    fn record(&self, access: &Access);
-}
-
-/// Logs accesses with `tracing` (never credentials: only the key id).
-pub struct TracingSink;
-
-impl AccessSink for TracingSink {
-    fn record(&self, a: &Access) {
-        let pod = a
-            .pod
-            .as_ref()
-            .map(|p| format!("{}/{}", p.namespace, p.name));
-        tracing::info!(
-            status = a.status,
-            path = %a.path,
-            pid = a.caller.as_ref().map(|c| c.pid),
-            comm = a.caller.as_ref().map(|c| c.comm.as_str()),
-            cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
-            pod = pod.as_deref(),
-            role = a.association.as_ref().map(|s| s.effective_role_arn()),
-            access_key_id = a.access_key_id.as_deref(),
-            cache = a.cache.map(|c| c.as_str()),
-            reason = a.reason.as_deref(),
-            latency_us = a.latency.as_micros() as u64,
-            "access"
-        );
-    }
-}
 
 /// Settings of the endpoint itself.
 #[derive(Clone, Debug)]
@@ -266,7 +36,7 @@ pub struct ServiceSettings {
     /// Refuse a token whose pod claims differ from the kernel's attribution.
     pub token_cross_check: bool,
     /// Request limits per caller cgroup.
-    pub limits: crate::ratelimit::Limits,
+    pub limits: ratelimit::Limits,
 }
 
 impl From<&Config> for ServiceSettings {
@@ -286,7 +56,7 @@ pub struct Service<F: Fetch> {
     resolver: Resolver,
     cache: CredentialCache<F>,
     sink: Arc<dyn AccessSink>,
-    limiter: crate::ratelimit::RateLimiter,
+    limiter: ratelimit::RateLimiter,
 }
 
 impl<F: Fetch> Service<F> {
@@ -296,7 +66,7 @@ impl<F: Fetch> Service<F> {
         cache: CredentialCache<F>,
         sink: Arc<dyn AccessSink>,
     ) -> Self {
-        let limiter = crate::ratelimit::RateLimiter::new(settings.limits);
+        let limiter = ratelimit::RateLimiter::new(settings.limits);
         Service {
             settings,
             resolver,
@@ -307,7 +77,7 @@ impl<F: Fetch> Service<F> {
     }
 
     fn check_host<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
-        let host = crate::server::host_of(req).unwrap_or_default();
+        let host = crate::http::response::host_of(req).unwrap_or_default();
         if host == self.settings.cred_addr4 || host == self.settings.cred_addr6 {
             return Ok(());
         }
@@ -431,11 +201,14 @@ mod tests {
     //! (cgroup ids are directory inodes either way) and a fake STS.
     use super::*;
     use crate::{
-        cache::CacheSettings,
-        creds::{Credentials, Secret},
-        sts::StsError,
+        attribution::cgroup::CgroupIndex,
+        audit::TracingSink,
+        credentials::{CacheSettings, Credentials, Secret, StsError},
+        model::{Association, PodInfo},
+        sources::{associations::AssociationStore, pods::PodStore},
     };
     use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const CID: &str = "4b3c0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b";
@@ -503,7 +276,7 @@ mod tests {
             cred_addr4: "169.254.170.23".into(),
             cred_addr6: "fd00:ec2::23".into(),
             token_cross_check: cross_check,
-            limits: crate::ratelimit::Limits::default(),
+            limits: ratelimit::Limits::default(),
         };
         let svc = Service::new(
             settings,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::cgroup::canonical_pod_uid;
+use crate::attribution::cgroup::canonical_pod_uid;
 use crate::model::PodInfo;
 
 /// Errors of the pod directory and its file source.

@@ -10,20 +10,11 @@ use std::{
 
 use agent_ebpf::verdict;
 
-use crate::{cache::CredentialCache, cgroup, service::Resolver, sts::Fetch};
-
-/// Where kernel verdicts go (the eBPF `VERDICTS` map in production).
-pub trait VerdictSink: Send + Sync + 'static {
-    fn set(&self, cgroup_id: u64, verdict: Option<u32>);
-}
-
-impl VerdictSink for crate::ebpf::Kernel {
-    fn set(&self, cgroup_id: u64, v: Option<u32>) {
-        if let Err(e) = self.set_verdict(cgroup_id, v) {
-            tracing::warn!(cgroup_id, error = %e, "updating kernel verdict failed");
-        }
-    }
-}
+use crate::{
+    attribution::{cgroup, Resolver},
+    credentials::{CredentialCache, Fetch},
+    kernel::VerdictSink,
+};
 
 /// State carried between rescans.
 #[derive(Default)]
@@ -169,13 +160,10 @@ mod tests {
     //! A temp directory tree stands in for cgroupfs (ids are inodes either way).
     use super::*;
     use crate::{
-        associations::AssociationStore,
-        cache::CacheSettings,
-        cgroup::CgroupIndex,
-        creds::{Credentials, Secret},
+        attribution::cgroup::CgroupIndex,
+        credentials::{CacheSettings, Credentials, Secret, StsError},
         model::{Association, PodInfo},
-        pods::PodStore,
-        sts::StsError,
+        sources::{associations::AssociationStore, pods::PodStore},
     };
     use std::{
         os::unix::fs::MetadataExt,

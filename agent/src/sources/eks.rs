@@ -28,8 +28,8 @@ use aws_sdk_eks::operation::list_pod_identity_associations::ListPodIdentityAssoc
 use aws_sdk_eks::types::PodIdentityAssociation as EksAssociation;
 use futures::stream::StreamExt;
 
-use crate::associations::AssociationStore;
 use crate::model::{Association, AssumeMode};
+use crate::sources::associations::AssociationStore;
 
 /// The `source` name of associations from the EKS API.
 pub const EKS_SOURCE: &str = "eks";
@@ -64,7 +64,7 @@ pub enum EksError {
     /// The store refused the set (cannot happen after per-item validation; kept
     /// so it is not silently dropped).
     #[error("applying EKS associations: {0}")]
-    Store(#[source] Box<crate::associations::AssociationError>),
+    Store(#[source] Box<crate::sources::associations::AssociationError>),
 }
 
 /// Settings of the EKS source; build by value
@@ -339,17 +339,6 @@ impl EksSource {
             tokio::time::sleep(with_jitter(wait)).await;
         }
     }
-}
-
-/// Build the client from `sdk_config` and poll forever.
-pub async fn run(
-    settings: EksSettings,
-    sdk_config: &SdkConfig,
-    assocs: AssociationStore,
-) -> Result<(), EksError> {
-    let client = eks_client(sdk_config, &settings);
-    EksSource::new(client, settings, assocs)?.run().await;
-    Ok(())
 }
 
 /// Up to +10 %, so the nodes of a cluster do not poll in lockstep.

@@ -26,7 +26,7 @@ use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::RequestId;
 
-use crate::creds::{account_id_from_arn, Credentials, Secret};
+use crate::credentials::types::{account_id_from_arn, Credentials, Secret};
 use crate::model::{Association, AssumeMode, PodInfo};
 
 /// Final session duration of a plain association, as EKS (6 h).

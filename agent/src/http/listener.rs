@@ -1,17 +1,11 @@
-//! The HTTP endpoint pods talk to, and the accept loop that attributes each
-//! connection through the kernel before any request is read.
+//! The accept loop pods' connections arrive at: each connection is attributed
+//! through the kernel before any request is read, and the port is bounded.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{
-    body::Incoming,
-    header::{HeaderValue, CONTENT_TYPE},
-    server::conn::http1,
-    service::service_fn,
-    Request, Response, StatusCode,
-};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -24,7 +18,7 @@ pub trait Attribute: Send + Sync + 'static {
     fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Result<Option<Caller>, String>;
 }
 
-impl Attribute for crate::ebpf::Kernel {
+impl Attribute for crate::kernel::Kernel {
     fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Result<Option<Caller>, String> {
         self.take_caller(peer, local).map_err(|e| e.to_string())
     }
@@ -178,127 +172,5 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
-    }
-}
-
-// === responses ===
-
-/// A plain-text response like the stock agent's: message plus newline.
-pub fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    r
-}
-
-/// A JSON response, body as given (no trailing newline).
-pub fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// The `Host` header without port or brackets, lowercased.
-pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(hyper::header::HOST)?
-        .to_str()
-        .ok()?
-        .trim();
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if raw.matches(':').count() == 1 {
-        raw.split(':').next().unwrap_or("")
-    } else {
-        raw
-    };
-    Some(host.to_ascii_lowercase())
-}
-
-// === probes ===
-
-/// `/healthz` (the process answers) and `/readyz` (programs attached, sources
-/// synced) on a localhost port. Probes must not go through the link-local address:
-/// a probe timing out there killed working stock agents (its issue #26).
-/// `/metrics` serves Prometheus text from `metrics`.
-pub async fn serve_probes(
-    listener: TcpListener,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
-    metrics: Arc<dyn Fn() -> String + Send + Sync>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let ready = ready.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let ready = ready.clone();
-                let metrics = metrics.clone();
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/healthz" => text(StatusCode::OK, "ok"),
-                        "/metrics" => {
-                            let mut r = Response::new(Full::new(Bytes::from(metrics())));
-                            r.headers_mut().insert(
-                                CONTENT_TYPE,
-                                HeaderValue::from_static("text/plain; version=0.0.4"),
-                            );
-                            r
-                        }
-                        "/readyz" if ready() => text(StatusCode::OK, "ready"),
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: sources not synced",
-                        ),
-                        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
-                    })
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(host: &str) -> Request<()> {
-        Request::builder().header("host", host).body(()).unwrap()
-    }
-
-    #[test]
-    fn host_strips_port_and_brackets() {
-        assert_eq!(host_of(&req("169.254.170.23")).unwrap(), "169.254.170.23");
-        assert_eq!(
-            host_of(&req("169.254.170.23:80")).unwrap(),
-            "169.254.170.23"
-        );
-        assert_eq!(host_of(&req("[fd00:ec2::23]:80")).unwrap(), "fd00:ec2::23");
-        assert_eq!(host_of(&req("[FD00:EC2::23]")).unwrap(), "fd00:ec2::23");
-        assert_eq!(host_of(&req("fd00:ec2::23")).unwrap(), "fd00:ec2::23");
-        assert!(host_of(&Request::new(())).is_none());
-    }
-
-    #[test]
-    fn text_has_stock_headers() {
-        let r = text(StatusCode::FORBIDDEN, "nope");
-        assert_eq!(r.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
-        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
 }

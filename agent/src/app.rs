@@ -1,0 +1,361 @@
+//! The running agent, built from one [`Config`]: sources, the kernel side, the
+//! listeners, the rescan and audit tasks, and the probes.
+//!
+//! Start-up order matters (see ARCHITECTURE.md): sources are loaded first (a broken
+//! file is an error before anything attaches); the kernel object is loaded and its
+//! config written; the agent binds its port; only then are the programs attached.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use crate::{
+    attribution::{cgroup::CgroupIndex, rescan, Resolver},
+    audit::{self, AuditLog, TracingSink},
+    config::{Config, EnforceMode},
+    credentials::{CredentialCache, StsFetcher},
+    http::{listener, probes, Service, ServiceSettings},
+    kernel::{Kernel, KernelError, VerdictSink},
+    metrics,
+    sources::{
+        associations::{self, AssociationError, AssociationStore},
+        eks, kubernetes,
+        pods::{self, PodError, PodStore},
+    },
+};
+
+/// Why the agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("loading pods file {path}")]
+    PodsFile {
+        path: PathBuf,
+        #[source]
+        source: PodError,
+    },
+    #[error("loading associations file {path}")]
+    AssociationsFile {
+        path: PathBuf,
+        #[source]
+        source: AssociationError,
+    },
+    #[error("opening the audit log")]
+    Audit(#[source] audit::AuditError),
+    #[error("{what}")]
+    Kernel {
+        what: &'static str,
+        #[source]
+        source: KernelError,
+    },
+    #[error("binding {addr} (credential connects now fail with EPERM)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the probe listener {addr}")]
+    BindProbes {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the Kubernetes API")]
+    Kube(#[source] kubernetes::KubeError),
+    #[error("EKS associations source")]
+    Eks(#[source] eks::EksError),
+    #[error("installing the signal handler")]
+    Signal(#[source] std::io::Error),
+    /// A long-running task ended: the agent stops rather than serve from a source
+    /// (or through a listener) that silently stopped.
+    #[error("task {task} stopped")]
+    TaskStopped { task: &'static str },
+    #[error("task {task} panicked")]
+    TaskPanicked {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+fn kernel_err(what: &'static str) -> impl FnOnce(KernelError) -> AppError {
+    move |source| AppError::Kernel { what, source }
+}
+
+/// Long-running tasks, by name: if any ends, [`Agent::run`] says which.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        f: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.set.spawn(f).id();
+        self.names.insert(id, name);
+    }
+
+    /// Wait for the first task to end; an empty set waits forever.
+    async fn first_stopped(&mut self) -> AppError {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => AppError::TaskStopped {
+                task: self.names.get(&id).copied().unwrap_or("unknown"),
+            },
+            Some(Err(e)) => AppError::TaskPanicked {
+                task: self.names.get(&e.id()).copied().unwrap_or("unknown"),
+                source: e,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The running agent.
+pub struct Agent {
+    tasks: Tasks,
+    ready: watch::Receiver<bool>,
+    kernel: Arc<Kernel>,
+    listen: Vec<SocketAddr>,
+}
+
+impl Agent {
+    /// Fires (becomes `true`) once the programs are attached and every configured
+    /// source has synced; `/readyz` and the startup taint follow the same checks.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn attached_to(&self) -> &std::path::Path {
+        self.kernel.attached_to()
+    }
+
+    /// The addresses pods' connections are redirected to.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// Serve until SIGTERM/SIGINT (`Ok`) or until a task stops (`Err`, naming it).
+    pub async fn run(mut self) -> Result<(), AppError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(AppError::Signal)?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            e = self.tasks.first_stopped() => return Err(e),
+        }
+        tracing::info!("shutting down");
+        Ok(())
+    }
+}
+
+type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Start the agent described by `cfg`.
+pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
+    let mut tasks = Tasks::default();
+
+    // Sources first: a broken config is a clear error before anything attaches.
+    let pod_store = PodStore::new();
+    let mut ready_checks: Vec<ReadyCheck> = Vec::new();
+    if let Some(path) = &cfg.pods_file {
+        let initial = pods::load_pods_file(path).map_err(|source| AppError::PodsFile {
+            path: path.clone(),
+            source,
+        })?;
+        pod_store.replace_all(initial);
+        pod_store.mark_synced();
+        let watch = pods::watch_pods_file(path.clone(), pod_store.clone(), Duration::from_secs(2));
+        tasks.spawn("pods-file watcher", async move {
+            if let Err(e) = watch.await {
+                tracing::error!(error = %e, "pods file watcher stopped");
+            }
+        });
+        let p = pod_store.clone();
+        ready_checks.push(Box::new(move || p.is_synced()));
+    }
+    let assoc_store = AssociationStore::new();
+    if let Some(path) = &cfg.associations_file {
+        let file_err = |source| AppError::AssociationsFile {
+            path: path.clone(),
+            source,
+        };
+        let list = associations::load_associations_file(path).map_err(file_err)?;
+        assoc_store
+            .replace_source(associations::FILE_SOURCE, list)
+            .map_err(file_err)?;
+    }
+
+    let audit_log = AuditLog::open_with_window(
+        cfg.audit.target.clone(),
+        &cfg.sts.cluster_name,
+        cfg.audit.join_window,
+    )
+    .map_err(AppError::Audit)?;
+
+    let mut kernel = Kernel::load(&cfg.kernel).map_err(kernel_err("loading the kernel side"))?;
+    let events = kernel.take_events();
+    let listeners = bind(&mut kernel, &mut cfg).await?;
+    // Only now does the redirect go live (or get replaced): someone answers.
+    kernel
+        .attach()
+        .map_err(kernel_err("attaching the kernel programs"))?;
+    let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
+    kernel.teach_bind_guard(v4);
+    let kernel = Arc::new(kernel);
+    let listen: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    tracing::info!(
+        cgroup = %kernel.attached_to().display(),
+        listen = ?listen,
+        mode = ?cfg.kernel.enforce,
+        "programs attached"
+    );
+
+    // Cluster sources. Readiness: programs attached (done above) and every
+    // configured source synced.
+    let (gate_tx, gate_rx) = watch::channel(false);
+    if let Some(ks) = cfg.kube.clone() {
+        let src = kubernetes::KubeSources::connect(ks, pod_store.clone(), assoc_store.clone())
+            .await
+            .map_err(AppError::Kube)?
+            .with_ready_gate(gate_rx.clone());
+        let status = src.status();
+        ready_checks.push(Box::new(move || {
+            status.pods_synced() && status.associations_synced()
+        }));
+        tasks.spawn("kubernetes sources", src.run());
+    }
+    if let Some(es) = cfg.eks.clone() {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let src = eks::EksSource::new(eks::eks_client(&sdk, &es), es, assoc_store.clone())
+            .map_err(AppError::Eks)?;
+        let status = src.status();
+        ready_checks.push(Box::new(move || status.is_synced()));
+        tasks.spawn("eks associations", src.run());
+    }
+    let is_ready: Arc<dyn Fn() -> bool + Send + Sync> =
+        Arc::new(move || ready_checks.iter().all(|c| c()));
+    let (ready_tx, ready) = watch::channel(false);
+    {
+        // The readiness signal: fires once; the startup-taint gate opens with it.
+        let is_ready = is_ready.clone();
+        tokio::spawn(async move {
+            while !is_ready() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!("pod-identity-agent ready");
+            let _ = gate_tx.send(true);
+            let _ = ready_tx.send(true);
+        });
+    }
+
+    let fetcher = StsFetcher::new(cfg.sts.clone()).await;
+    let cache = CredentialCache::new(fetcher, cfg.cache.clone());
+    let resolver = Resolver {
+        index: Arc::new(CgroupIndex::new(
+            cfg.cgroup_index_root.clone(),
+            Duration::from_millis(200),
+        )),
+        pods: pod_store.clone(),
+        assocs: assoc_store.clone(),
+        unknown_pod_wait: cfg.unknown_pod_wait,
+        cgroup_prefix: cfg.cgroup_prefix.clone(),
+    };
+    let request_metrics = Arc::new(metrics::RequestMetrics::default());
+    let service = Arc::new(Service::new(
+        ServiceSettings::from(&cfg),
+        resolver.clone(),
+        cache.clone(),
+        Arc::new(audit::Tee(vec![
+            Arc::new(TracingSink),
+            audit_log.clone(),
+            request_metrics.clone(),
+        ])),
+    ));
+    let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce)
+        .then(|| kernel.clone() as Arc<dyn VerdictSink>);
+
+    if let Some(reader) = events {
+        tasks.spawn(
+            "kernel events",
+            audit::run_kernel_events(reader, audit_log.clone()),
+        );
+    }
+    tasks.spawn(
+        "cgroup rescan",
+        rescan::run(resolver, cache.clone(), verdicts, cfg.rescan_interval),
+    );
+    for l in listeners {
+        tasks.spawn(
+            "credentials listener",
+            listener::serve(l, kernel.clone(), service.clone()),
+        );
+    }
+    if let Some(addr) = cfg.probe_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::BindProbes { addr, source })?;
+        let render = metrics::Renderer {
+            requests: request_metrics,
+            cache: cache.clone(),
+            kernel: kernel.clone(),
+            audit: audit_log.clone(),
+        };
+        tasks.spawn(
+            "probe listener",
+            probes::serve_probes(l, is_ready, Arc::new(move || render.render())),
+        );
+    }
+
+    Ok(Agent {
+        tasks,
+        ready,
+        kernel,
+        listen,
+    })
+}
+
+/// Bind the agent's listeners. The kernel lets only the agent's cgroup bind the
+/// agent port, and a restarted agent (new cgroup) is only recognised once it has
+/// written its cgroup id into the (re-adopted) config map: so this runs after
+/// [`Kernel::load`] and before [`Kernel::attach`].
+async fn bind(kernel: &mut Kernel, cfg: &mut Config) -> Result<Vec<TcpListener>, AppError> {
+    let mut listeners = Vec::new();
+    let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
+    match TcpListener::bind(v4).await {
+        Ok(l) => listeners.push(l),
+        Err(source) => {
+            // Someone holds our port. Programs a previous agent pinned would send
+            // every pod (and its token) there: make them refuse instead, then exit.
+            if let Err(fc) = kernel.fail_closed(&cfg.kernel) {
+                tracing::error!(error = %fc, "could not switch the kernel to fail-closed");
+            }
+            return Err(AppError::Bind { addr: v4, source });
+        }
+    }
+    if let Some(a6) = cfg.kernel.agent_addr6 {
+        let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));
+        match TcpListener::bind(v6).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                // An IPv4-only node must not crash-loop (stock agent issue #16):
+                // send IPv6 clients to the IPv4-mapped address instead, so nothing
+                // is ever redirected to an address nobody (or somebody else) serves.
+                tracing::warn!(addr = %v6, error = %e, "IPv6 listener unavailable; serving IPv6 clients over IPv4-mapped addresses");
+                cfg.kernel.agent_addr6 = None;
+                kernel
+                    .update_config(&cfg.kernel)
+                    .map_err(kernel_err("updating the kernel config"))?;
+            }
+        }
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,97 @@
+//! cgroup id → cgroup path → pod → association, failing closed at every step.
+//! Shared by the endpoint and the rescan task.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    attribution::cgroup::{self, CgroupError, CgroupIndex, PodCgroup},
+    http::Refusal,
+    model::{Association, PodInfo},
+    sources::{
+        associations::{AssociationError, AssociationStore},
+        pods::{PodError, PodStore},
+    },
+};
+
+/// cgroup → pod resolution, shared by the endpoint and the lifecycle task.
+#[derive(Clone)]
+pub struct Resolver {
+    pub index: Arc<CgroupIndex>,
+    pub pods: PodStore,
+    pub assocs: AssociationStore,
+    pub unknown_pod_wait: Duration,
+    /// Where the kubelet's cgroup tree starts below the cgroup root ("" normally;
+    /// `/docker/<id>` on a nested node). Pod paths must be anchored there.
+    pub cgroup_prefix: String,
+}
+
+/// A resolved caller.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub cgroup_path: String,
+    pub pod_cgroup: PodCgroup,
+    pub pod: PodInfo,
+}
+
+impl Resolver {
+    /// cgroup id → pod, failing closed.
+    pub async fn pod_of(&self, cgroup_id: u64) -> Result<Resolved, Refusal> {
+        let path = self.cgroup_path(cgroup_id).await?;
+        let pod_cgroup = match cgroup::parse_pod_cgroup(&path, &self.cgroup_prefix) {
+            Ok(Some(pc)) => pc,
+            Ok(None) => return Err(Refusal::NotAPod { path }),
+            Err(e) => return Err(Refusal::Ambiguous(Box::new(e))),
+        };
+        let pod = self
+            .pods
+            .lookup(&pod_cgroup.pod_uid, self.unknown_pod_wait)
+            .await
+            .map_err(|e| match e {
+                PodError::UnknownPod { uid } => Refusal::UnknownPod { uid },
+                other => Refusal::UnknownPod {
+                    uid: format!("{} ({other})", pod_cgroup.pod_uid),
+                },
+            })?;
+        Ok(Resolved {
+            cgroup_path: path,
+            pod_cgroup,
+            pod,
+        })
+    }
+
+    async fn cgroup_path(&self, cgroup_id: u64) -> Result<String, Refusal> {
+        // A brand-new pod can call before the index has seen its cgroup; the index
+        // rescans on a miss at most every `min_rescan_interval`, so try twice.
+        for attempt in 0..2 {
+            let index = self.index.clone();
+            let r = tokio::task::spawn_blocking(move || index.resolve(cgroup_id))
+                .await
+                .map_err(|_| Refusal::LookupFailed)?;
+            match r {
+                Ok(p) => return Ok(p),
+                Err(CgroupError::NotFound { .. }) if attempt == 0 => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(CgroupError::NotFound { cgroup_id }) => {
+                    return Err(Refusal::CgroupNotFound { cgroup_id })
+                }
+                Err(e) => return Err(Refusal::Cgroup(Box::new(e))),
+            }
+        }
+        Err(Refusal::CgroupNotFound { cgroup_id })
+    }
+
+    pub fn association(&self, pod: &PodInfo) -> Result<Association, Refusal> {
+        self.assocs.resolve(pod).map_err(|e| match e {
+            AssociationError::NoAssociation {
+                namespace,
+                service_account,
+            } => Refusal::NoAssociation {
+                namespace,
+                service_account,
+                pod: pod.name.clone(),
+            },
+            other => Refusal::BadAssociation(Box::new(other)),
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! Stage 5, HTTP: the listener pods' redirected connections arrive at, the
+//! credentials endpoint, and the localhost probes.
+//!
+//! * [`listener`]: accept, attribute through the kernel, bound the port.
+//! * [`endpoint`]: the credentials endpoint (`/v1/credentials`, `/v1/whoami`).
+//! * [`refusal`]: why a caller gets nothing; each reason's status and body.
+//! * [`response`]: responses shaped like the stock agent's; the `Host` header.
+//! * [`ratelimit`]: per-caller token buckets.
+//! * [`token`]: decoding and cross-checking the pod's token (never picks identity).
+//! * [`probes`]: `/healthz`, `/readyz`, `/metrics` on localhost.
+
+pub mod endpoint;
+pub mod listener;
+pub mod probes;
+pub mod ratelimit;
+pub mod refusal;
+pub mod response;
+pub mod token;
+
+pub use endpoint::{Service, ServiceSettings, CREDENTIALS_PATH, WHOAMI_PATH};
+pub use refusal::Refusal;
