@@ -154,6 +154,19 @@ pub fn v4_mapped(addr4: u32) -> [u32; 4] {
     [0, 0, 0x0000_ffffu32.to_be(), addr4]
 }
 
+/// Whether an IPv6 bind of the agent port to `addr` (network order words) could
+/// receive redirected connections, so that only the agent may make it: the IPv6
+/// wildcard `::` (dual-stack unless v6only), the agent's IPv6 address, the agent's
+/// IPv4-mapped address, and the IPv4-mapped wildcard `::ffff:0.0.0.0`, which accepts
+/// IPv4 connections to every local address.
+#[inline(always)]
+pub fn bind6_is_guarded(addr: &[u32; 4], agent_addr4: u32, agent_addr6: Option<&[u32; 4]>) -> bool {
+    *addr == [0, 0, 0, 0]
+        || *addr == v4_mapped(0)
+        || *addr == v4_mapped(agent_addr4)
+        || agent_addr6 == Some(addr)
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -179,5 +192,40 @@ mod tests {
                 .unwrap()
         );
         assert!(!is_v4_mapped(&[0, 0, 0, 1u32.to_be()]));
+    }
+
+    #[test]
+    fn bind6_guard_covers_every_address_that_reaches_the_agent_port() {
+        let agent4 = u32::from_ne_bytes([169, 254, 199, 1]);
+        let words = |s: &str| -> [u32; 4] {
+            let o = s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        };
+        let agent6 = words("fd00:199::1");
+        for guarded in [
+            "::",
+            "::ffff:0.0.0.0",
+            "::ffff:169.254.199.1",
+            "fd00:199::1",
+        ] {
+            assert!(
+                bind6_is_guarded(&words(guarded), agent4, Some(&agent6)),
+                "{guarded}"
+            );
+        }
+        assert!(!bind6_is_guarded(&words("fd00:199::1"), agent4, None));
+        for free in [
+            "::1",
+            "::ffff:127.0.0.1",
+            "fd00:200::1",
+            "::ffff:169.254.199.2",
+        ] {
+            assert!(
+                !bind6_is_guarded(&words(free), agent4, Some(&agent6)),
+                "{free}"
+            );
+        }
     }
 }

@@ -12,7 +12,8 @@
 #![no_main]
 
 use agent_ebpf::{
-    action, flags, is_v4_mapped, v4_mapped, verdict, Config, Identity, TupleKey, AF_INET, AF_INET6,
+    action, bind6_is_guarded, flags, is_v4_mapped, v4_mapped, verdict, Config, Identity, TupleKey,
+    AF_INET, AF_INET6,
 };
 use aya_ebpf::{
     bindings::{
@@ -309,10 +310,8 @@ pub fn pia_bind6(ctx: SockAddrContext) -> i32 {
             read_volatile(&(*ctx.sock_addr).user_ip6[3]),
         ]
     };
-    let wildcard = addr == [0, 0, 0, 0];
-    let agent6 = cfg.flags & flags::AGENT_V6 != 0 && addr == cfg.agent_addr6;
-    let mapped = addr == v4_mapped(cfg.agent_addr4);
-    if !(wildcard || agent6 || mapped) {
+    let agent6 = (cfg.flags & flags::AGENT_V6 != 0).then_some(&cfg.agent_addr6);
+    if !bind6_is_guarded(&addr, cfg.agent_addr4, agent6) {
         return PROCEED;
     }
     bind_allowed(&ctx, cfg)
