@@ -296,7 +296,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     for l in listeners {
         tasks.spawn(
             "credentials listener",
-            listener::serve(l, kernel.clone(), service.clone()),
+            listener::serve(l, kernel.clone(), service.clone(), cfg.connections),
         );
     }
     if let Some(addr) = cfg.probe_addr {

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     audit::Target,
     credentials::{cache::CacheSettings, sts::StsSettings},
-    http::ratelimit::Limits,
+    http::{conn_limit::ConnectionLimits, ratelimit::Limits},
     sources::{eks::EksSettings, kubernetes::KubeSettings},
 };
 
@@ -83,6 +83,8 @@ pub struct Config {
     pub probe_addr: Option<std::net::SocketAddr>,
     /// Request limits per caller cgroup.
     pub limits: Limits,
+    /// Connections the credentials listener holds, in total and per caller.
+    pub connections: ConnectionLimits,
     /// Where the kubelet's cgroup tree starts below the cgroup root ("" normally;
     /// `/docker/<id>` on a nested node such as kind).
     pub cgroup_prefix: String,
@@ -137,6 +139,7 @@ impl Config {
             cache: CacheSettings::default(),
             probe_addr: None,
             limits: Limits::default(),
+            connections: ConnectionLimits::default(),
             cgroup_prefix: String::new(),
             audit: AuditSettings::default(),
             kube: None,

@@ -2,6 +2,7 @@
 //! credentials endpoint, and the localhost probes.
 //!
 //! * [`listener`]: accept, attribute through the kernel, bound the port.
+//! * [`conn_limit`]: connections held, in total and per caller.
 //! * [`endpoint`]: the credentials endpoint (`/v1/credentials`, `/v1/whoami`).
 //! * [`refusal`]: why a caller gets nothing; each reason's status and body.
 //! * [`response`]: responses shaped like the stock agent's; the `Host` header.
@@ -9,6 +10,7 @@
 //! * [`token`]: decoding and cross-checking the pod's token (never picks identity).
 //! * [`probes`]: `/healthz`, `/readyz`, `/metrics` on localhost.
 
+pub mod conn_limit;
 pub mod endpoint;
 pub mod listener;
 pub mod probes;

@@ -9,6 +9,7 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, R
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use super::conn_limit::{ConnectionCounter, ConnectionLimits};
 use crate::attribution::Caller;
 
 /// Who connected, as the kernel tells it.
@@ -86,8 +87,6 @@ pub enum Unattributed {
     LookupFailed(String),
 }
 
-/// Connections served at once per listener; more wait in the accept backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
 /// Unattributed connections being refused at once (each for at most 1 s).
 pub const MAX_REFUSING: usize = 256;
 /// Time allowed for a request head to arrive.
@@ -97,15 +96,21 @@ pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_s
 
 /// Serve `listener` until the task is dropped. Each connection is attributed once,
 /// at accept; the identity holds for every request on that connection.
-pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>, handler: Arc<H>) {
+///
+/// The accept loop never waits for a slot: a connection over the listener's total,
+/// or over its caller's share, is closed at once, so one pod flooding the port can
+/// neither hold the slots nor stall the backlog other pods' connections wait in.
+pub async fn serve<A: Attribute, H: Handler>(
+    listener: TcpListener,
+    attr: Arc<A>,
+    handler: Arc<H>,
+    limits: ConnectionLimits,
+) {
     // The agent port is reachable from the node's network: bound the connections
     // anyone can hold open, and how long a request head may take.
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = ConnectionCounter::new(limits);
     let refused = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -128,7 +133,6 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
                 // Anyone on the node's network can reach this port: answer at once
                 // from a small pool of its own, so they cannot hold the slots pods
                 // need; beyond that pool, drop.
-                drop(permit);
                 match refused.clone().try_acquire_owned() {
                     Ok(p) => {
                         let handler = handler.clone();
@@ -145,6 +149,13 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
             }
             Err(e) => Err(Unattributed::LookupFailed(e)),
         };
+        let slot = match open.admit(caller.as_ref().ok().map(|c| c.cgroup_id)) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::debug!(%peer, ?full, "connection over its limit closed");
+                continue;
+            }
+        };
         // A connection without a kernel record gets its 403 and is closed.
         let keep_alive = caller.is_ok();
         let ctx = RequestContext {
@@ -154,7 +165,7 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 let ctx = ctx.clone();
@@ -174,3 +185,6 @@ pub async fn serve<A: Attribute, H: Handler>(listener: TcpListener, attr: Arc<A>
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,10 @@ fn open_fds() -> usize {
 fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
@@ -58,6 +61,10 @@ async fn idle_connections_cannot_exhaust_descriptors() {
         .unwrap()
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(start.elapsed() < Duration::from_secs(2), "probe waited {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "probe waited {:?}",
+        start.elapsed()
+    );
     server.abort();
 }
