@@ -30,6 +30,66 @@ pub mod maps {
     /// `Array<u64>` with one entry: the network namespace cookie the agent binds its
     /// port in, learned by the bind hook from the agent's own bind.
     pub const AGENT_NETNS: &str = "AGENT_NETNS";
+
+    /// Entries of the socket, tuple and verdict maps.
+    pub const TABLE_ENTRIES: u32 = 65_536;
+    /// Bytes of the `EVENTS` ring buffer.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+
+    /// `bpf_map_type` values of the maps used here.
+    pub mod kind {
+        pub const HASH: u32 = 1;
+        pub const ARRAY: u32 = 2;
+        pub const PERCPU_ARRAY: u32 = 6;
+        pub const LRU_HASH: u32 = 9;
+        pub const RINGBUF: u32 = 27;
+    }
+
+    /// What a map must look like for this build's records: a map pinned by another
+    /// build is re-adopted only if the kernel reports exactly this.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Spec {
+        pub name: &'static str,
+        pub kind: u32,
+        pub key_size: u32,
+        pub value_size: u32,
+        pub max_entries: u32,
+    }
+
+    const fn spec(name: &'static str, kind: u32, key: usize, value: usize, max: u32) -> Spec {
+        Spec {
+            name,
+            kind,
+            key_size: key as u32,
+            value_size: value as u32,
+            max_entries: max,
+        }
+    }
+
+    use core::mem::size_of;
+
+    /// Every map of the object, with its layout.
+    pub const SPECS: [Spec; 7] = [
+        spec(AGENT_NETNS, kind::ARRAY, 4, 8, 1),
+        spec(CONFIG, kind::ARRAY, 4, size_of::<super::Config>(), 1),
+        spec(
+            SOCKETS,
+            kind::LRU_HASH,
+            8,
+            size_of::<super::Identity>(),
+            TABLE_ENTRIES,
+        ),
+        spec(
+            TUPLES,
+            kind::LRU_HASH,
+            size_of::<super::TupleKey>(),
+            size_of::<super::Identity>(),
+            TABLE_ENTRIES,
+        ),
+        spec(VERDICTS, kind::HASH, 8, 4, TABLE_ENTRIES),
+        spec(EVENTS, kind::RINGBUF, 0, 0, EVENTS_BYTES),
+        spec(EVENTS_LOST, kind::PERCPU_ARRAY, 4, 8, 1),
+    ];
 }
 
 /// Program names, as in the object file.

@@ -44,16 +44,18 @@ const REFUSE: i32 = 0;
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "SOCKETS")]
-static SOCKETS: LruHashMap<u64, Identity> = LruHashMap::with_max_entries(65536, 0);
+static SOCKETS: LruHashMap<u64, Identity> =
+    LruHashMap::with_max_entries(agent_ebpf::maps::TABLE_ENTRIES, 0);
 
 #[map(name = "TUPLES")]
-static TUPLES: LruHashMap<TupleKey, Identity> = LruHashMap::with_max_entries(65536, 0);
+static TUPLES: LruHashMap<TupleKey, Identity> =
+    LruHashMap::with_max_entries(agent_ebpf::maps::TABLE_ENTRIES, 0);
 
 #[map(name = "VERDICTS")]
-static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(agent_ebpf::maps::TABLE_ENTRIES, 0);
 
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(agent_ebpf::maps::EVENTS_BYTES, 0);
 
 #[map(name = "AGENT_NETNS")]
 static AGENT_NETNS: Array<u64> = Array::with_max_entries(1, 0);

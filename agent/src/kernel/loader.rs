@@ -22,7 +22,7 @@ use aya::{
 };
 
 use super::{
-    pins::{pin_err, pin_link},
+    pins::{drop_incompatible_maps, pin_err, pin_link},
     settings::kernel_config,
     tuple::tuple_key,
 };
@@ -127,6 +127,7 @@ fn load(pin_dir: Option<&Path>) -> Result<Ebpf, KernelError> {
         return Ok(Ebpf::load(OBJECT)?);
     };
     std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+    drop_incompatible_maps(dir, &maps::SPECS);
     let paths: Vec<(&str, PathBuf)> = ALL_MAPS
         .iter()
         .map(|m| (*m, dir.join(format!("map_{m}"))))
