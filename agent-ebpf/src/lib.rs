@@ -157,6 +157,10 @@ pub struct Config {
     /// and only it may bind the agent port. A cgroup id, not a pid: the agent runs
     /// in its own pid namespace, where its pid means nothing to the kernel helpers.
     pub agent_cgroup_id: u64,
+    /// Written by the agent that loaded last (random, never read by the programs).
+    /// An agent hands its listening sockets over only to a peer that knows this
+    /// value, i.e. one that can read the pinned maps (see `http/handover.rs`).
+    pub handover_nonce: u64,
 }
 
 /// Full 4-tuple of a TCP connection as seen from the client: `src` is the client,
@@ -234,7 +238,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding_surprises() {
-        assert_eq!(core::mem::size_of::<Config>(), 56);
+        assert_eq!(core::mem::size_of::<Config>(), 64);
         assert_eq!(core::mem::size_of::<TupleKey>(), 40);
         assert_eq!(core::mem::size_of::<Identity>(), 88);
     }

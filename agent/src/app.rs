@@ -14,7 +14,7 @@ use crate::{
     audit::{self, AuditLog, TracingSink},
     config::{Config, EnforceMode},
     credentials::{CredentialCache, StsFetcher},
-    http::{listener, probes, Service, ServiceSettings},
+    http::{handover, listener, probes, Service, ServiceSettings},
     kernel::{Kernel, KernelError, VerdictSink},
     metrics,
     sources::{
@@ -59,6 +59,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("taking the listening sockets over from the serving agent")]
+    Handover(#[source] handover::HandoverError),
     #[error("connecting to the Kubernetes API")]
     Kube(#[source] kubernetes::KubeError),
     #[error("EKS associations source")]
@@ -115,8 +117,13 @@ impl Tasks {
 
 /// The running agent.
 pub struct Agent {
+    /// Everything that serves pods; stopped when the sockets are handed over.
     tasks: Tasks,
+    /// The probe listener, kept after a handover (the old agent stays alive,
+    /// not ready, until it is terminated).
+    probes: Tasks,
     ready: watch::Receiver<bool>,
+    handed_over: watch::Receiver<bool>,
     kernel: Arc<Kernel>,
     listen: Vec<SocketAddr>,
 }
@@ -138,14 +145,32 @@ impl Agent {
         &self.listen
     }
 
+    /// Becomes `true` once this agent handed its sockets to the next one.
+    pub fn handed_over(&self) -> watch::Receiver<bool> {
+        self.handed_over.clone()
+    }
+
     /// Serve until SIGTERM/SIGINT (`Ok`) or until a task stops (`Err`, naming it).
+    /// After handing its sockets over, the agent stops serving and waits, not
+    /// ready, to be terminated: exiting would make Kubernetes restart it, and the
+    /// restarted agent would take the sockets back.
     pub async fn run(mut self) -> Result<(), AppError> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(AppError::Signal)?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            e = self.tasks.first_stopped() => return Err(e),
+        let mut serving = true;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = self.handed_over.wait_for(|h| *h), if serving => {
+                    // Connections already accepted finish on their own tasks.
+                    self.tasks.set.abort_all();
+                    serving = false;
+                    tracing::info!("handed over to the next agent; idle until terminated");
+                }
+                e = self.tasks.first_stopped(), if serving => return Err(e),
+                e = self.probes.first_stopped() => return Err(e),
+            }
         }
         tracing::info!("shutting down");
         Ok(())
@@ -198,7 +223,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
 
     let mut kernel = Kernel::load(&cfg.kernel).map_err(kernel_err("loading the kernel side"))?;
     let events = kernel.take_events();
-    let listeners = bind(&mut kernel, &mut cfg).await?;
+    let (listeners, taken_over) = listen(&mut kernel, &mut cfg).await?;
     // Only now does the redirect go live (or get replaced): someone answers.
     kernel
         .attach()
@@ -240,6 +265,11 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         let status = src.status();
         ready_checks.push(Box::new(move || status.is_synced()));
         tasks.spawn("eks associations", src.run());
+    }
+    let (handed_over_tx, handed_over) = watch::channel(false);
+    {
+        let h = handed_over.clone();
+        ready_checks.push(Box::new(move || !*h.borrow()));
     }
     let is_ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_checks.iter().all(|c| c()));
@@ -293,11 +323,39 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         "cgroup rescan",
         rescan::run(resolver, cache.clone(), verdicts, cfg.rescan_interval),
     );
+    if let Some(dir) = cfg.kernel.pin_dir.clone() {
+        // Be ready to hand these sockets to the next agent.
+        let copies: Vec<std::net::TcpListener> = listeners
+            .iter()
+            .filter_map(|l| {
+                let fd = std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok()?;
+                Some(std::net::TcpListener::from(fd))
+            })
+            .collect();
+        let server = tokio::task::spawn_blocking(move || handover::HandoverServer::bind(&dir))
+            .await
+            .ok();
+        match server {
+            Some(Ok(server)) => tasks.spawn(
+                "handover",
+                server.run(kernel.clone(), copies, handed_over_tx),
+            ),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "no handover socket: the next agent will have to wait for this one to exit")
+            }
+            None => {}
+        }
+    }
     for l in listeners {
         tasks.spawn(
             "credentials listener",
             listener::serve(l, kernel.clone(), service.clone(), cfg.connections),
         );
+    }
+    let mut probe_tasks = Tasks::default();
+    if let Some(t) = taken_over {
+        // This agent accepts now: the one we took the sockets from stops.
+        let _ = tokio::task::spawn_blocking(move || t.confirm()).await;
     }
     if let Some(addr) = cfg.probe_addr {
         let l = TcpListener::bind(addr)
@@ -309,7 +367,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
             kernel: kernel.clone(),
             audit: audit_log.clone(),
         };
-        tasks.spawn(
+        probe_tasks.spawn(
             "probe listener",
             probes::serve_probes(l, is_ready, Arc::new(move || render.render())),
         );
@@ -317,29 +375,112 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
 
     Ok(Agent {
         tasks,
+        probes: probe_tasks,
         ready,
+        handed_over,
         kernel,
         listen,
     })
 }
 
-/// Bind the agent's listeners. The kernel lets only the agent's cgroup bind the
-/// agent port, and a restarted agent (new cgroup) is only recognised once it has
-/// written its cgroup id into the (re-adopted) config map: so this runs after
-/// [`Kernel::load`] and before [`Kernel::attach`].
+/// The agent's listening sockets: taken over from a serving agent when there is
+/// one (no gap, nothing refused; confirm the handover once serving), else bound
+/// here. The kernel lets only the agent's cgroup bind the agent port, and a
+/// restarted agent (new cgroup) is only recognised once it has written its cgroup
+/// id into the (re-adopted) config map: so this runs after [`Kernel::load`] and
+/// before [`Kernel::attach`].
+async fn listen(
+    kernel: &mut Kernel,
+    cfg: &mut Config,
+) -> Result<(Vec<TcpListener>, Option<handover::TakenOver>), AppError> {
+    let Some(dir) = cfg.kernel.pin_dir.clone() else {
+        return Ok((bind_or_fail_closed(kernel, cfg).await?, None));
+    };
+    let mut expected = vec![SocketAddr::from((
+        cfg.kernel.agent_addr4,
+        cfg.kernel.agent_port,
+    ))];
+    if let Some(a6) = cfg.kernel.agent_addr6 {
+        expected.push(SocketAddr::from((a6, cfg.kernel.agent_port)));
+    }
+    // Two agents may start at once: if the port is taken, the other one may be
+    // about to offer it. Ask again for a few seconds before failing closed.
+    for _ in 1..HANDOVER_ATTEMPTS {
+        let (d, e, nonce) = (dir.clone(), expected.clone(), kernel.handover_nonce());
+        let taken = tokio::task::spawn_blocking(move || handover::take_over(&d, nonce, &e))
+            .await
+            .ok()
+            .transpose()
+            .map_err(AppError::Handover)?
+            .flatten();
+        if let Some(mut t) = taken {
+            let v6 = t
+                .listeners
+                .iter()
+                .any(|l| l.local_addr().is_ok_and(|a| a.is_ipv6()));
+            if cfg.kernel.agent_addr6.is_some() && !v6 {
+                // The serving agent had no IPv6 listener (it fell back too).
+                cfg.kernel.agent_addr6 = None;
+                kernel
+                    .update_config(&cfg.kernel)
+                    .map_err(kernel_err("updating the kernel config"))?;
+            }
+            tracing::info!(
+                listeners = t.listeners.len(),
+                "took the listening sockets over from the serving agent"
+            );
+            let listeners = std::mem::take(&mut t.listeners)
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<Result<_, _>>()
+                .map_err(|source| AppError::Bind {
+                    addr: expected[0],
+                    source,
+                })?;
+            return Ok((listeners, Some(t)));
+        }
+        match bind(kernel, cfg).await {
+            Err(AppError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e @ AppError::Bind { .. }) => return Err(fail_closed(kernel, cfg, e)),
+            other => return other.map(|l| (l, None)),
+        }
+    }
+    Ok((bind_or_fail_closed(kernel, cfg).await?, None))
+}
+
+/// Tries of [`listen`] (250 ms apart) before the port counts as squatted.
+const HANDOVER_ATTEMPTS: usize = 20;
+
+async fn bind_or_fail_closed(
+    kernel: &mut Kernel,
+    cfg: &mut Config,
+) -> Result<Vec<TcpListener>, AppError> {
+    match bind(kernel, cfg).await {
+        Err(e @ AppError::Bind { .. }) => Err(fail_closed(kernel, cfg, e)),
+        other => other,
+    }
+}
+
+/// Someone who is not an agent holds our port. Programs a previous agent pinned
+/// would send every pod (and its token) there: make them refuse instead.
+fn fail_closed(kernel: &Kernel, cfg: &Config, e: AppError) -> AppError {
+    if let Err(fc) = kernel.fail_closed(&cfg.kernel) {
+        tracing::error!(error = %fc, "could not switch the kernel to fail-closed");
+    }
+    e
+}
+
+/// Bind the agent's listeners.
 async fn bind(kernel: &mut Kernel, cfg: &mut Config) -> Result<Vec<TcpListener>, AppError> {
     let mut listeners = Vec::new();
     let v4 = SocketAddr::from((cfg.kernel.agent_addr4, cfg.kernel.agent_port));
     match TcpListener::bind(v4).await {
         Ok(l) => listeners.push(l),
-        Err(source) => {
-            // Someone holds our port. Programs a previous agent pinned would send
-            // every pod (and its token) there: make them refuse instead, then exit.
-            if let Err(fc) = kernel.fail_closed(&cfg.kernel) {
-                tracing::error!(error = %fc, "could not switch the kernel to fail-closed");
-            }
-            return Err(AppError::Bind { addr: v4, source });
-        }
+        Err(source) => return Err(AppError::Bind { addr: v4, source }),
     }
     if let Some(a6) = cfg.kernel.agent_addr6 {
         let v6 = SocketAddr::from((a6, cfg.kernel.agent_port));

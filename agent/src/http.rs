@@ -8,10 +8,12 @@
 //! * [`response`]: responses shaped like the stock agent's; the `Host` header.
 //! * [`ratelimit`]: per-caller token buckets.
 //! * [`token`]: decoding and cross-checking the pod's token (never picks identity).
+//! * [`handover`]: passing the listening sockets to the next agent, gaplessly.
 //! * [`probes`]: `/healthz`, `/readyz`, `/metrics` on localhost.
 
 pub mod conn_limit;
 pub mod endpoint;
+pub mod handover;
 pub mod listener;
 pub mod probes;
 pub mod ratelimit;

@@ -164,6 +164,8 @@ pub struct Kernel {
     attached_to: PathBuf,
     pin_dir: Option<PathBuf>,
     own_cgroup: u64,
+    /// This agent's handover nonce (see [`agent_ebpf::Config::handover_nonce`]).
+    nonce: u64,
     _pinned: Vec<PinnedLink>,
 }
 
@@ -185,6 +187,7 @@ impl Kernel {
         )
         .map_err(map_err(maps::CONFIG))?;
         let own_cgroup = cgroup::own_cgroup_id().map_err(KernelError::OwnCgroup)?;
+        let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
         let attach_root = std::fs::metadata(&cfg.cgroup)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .map_err(|source| KernelError::Cgroup {
@@ -199,7 +202,7 @@ impl Kernel {
             }));
         }
         config
-            .set(0, PodKConfig(kernel_config(cfg, own_cgroup)), 0)
+            .set(0, PodKConfig(kernel_config(cfg, own_cgroup, nonce)), 0)
             .map_err(map_err(maps::CONFIG))?;
 
         let tuples = HashMap::try_from(
@@ -233,6 +236,7 @@ impl Kernel {
             attached_to: cfg.cgroup.clone(),
             pin_dir: cfg.pin_dir.clone(),
             own_cgroup,
+            nonce,
             _pinned: Vec::new(),
         })
     }
@@ -312,7 +316,7 @@ impl Kernel {
     /// agent pinned refuse credential connects with EPERM, rather than redirect pods
     /// (and their tokens) to whoever holds the port.
     pub fn fail_closed(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
-        let mut k = kernel_config(cfg, self.own_cgroup);
+        let mut k = kernel_config(cfg, self.own_cgroup, self.nonce);
         k.flags |= flags::FAIL_CLOSED;
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
         c.set(0, PodKConfig(k), 0).map_err(map_err(maps::CONFIG))
@@ -364,8 +368,26 @@ impl Kernel {
     /// Rewrite the runtime config (e.g. to flip enforce mode).
     pub fn update_config(&self, cfg: &KernelConfig) -> Result<(), KernelError> {
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        c.set(0, PodKConfig(kernel_config(cfg, self.own_cgroup)), 0)
+        c.set(
+            0,
+            PodKConfig(kernel_config(cfg, self.own_cgroup, self.nonce)),
+            0,
+        )
+        .map_err(map_err(maps::CONFIG))
+    }
+
+    /// The handover nonce in the (shared, pinned) config map now: the one of the
+    /// agent that loaded last.
+    pub fn current_handover_nonce(&self) -> Result<u64, KernelError> {
+        let c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&0, 0)
+            .map(|PodKConfig(k)| k.handover_nonce)
             .map_err(map_err(maps::CONFIG))
+    }
+
+    /// This agent's handover nonce.
+    pub fn handover_nonce(&self) -> u64 {
+        self.nonce
     }
 
     /// Events lost because the ring buffer was full, summed over CPUs.

@@ -5,7 +5,7 @@ use agent_ebpf::{flags, Config as KConfig};
 use crate::config::{EnforceMode, KernelConfig};
 
 /// The record the programs read from `CONFIG[0]`.
-pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64) -> KConfig {
+pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64, handover_nonce: u64) -> KConfig {
     let words6 = |a: std::net::Ipv6Addr| {
         let o = a.octets();
         let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
@@ -27,5 +27,6 @@ pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64) -> KConfig {
         agent_port: cfg.agent_port,
         flags: f,
         agent_cgroup_id,
+        handover_nonce,
     }
 }

@@ -1,0 +1,269 @@
+//! Handing the listening sockets from a running agent to the next one, so that a
+//! second agent (a DaemonSet rolling update with `maxSurge`, a manual second run)
+//! never turns the credential path off and no pod connection is refused.
+//!
+//! The serving agent listens on an abstract Unix socket named after its bpffs pin
+//! directory. A starting agent loads the programs (writing a random nonce into the
+//! pinned `CONFIG` map), connects, and sends that nonce; the serving agent checks it
+//! against the map (only a process that can use the agent's pins knows it) and
+//! passes its listening sockets over with `SCM_RIGHTS`. The accept queue is the
+//! same kernel object throughout, so nothing queued is lost; the old agent stops
+//! accepting, finishes what it accepted, and idles (not ready) until terminated.
+//!
+//! Without a serving agent nothing answers, and the new agent binds the port
+//! itself, as on a first start.
+
+use std::{
+    io::{IoSlice, IoSliceMut, Read, Write},
+    mem::MaybeUninit,
+    net::SocketAddr,
+    os::{
+        fd::{AsFd, OwnedFd},
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream},
+    },
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tokio::sync::watch;
+
+use crate::kernel::Kernel;
+
+/// Listening sockets one agent has (IPv4, and IPv6 when the node has it).
+const MAX_LISTENERS: usize = 2;
+/// How long either side waits for the other's request or sockets.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the serving agent keeps accepting while the new one starts up
+/// (attaching, sources) before it must confirm; without a confirmation the
+/// serving agent goes on alone.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sockets taken over; [`TakenOver::confirm`] once this agent accepts on them,
+/// which is when the old agent stops.
+pub struct TakenOver {
+    pub listeners: Vec<std::net::TcpListener>,
+    ack: UnixStream,
+}
+
+impl TakenOver {
+    /// Tell the old agent to stop accepting: this agent serves now.
+    pub fn confirm(mut self) {
+        if let Err(e) = self.ack.write_all(b"K") {
+            tracing::warn!(error = %e, "could not confirm the handover; both agents accept until the old one exits");
+        }
+    }
+}
+
+/// A failed handover. The new agent then stops: binding the port itself would fail
+/// while the old agent holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("handover socket {name}: {source}")]
+    Io {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the serving agent refused the handover (nonce not accepted)")]
+    Refused,
+    #[error("the serving agent passed a socket on {found}, not one of {expected:?}")]
+    WrongSocket {
+        found: String,
+        expected: Vec<SocketAddr>,
+    },
+}
+
+/// The abstract socket name for agents sharing `pin_dir`.
+pub fn socket_name(pin_dir: &Path) -> String {
+    format!("pod-identity-agent/handover{}", pin_dir.display())
+}
+
+fn io_err(name: &str) -> impl FnOnce(std::io::Error) -> HandoverError + '_ {
+    move |source| HandoverError::Io {
+        name: name.to_owned(),
+        source,
+    }
+}
+
+/// Ask a serving agent for its listening sockets. `Ok(None)`: no agent is serving.
+/// `nonce` is the one this agent wrote into the pinned config map; `expected` are
+/// the addresses this agent would bind (a socket on any other is refused).
+pub fn take_over(
+    pin_dir: &Path,
+    nonce: u64,
+    expected: &[SocketAddr],
+) -> Result<Option<TakenOver>, HandoverError> {
+    let name = socket_name(pin_dir);
+    let addr = UnixAddr::from_abstract_name(name.as_bytes()).map_err(io_err(&name))?;
+    let mut stream = match UnixStream::connect_addr(&addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) => return Err(io_err(&name)(e)),
+    };
+    stream
+        .set_read_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(io_err(&name))?;
+    stream
+        .set_write_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(io_err(&name))?;
+    stream
+        .write_all(&nonce.to_le_bytes())
+        .map_err(io_err(&name))?;
+
+    let mut byte = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        stream.as_fd(),
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| io_err(&name)(e.into()))?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
+        }
+    }
+    if got.bytes != 1 || byte[0] != b'H' || fds.is_empty() {
+        return Err(HandoverError::Refused);
+    }
+    let mut listeners = Vec::new();
+    for fd in fds {
+        let l = std::net::TcpListener::from(fd);
+        let found = l.local_addr().map_err(io_err(&name))?;
+        if !expected.contains(&found) {
+            return Err(HandoverError::WrongSocket {
+                found: found.to_string(),
+                expected: expected.to_vec(),
+            });
+        }
+        l.set_nonblocking(true).map_err(io_err(&name))?;
+        listeners.push(l);
+    }
+    Ok(Some(TakenOver {
+        listeners,
+        ack: stream,
+    }))
+}
+
+/// The serving side: answers one successful handover, then reports it.
+pub struct HandoverServer {
+    listener: UnixListener,
+    name: String,
+}
+
+impl HandoverServer {
+    /// Listen for a successor. Retries for a moment: the agent that handed its
+    /// sockets to us releases the name just after.
+    pub fn bind(pin_dir: &Path) -> Result<HandoverServer, HandoverError> {
+        let name = socket_name(pin_dir);
+        let addr = UnixAddr::from_abstract_name(name.as_bytes()).map_err(io_err(&name))?;
+        let mut tries = 0;
+        loop {
+            match UnixListener::bind_addr(&addr) {
+                Ok(listener) => return Ok(HandoverServer { listener, name }),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(io_err(&name)(e)),
+            }
+        }
+    }
+
+    /// Serve handover requests until one succeeds; then `handed_over` becomes true,
+    /// and this agent's copies of the sockets and the name are released.
+    pub async fn run(
+        self,
+        kernel: Arc<Kernel>,
+        listeners: Vec<std::net::TcpListener>,
+        handed_over: watch::Sender<bool>,
+    ) {
+        let name = self.name;
+        let unix = match self
+            .listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(self.listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(socket = %name, error = %e, "handover socket unusable");
+                return;
+            }
+        };
+        let listeners = Arc::new(listeners);
+        loop {
+            let stream = match unix.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(socket = %name, error = %e, "handover accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (listeners, kernel) = (listeners.clone(), kernel.clone());
+            // Bounded: every read and write has a timeout.
+            let r = tokio::task::spawn_blocking(move || {
+                let stream = stream.into_std()?;
+                stream.set_nonblocking(false)?;
+                serve_one(stream, &listeners, &kernel)
+            })
+            .await;
+            match r {
+                Ok(Ok(true)) => {
+                    tracing::info!(socket = %name, "listening sockets handed to the next agent");
+                    let _ = handed_over.send(true);
+                    return;
+                }
+                Ok(Ok(false)) => tracing::warn!(socket = %name, "handover refused: wrong nonce"),
+                Ok(Err(e)) => tracing::warn!(socket = %name, error = %e, "handover request failed"),
+                Err(e) => tracing::error!(socket = %name, error = %e, "handover task failed"),
+            }
+        }
+    }
+}
+
+/// One request: `Ok(true)` when the sockets went over and the peer confirmed.
+fn serve_one(
+    mut stream: UnixStream,
+    listeners: &[std::net::TcpListener],
+    kernel: &Kernel,
+) -> std::io::Result<bool> {
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
+    let mut nonce = [0u8; 8];
+    stream.read_exact(&mut nonce)?;
+    let nonce = u64::from_le_bytes(nonce);
+    // The peer must know the nonce now in the pinned map, and not be us.
+    let current = kernel
+        .current_handover_nonce()
+        .map_err(std::io::Error::other)?;
+    if nonce != current || nonce == kernel.handover_nonce() {
+        return Ok(false);
+    }
+    let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("too many listeners for the handover"));
+    }
+    sendmsg(
+        stream.as_fd(),
+        &[IoSlice::new(b"H")],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    // Both accept on the sockets until the new agent confirms it is serving.
+    stream.set_read_timeout(Some(CONFIRM_TIMEOUT))?;
+    let mut ack = [0u8; 1];
+    stream.read_exact(&mut ack)?;
+    Ok(ack[0] == b'K')
+}
