@@ -44,6 +44,7 @@ pub fn validate() -> Result<(), String> {
     }
     let crd_kinds = custom_resources(&files)?;
     schemas(&files, &crd_kinds)?;
+    admission_policies(&files)?;
     checkov(&deploy)?;
     Ok(())
 }
@@ -241,6 +242,31 @@ fn custom_resources(files: &[PathBuf]) -> Result<BTreeSet<(String, String)>, Str
         kinds.len()
     );
     Ok(kinds)
+}
+
+// === admission policies ===
+
+/// Evaluates every `ValidatingAdmissionPolicy` in deploy/ with a real CEL
+/// implementation against `xtask/admission-cases.yaml`: refused and admitted cases.
+fn admission_policies(files: &[PathBuf]) -> Result<(), String> {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(include_str!("admission.py"))
+        .arg(root().join("xtask/admission-cases.yaml"))
+        .args(files);
+    let (ok, text) = output(
+        &mut cmd,
+        Some("evaluating deploy/'s admission policies (CEL) against their cases"),
+    )?;
+    let failures: Vec<&str> = text.lines().filter(|l| !l.starts_with("OK ")).collect();
+    if !ok || !failures.is_empty() {
+        return Err(format!("admission policies: {}", failures.join("\n  ")));
+    }
+    eprintln!(
+        "xtask: {} admission policy cases as expected",
+        text.lines().count()
+    );
+    Ok(())
 }
 
 // === checkov ===

@@ -26,6 +26,8 @@ const PIP: &[(&str, &str)] = &[
     // Schema validation of deploy/ (xtask/src/manifests.rs). checkov, the other
     // manifest tool, pins an old boto3 and so lives in its own virtualenv there.
     ("kubernetes-validate", "1.37.0"),
+    // CEL, to evaluate deploy/'s ValidatingAdmissionPolicies against their cases.
+    ("cel-python", "0.5.0"),
 ];
 
 const LLVM: &str = "/usr/lib/llvm-22";
