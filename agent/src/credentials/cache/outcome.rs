@@ -1,0 +1,79 @@
+//! What a request gets from the cache: how it was answered ([`CacheOutcome`]), or
+//! why no credentials could be served ([`CacheError`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::credentials::sts::StsError;
+
+/// How a request was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheOutcome {
+    /// Served from the cache.
+    Hit,
+    /// STS was called for this request (by it or by a concurrent request it joined).
+    Miss,
+    /// STS failed; still-valid older credentials were served.
+    Stale,
+}
+
+impl CacheOutcome {
+    /// Label for metrics (`pod_identity_cache_state{state=...}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Stale => "stale",
+        }
+    }
+}
+
+/// Why no credentials could be served.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CacheError {
+    /// STS failed and no credentials can be served in the meantime.
+    #[error(transparent)]
+    Sts(Arc<StsError>),
+    /// STS issued credentials that expire too soon to be served: the association's
+    /// session duration is shorter than `min_remaining` allows.
+    #[error("STS issued credentials with {remaining:?} left, less than the {min_remaining:?} clients need")]
+    ShortLived {
+        /// Time left on the new credentials.
+        remaining: Duration,
+        /// The configured minimum.
+        min_remaining: Duration,
+    },
+    /// The fetch ended without a result (it panicked, or the runtime is shutting
+    /// down, or there is no Tokio runtime to run it on).
+    #[error("credential fetch aborted")]
+    FetchAborted,
+}
+
+impl CacheError {
+    /// Status for the pod's SDK (see [`StsError::http_status`]).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CacheError::Sts(e) => e.http_status(),
+            CacheError::ShortLived { .. } => 500,
+            CacheError::FetchAborted => 503,
+        }
+    }
+
+    /// Whether asking again may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CacheError::Sts(e) => e.is_retryable(),
+            CacheError::ShortLived { .. } => false,
+            CacheError::FetchAborted => true,
+        }
+    }
+
+    /// Short code for metrics and audit records.
+    pub fn code(&self) -> &str {
+        match self {
+            CacheError::Sts(e) => e.code(),
+            CacheError::ShortLived { .. } => "ShortLived",
+            CacheError::FetchAborted => "FetchAborted",
+        }
+    }
+}

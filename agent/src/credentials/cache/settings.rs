@@ -1,0 +1,39 @@
+//! Tuning of the cache ([`CacheSettings`]; the module docs of
+//! [`cache`](super) say how the durations interact) and its time source ([`Clock`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Time source; tests inject a manual clock.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Tuning of the cache; see the module docs for how the durations interact.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// Never serve credentials with less left while a refresh succeeds (invariant 6).
+    pub min_remaining: Duration,
+    /// Start a background refresh when less than this is left.
+    pub refresh_ahead: Duration,
+    /// Most entries held.
+    pub max_entries: usize,
+    /// Renew (in the background) credentials older than this, whatever is left.
+    pub max_retention: Duration,
+    /// On a retryable STS failure, old credentials are served while more than this is left.
+    pub stale_floor: Duration,
+    /// After a failed refresh, wait this long before asking STS again for the same
+    /// key, as long as old credentials can be served meanwhile.
+    pub retry_backoff: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            min_remaining: Duration::from_secs(15 * 60),
+            refresh_ahead: Duration::from_secs(30 * 60),
+            max_entries: 2000,
+            max_retention: Duration::from_secs(3 * 3600),
+            stale_floor: Duration::from_secs(60),
+            retry_backoff: Duration::from_secs(30),
+        }
+    }
+}

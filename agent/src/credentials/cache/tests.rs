@@ -1,0 +1,500 @@
+use super::*;
+use crate::credentials::sts::StsError;
+use crate::credentials::types::Secret;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, UNIX_EPOCH};
+
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(1_700_000_000)))
+    }
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+    fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_secs(), Ordering::SeqCst);
+    }
+    fn clock(&self) -> Clock {
+        let c = self.clone();
+        Arc::new(move || c.now())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Behavior {
+    Succeed,
+    Fail(fn() -> StsError),
+    Panic,
+}
+
+/// Fetch double: counts calls, issues `ASIA<n>` keys valid for `lifetime`.
+struct Fake {
+    clock: ManualClock,
+    calls: AtomicUsize,
+    lifetime: Mutex<Duration>,
+    behavior: Mutex<Behavior>,
+    delay: Duration,
+}
+
+impl Fake {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn set(&self, b: Behavior) {
+        *lock(&self.behavior) = b;
+    }
+    fn set_lifetime(&self, d: Duration) {
+        *lock(&self.lifetime) = d;
+    }
+}
+
+impl Fetch for Fake {
+    async fn fetch(&self, pod: &PodInfo, _assoc: &Association) -> Result<Credentials, StsError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(self.delay).await;
+        let behavior = *lock(&self.behavior);
+        match behavior {
+            Behavior::Succeed => Ok(Credentials {
+                access_key_id: format!("ASIA{n}"),
+                secret_access_key: Secret::new(format!("secret{n}")),
+                session_token: Secret::new(format!("token{n}")),
+                expiration: self.clock.now() + *lock(&self.lifetime),
+                account_id: Some("111122223333".into()),
+                assumed_role_arn: format!(
+                    "arn:aws:sts::111122223333:assumed-role/r/eks-c-{}-x",
+                    pod.name
+                ),
+            }),
+            Behavior::Fail(make) => Err(make()),
+            Behavior::Panic => panic!("fake fetch panicked (expected by the test)"),
+        }
+    }
+}
+
+fn throttled() -> StsError {
+    StsError::Service {
+        code: "Throttling".into(),
+        message: "Rate exceeded".into(),
+        request_id: Some("r-1".into()),
+        status: 400,
+    }
+}
+
+fn denied() -> StsError {
+    StsError::Service {
+        code: "AccessDenied".into(),
+        message: "not authorized to perform sts:AssumeRole".into(),
+        request_id: Some("r-2".into()),
+        status: 403,
+    }
+}
+
+fn pod(name: &str) -> PodInfo {
+    PodInfo {
+        uid: format!("uid-{name}"),
+        namespace: "ns".into(),
+        name: name.into(),
+        service_account: "sa".into(),
+        ..Default::default()
+    }
+}
+
+fn assoc() -> Association {
+    Association {
+        namespace: "ns".into(),
+        service_account: "sa".into(),
+        role_arn: "arn:aws:iam::111122223333:role/r".into(),
+        ..Default::default()
+    }
+}
+
+fn setup(
+    settings: CacheSettings,
+    delay: Duration,
+    lifetime: Duration,
+) -> (CredentialCache<Fake>, ManualClock) {
+    let clock = ManualClock::new();
+    let fake = Fake {
+        clock: clock.clone(),
+        calls: AtomicUsize::new(0),
+        lifetime: Mutex::new(lifetime),
+        behavior: Mutex::new(Behavior::Succeed),
+        delay,
+    };
+    (
+        CredentialCache::with_clock(fake, settings, clock.clock()),
+        clock,
+    )
+}
+
+/// Waits (real time, briefly) until no fetch is in flight for the key.
+async fn settle(cache: &CredentialCache<Fake>, pod: &PodInfo, assoc: &Association) {
+    for _ in 0..400 {
+        if !cache
+            .probe(pod, assoc)
+            .is_some_and(|(_, inflight)| inflight)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("fetch still in flight after 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_fetch() {
+    let (cache, _clock) = setup(
+        CacheSettings::default(),
+        Duration::from_millis(100),
+        6 * HOUR,
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let cache = cache.clone();
+        set.spawn(async move { cache.get(&pod("a"), &assoc()).await });
+    }
+    let mut keys = HashSet::new();
+    while let Some(joined) = set.join_next().await {
+        let (creds, outcome) = joined.unwrap().unwrap();
+        assert_eq!(outcome, CacheOutcome::Miss);
+        keys.insert(creds.access_key_id.clone());
+    }
+    assert_eq!(cache.fetcher().calls(), 1);
+    assert_eq!(keys.len(), 1);
+    let (creds, outcome) = cache.get(&pod("a"), &assoc()).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA1", CacheOutcome::Hit)
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.hits, stats.sts_calls, stats.sts_errors),
+        (50, 1, 1, 0)
+    );
+    assert_eq!(cache.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_failures_share_one_fetch() {
+    let (cache, _clock) = setup(
+        CacheSettings::default(),
+        Duration::from_millis(50),
+        6 * HOUR,
+    );
+    cache.fetcher().set(Behavior::Fail(throttled));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let cache = cache.clone();
+        set.spawn(async move { cache.get(&pod("a"), &assoc()).await });
+    }
+    while let Some(joined) = set.join_next().await {
+        let err = joined.unwrap().unwrap_err();
+        assert_eq!(err.http_status(), 429);
+        assert!(err.is_retryable());
+    }
+    assert_eq!(cache.fetcher().calls(), 1);
+    assert_eq!(cache.stats().sts_errors, 1);
+}
+
+#[tokio::test]
+async fn pods_do_not_share_sessions() {
+    let (cache, _clock) = setup(CacheSettings::default(), Duration::ZERO, 6 * HOUR);
+    let (a, _) = cache.get(&pod("a"), &assoc()).await.unwrap();
+    let (b, _) = cache.get(&pod("b"), &assoc()).await.unwrap();
+    assert_ne!(a.access_key_id, b.access_key_id);
+    let mut other_role = assoc();
+    other_role.role_arn = "arn:aws:iam::111122223333:role/other".into();
+    let (c, outcome) = cache.get(&pod("a"), &other_role).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Miss);
+    assert_eq!(c.access_key_id, "ASIA3");
+    assert_eq!(cache.len(), 3);
+}
+
+#[tokio::test]
+async fn refresh_ahead_serves_cached_and_refreshes_once_in_background() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::from_millis(30), HOUR);
+    let (p, a) = (pod("a"), assoc());
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Miss);
+    // 29 min left: inside refresh_ahead (30 min), above min_remaining (15 min).
+    clock.advance(31 * MIN);
+    for _ in 0..10 {
+        let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+        assert_eq!(
+            (creds.access_key_id.as_str(), outcome),
+            ("ASIA1", CacheOutcome::Hit)
+        );
+    }
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.fetcher().calls(), 2);
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA2", CacheOutcome::Hit)
+    );
+    assert_eq!(creds.remaining(clock.now()), HOUR);
+    assert_eq!(cache.fetcher().calls(), 2);
+}
+
+#[tokio::test]
+async fn max_retention_renews_in_background() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, 6 * HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    clock.advance(2 * HOUR);
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Hit);
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.fetcher().calls(), 1);
+    clock.advance(HOUR + Duration::from_secs(1));
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA1", CacheOutcome::Hit)
+    );
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.fetcher().calls(), 2);
+    assert_eq!(cache.get(&p, &a).await.unwrap().0.access_key_id, "ASIA2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_remaining_never_served_when_refresh_succeeds() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::from_millis(50), HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    // 10 min left: below min_remaining; every request waits for the refresh.
+    clock.advance(50 * MIN);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (cache, p, a) = (cache.clone(), p.clone(), a.clone());
+        set.spawn(async move { cache.get(&p, &a).await });
+    }
+    while let Some(joined) = set.join_next().await {
+        let (creds, outcome) = joined.unwrap().unwrap();
+        assert_eq!(
+            (creds.access_key_id.as_str(), outcome),
+            ("ASIA2", CacheOutcome::Miss)
+        );
+        assert!(creds.remaining(clock.now()) >= cache.settings().min_remaining);
+    }
+    assert_eq!(cache.fetcher().calls(), 2);
+}
+
+#[tokio::test]
+async fn sts_failure_serves_stale_while_valid_then_errors() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(throttled));
+    clock.advance(50 * MIN); // 10 min left
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA1", CacheOutcome::Stale)
+    );
+    assert_eq!(cache.fetcher().calls(), 2);
+    // Within retry_backoff: served without asking STS again.
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Stale);
+    assert_eq!(cache.fetcher().calls(), 2);
+    // After the backoff, STS is asked again.
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Stale);
+    assert_eq!(cache.fetcher().calls(), 3);
+    // 29 s left, below stale_floor: the error reaches the client.
+    clock.advance(9 * MIN);
+    let err = cache.get(&p, &a).await.unwrap_err();
+    assert_eq!((err.http_status(), err.code()), (429, "Throttling"));
+    // Expired: still an error, never the old key.
+    clock.advance(10 * MIN);
+    assert!(cache.get(&p, &a).await.is_err());
+    // STS is back.
+    cache.fetcher().set(Behavior::Succeed);
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Miss);
+    assert_eq!(creds.remaining(clock.now()), HOUR);
+    let stats = cache.stats();
+    assert_eq!((stats.stale_served, stats.sts_errors), (3, 4));
+}
+
+#[tokio::test]
+async fn failed_background_refresh_marks_stale_and_backs_off() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(throttled));
+    clock.advance(31 * MIN);
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Hit);
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.fetcher().calls(), 2);
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA1", CacheOutcome::Stale)
+    );
+    assert_eq!(
+        cache.fetcher().calls(),
+        2,
+        "no new call within retry_backoff"
+    );
+    cache.fetcher().set(Behavior::Succeed);
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Stale);
+    settle(&cache, &p, &a).await;
+    let (creds, outcome) = cache.get(&p, &a).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA3", CacheOutcome::Hit)
+    );
+}
+
+#[tokio::test]
+async fn final_error_evicts_even_valid_credentials() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(denied));
+    clock.advance(50 * MIN);
+    let err = cache.get(&p, &a).await.unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("(AccessDenied)"), "{err}");
+    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.stats().evictions, 1);
+}
+
+#[tokio::test]
+async fn final_error_in_background_refresh_evicts() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&p, &a).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(denied));
+    clock.advance(31 * MIN);
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Hit);
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.get(&p, &a).await.unwrap_err().http_status(), 400);
+    assert_eq!(cache.fetcher().calls(), 3);
+}
+
+#[tokio::test]
+async fn evict_pod_drops_only_that_pod() {
+    let (cache, _clock) = setup(CacheSettings::default(), Duration::ZERO, 6 * HOUR);
+    let (a, b) = (pod("a"), pod("b"));
+    cache.get(&a, &assoc()).await.unwrap();
+    cache.get(&b, &assoc()).await.unwrap();
+    assert_eq!(cache.evict_pod(&a.uid), 1);
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.get(&b, &assoc()).await.unwrap().1, CacheOutcome::Hit);
+    assert_eq!(cache.get(&a, &assoc()).await.unwrap().1, CacheOutcome::Miss);
+    assert_eq!(cache.fetcher().calls(), 3);
+    assert_eq!(cache.evict_pod("no-such-pod"), 0);
+}
+
+#[tokio::test]
+async fn bounded_lru() {
+    let settings = CacheSettings {
+        max_entries: 3,
+        ..Default::default()
+    };
+    let (cache, _clock) = setup(settings, Duration::ZERO, 6 * HOUR);
+    for name in ["p0", "p1", "p2"] {
+        cache.get(&pod(name), &assoc()).await.unwrap();
+    }
+    cache.get(&pod("p0"), &assoc()).await.unwrap(); // p1 is now least recently used
+    cache.get(&pod("p3"), &assoc()).await.unwrap();
+    assert_eq!(cache.len(), 3);
+    assert_eq!(
+        cache.get(&pod("p0"), &assoc()).await.unwrap().1,
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        cache.get(&pod("p3"), &assoc()).await.unwrap().1,
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        cache.get(&pod("p2"), &assoc()).await.unwrap().1,
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        cache.get(&pod("p1"), &assoc()).await.unwrap().1,
+        CacheOutcome::Miss
+    );
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.stats().evictions, 2);
+}
+
+#[tokio::test]
+async fn bound_evicts_useless_entries_before_lru() {
+    let settings = CacheSettings {
+        max_entries: 2,
+        ..Default::default()
+    };
+    let (cache, _clock) = setup(settings, Duration::ZERO, 6 * HOUR);
+    cache.get(&pod("y"), &assoc()).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(throttled));
+    assert!(cache.get(&pod("x"), &assoc()).await.is_err()); // most recent, but empty
+    cache.fetcher().set(Behavior::Succeed);
+    cache.get(&pod("z"), &assoc()).await.unwrap();
+    assert_eq!(cache.len(), 2);
+    assert_eq!(
+        cache.get(&pod("y"), &assoc()).await.unwrap().1,
+        CacheOutcome::Hit
+    );
+    assert!(cache.probe(&pod("x"), &assoc()).is_none());
+}
+
+#[tokio::test]
+async fn prefetch_makes_first_request_a_hit() {
+    let (cache, _clock) = setup(
+        CacheSettings::default(),
+        Duration::from_millis(10),
+        6 * HOUR,
+    );
+    let (p, a) = (pod("a"), assoc());
+    cache.prefetch(p.clone(), a.clone());
+    cache.prefetch(p.clone(), a.clone()); // already in flight: no second call
+    settle(&cache, &p, &a).await;
+    cache.prefetch(p.clone(), a.clone()); // already cached: no call
+    assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Hit);
+    assert_eq!(cache.fetcher().calls(), 1);
+}
+
+#[tokio::test]
+async fn short_lived_credentials_are_refused() {
+    let (cache, _clock) = setup(CacheSettings::default(), Duration::ZERO, 10 * MIN);
+    let err = cache.get(&pod("a"), &assoc()).await.unwrap_err();
+    assert!(matches!(err, CacheError::ShortLived { .. }), "{err}");
+    assert_eq!(err.http_status(), 500);
+    assert_eq!(cache.len(), 0);
+    cache.fetcher().set_lifetime(HOUR);
+    assert_eq!(
+        cache.get(&pod("a"), &assoc()).await.unwrap().1,
+        CacheOutcome::Miss
+    );
+}
+
+#[tokio::test]
+async fn panicking_fetch_does_not_wedge_the_key() {
+    let (cache, _clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    cache.fetcher().set(Behavior::Panic);
+    let err = cache.get(&pod("a"), &assoc()).await.unwrap_err();
+    assert!(matches!(err, CacheError::FetchAborted), "{err}");
+    assert_eq!(err.http_status(), 503);
+    cache.fetcher().set(Behavior::Succeed);
+    assert_eq!(
+        cache.get(&pod("a"), &assoc()).await.unwrap().1,
+        CacheOutcome::Miss
+    );
+}
+
+#[test]
+fn outcome_labels() {
+    assert_eq!(CacheOutcome::Hit.as_str(), "hit");
+    assert_eq!(CacheOutcome::Miss.as_str(), "miss");
+    assert_eq!(CacheOutcome::Stale.as_str(), "stale");
+}

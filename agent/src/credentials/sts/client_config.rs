@@ -1,0 +1,123 @@
+//! How the agent's STS client is configured: timeouts and retries from
+//! [`StsSettings`], the agent's own credentials chain without the container provider
+//! (which would ask this agent), and the override signing a chained hop.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::Region;
+
+use super::StsSettings;
+use crate::credentials::types::Credentials;
+
+/// The addresses the agent answers on (and the kernel redirects).
+const POD_IDENTITY_HOSTS: [&str; 2] = ["169.254.170.23", "[fd00:ec2::23]"];
+
+/// Whether a container-credentials URI targets a pod identity agent's address.
+pub(super) fn points_at_pod_identity_agent(uri: &str) -> bool {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match authority.find(']') {
+        Some(end) if authority.starts_with('[') => &authority[..=end],
+        _ => authority.split(':').next().unwrap_or_default(),
+    };
+    POD_IDENTITY_HOSTS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+}
+
+/// aws-config's default chain minus the container (ECS / Pod Identity) provider.
+pub(super) fn chain_without_container_credentials(
+    region: Option<Region>,
+) -> aws_config::meta::credentials::CredentialsProviderChain {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_config::imds::credentials::ImdsCredentialsProvider;
+    use aws_config::profile::ProfileFileCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
+    use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
+
+    let conf = ProviderConfig::default().with_region(region);
+    aws_config::meta::credentials::CredentialsProviderChain::first_try(
+        "Environment",
+        EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else(
+        "Profile",
+        ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "WebIdentityToken",
+        WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "Ec2InstanceMetadata",
+        ImdsCredentialsProvider::builder().configure(&conf).build(),
+    )
+}
+
+pub(super) fn timeout_config(settings: &StsSettings) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(settings.call_timeout)
+        // Leave room for a retry inside the budget; STS answers in well under a second.
+        .operation_attempt_timeout(
+            settings
+                .call_timeout
+                .mul_f32(0.6)
+                .max(Duration::from_millis(500)),
+        )
+        .connect_timeout(Duration::from_secs(1).min(settings.call_timeout))
+        .build()
+}
+
+pub(super) fn retry_config(settings: &StsSettings) -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1))
+}
+
+/// Per-operation override for the second hop: sign with the first hop's
+/// credentials. A fresh provider gets its own identity-cache partition; no cache at
+/// all, because a partition per call would otherwise accumulate in the client.
+pub(super) fn chained_config(first: &Credentials) -> aws_sdk_sts::config::Builder {
+    let provider = aws_credential_types::Credentials::new(
+        first.access_key_id.clone(),
+        first.secret_access_key.expose().to_owned(),
+        Some(first.session_token.expose().to_owned()),
+        Some(first.expiration),
+        "pod-identity-agent-role-chain",
+    );
+    aws_sdk_sts::config::Builder::default()
+        .credentials_provider(provider)
+        .identity_cache(aws_sdk_sts::config::IdentityCache::no_cache())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_container_credentials_at_the_agent_address_are_recognised() {
+        for uri in [
+            "http://169.254.170.23/v1/credentials",
+            "http://169.254.170.23:80/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "http://[FD00:EC2::23]:80/v1/credentials",
+        ] {
+            assert!(points_at_pod_identity_agent(uri), "{uri}");
+        }
+        for uri in [
+            "http://169.254.170.2/v2/credentials/abc",
+            "http://127.0.0.1:8080/creds",
+            "https://creds.example/169.254.170.23",
+            "http://[fd00:ec2::254]/",
+        ] {
+            assert!(!points_at_pod_identity_agent(uri), "{uri}");
+        }
+    }
+}
