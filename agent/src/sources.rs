@@ -6,8 +6,10 @@
 //! * [`kubernetes`]: node-scoped pod and service-account watch, the
 //!   `PodIdentityAssociation` CRD, the startup taint.
 //! * [`eks`]: associations polled from the EKS API.
+//! * [`files`]: the node-local file formats (pods file, associations file).
 
 pub mod associations;
 pub mod eks;
+pub mod files;
 pub mod kubernetes;
 pub mod pods;

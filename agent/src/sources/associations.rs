@@ -9,10 +9,14 @@
 //! surprises).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::model::{Association, AssumeMode, PodInfo, IRSA_ROLE_ANNOTATION};
+
+// The associations file lives with the other file formats (`sources::files`);
+// re-exported here so callers keep their paths.
+pub use crate::sources::files::load_associations_file;
 
 /// Sources, highest precedence first. An explicit, cluster-managed association
 /// (`crd`) beats the EKS API's (`eks`), which beats the node-local file (`file`).
@@ -236,7 +240,7 @@ type Key = (String, String);
 
 /// Validate a source's associations, stamp them with `origin`, and index them by
 /// (namespace, service account). Exact duplicates collapse; different ones conflict.
-fn index_source(
+pub(super) fn index_source(
     origin: &str,
     assocs: Vec<Association>,
 ) -> Result<HashMap<Key, Association>, AssociationError> {
@@ -368,75 +372,6 @@ impl AssociationStore {
             service_account: pod.service_account.clone(),
         })
     }
-}
-
-// === file source ===
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AssociationsFile {
-    associations: Vec<FileEntry>,
-}
-
-/// One entry of the file. Unknown keys are rejected, so a misspelt
-/// `targetRoleArn` cannot silently hand out the wrong role.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FileEntry {
-    namespace: String,
-    service_account: String,
-    role_arn: String,
-    #[serde(default)]
-    target_role_arn: Option<String>,
-    #[serde(default)]
-    disable_session_tags: bool,
-    #[serde(default)]
-    session_duration_secs: Option<u32>,
-    #[serde(default)]
-    mode: AssumeMode,
-    #[serde(default)]
-    external_id: Option<String>,
-    #[serde(default)]
-    policy: Option<String>,
-}
-
-/// Read and validate an associations file:
-/// `{"associations": [{"namespace", "serviceAccount", "roleArn", "targetRoleArn"?,
-/// "disableSessionTags"?, "sessionDurationSecs"?, "mode"?: "pod-identity" |
-/// "web-identity"}]}`. Associations get source `file`.
-pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, AssociationError> {
-    let text = std::fs::read(path).map_err(|source| AssociationError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file: AssociationsFile =
-        serde_json::from_slice(&text).map_err(|source| AssociationError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let assocs: Vec<Association> = file
-        .associations
-        .into_iter()
-        .map(|e| Association {
-            namespace: e.namespace,
-            service_account: e.service_account,
-            role_arn: e.role_arn,
-            target_role_arn: e.target_role_arn,
-            disable_session_tags: e.disable_session_tags,
-            session_duration_secs: e.session_duration_secs,
-            mode: e.mode,
-            source: FILE_SOURCE.to_owned(),
-            association_id: None,
-            external_id: e.external_id,
-            policy: e.policy,
-        })
-        .collect();
-    // Validate here too, so the error names the file.
-    index_source(FILE_SOURCE, assocs.clone()).map_err(|error| AssociationError::InFile {
-        path: path.to_path_buf(),
-        error: Box::new(error),
-    })?;
-    Ok(assocs)
 }
 
 #[cfg(test)]
@@ -697,123 +632,5 @@ mod tests {
         ));
 
         assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().role_arn, ROLE_A);
-    }
-
-    fn write(dir: &Path, text: &str) -> PathBuf {
-        let path = dir.join("associations.json");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    #[test]
-    fn parses_associations_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = write(
-            tmp.path(),
-            &format!(
-                r#"{{"associations": [
-                  {{"namespace": "team-a", "serviceAccount": "web", "roleArn": "{ROLE_A}"}},
-                  {{"namespace": "team-b", "serviceAccount": "etl", "roleArn": "{ROLE_B}",
-                    "targetRoleArn": "{ROLE_C}", "disableSessionTags": true,
-                    "sessionDurationSecs": 3600, "mode": "pod-identity"}},
-                  {{"namespace": "team-c", "serviceAccount": "legacy", "roleArn": "{ROLE_A}",
-                    "sessionDurationSecs": 43200, "mode": "web-identity"}}
-                ]}}"#
-            ),
-        );
-        let assocs = load_associations_file(&path).unwrap();
-        assert_eq!(assocs.len(), 3);
-        assert!(assocs.iter().all(|a| a.source == "file"));
-        assert_eq!(assocs[0].mode, AssumeMode::PodIdentity);
-        assert_eq!(assocs[0].session_duration_secs, None);
-        assert!(!assocs[0].disable_session_tags);
-        assert_eq!(assocs[1].target_role_arn.as_deref(), Some(ROLE_C));
-        assert_eq!(assocs[1].effective_role_arn(), ROLE_C);
-        assert!(assocs[1].disable_session_tags);
-        assert_eq!(assocs[2].mode, AssumeMode::WebIdentity);
-
-        let store = AssociationStore::new();
-        store.replace_source(FILE_SOURCE, assocs).unwrap();
-        assert_eq!(
-            store
-                .resolve(&pod("team-b", "etl"))
-                .unwrap()
-                .session_duration_secs,
-            Some(3600)
-        );
-    }
-
-    #[test]
-    fn associations_file_errors() {
-        let tmp = tempfile::tempdir().unwrap();
-        let missing = tmp.path().join("nope.json");
-        assert!(
-            matches!(load_associations_file(&missing), Err(AssociationError::Io { path, .. }) if path == missing)
-        );
-
-        let entry = |extra: &str| {
-            format!(
-                r#"{{"associations": [{{"namespace": "ns", "serviceAccount": "sa", "roleArn": "{ROLE_A}"{extra}}}]}}"#
-            )
-        };
-        for text in [
-            "{".to_owned(),
-            r#"{"associations": [{"namespace": "ns"}]}"#.to_owned(), // missing fields
-            entry(r#", "targetRolearn": "x""#),                      // typo
-            entry(r#", "mode": "irsa""#),                            // unknown mode
-            entry(r#", "sessionDurationSecs": -1"#),
-        ] {
-            let path = write(tmp.path(), &text);
-            let err = load_associations_file(&path).unwrap_err();
-            assert!(
-                matches!(err, AssociationError::Parse { .. }),
-                "{text}: {err}"
-            );
-            assert!(err.to_string().contains("associations.json"));
-        }
-
-        let in_file = |text: String| {
-            let path = write(tmp.path(), &text);
-            match load_associations_file(&path).unwrap_err() {
-                AssociationError::InFile { path: p, error } => {
-                    assert_eq!(p, path);
-                    *error
-                }
-                other => panic!("{other:?}"),
-            }
-        };
-        assert!(matches!(
-            in_file(entry(r#", "sessionDurationSecs": 43201"#)),
-            AssociationError::InvalidSessionDuration { secs: 43201, .. }
-        ));
-        assert!(matches!(
-            in_file(entry(r#", "sessionDurationSecs": 600"#)),
-            AssociationError::InvalidSessionDuration { secs: 600, .. }
-        ));
-        assert!(matches!(
-            in_file(entry(r#", "targetRoleArn": "role/x""#)),
-            AssociationError::InvalidRoleArn { .. }
-        ));
-        assert!(matches!(
-            in_file(r#"{"associations": [{"namespace": "ns", "serviceAccount": "sa", "roleArn": "x"}]}"#.to_owned()),
-            AssociationError::InvalidRoleArn { .. }
-        ));
-        assert!(matches!(
-            in_file(
-                r#"{"associations": [{"namespace": "", "serviceAccount": "sa", "roleArn": "x"}]}"#
-                    .to_owned()
-            ),
-            AssociationError::EmptyField {
-                field: "namespace",
-                ..
-            }
-        ));
-        let two = format!(
-            r#"{{"associations": [
-              {{"namespace": "ns", "serviceAccount": "sa", "roleArn": "{ROLE_A}"}},
-              {{"namespace": "ns", "serviceAccount": "sa", "roleArn": "{ROLE_B}"}}]}}"#
-        );
-        let err = in_file(two);
-        assert!(matches!(err, AssociationError::Conflict { .. }), "{err}");
     }
 }

@@ -1,21 +1,24 @@
 //! The pod directory: pod UID → namespace, name, service account.
 //!
-//! Sources (a JSON file here, the Kubernetes API elsewhere) replace or patch a
+//! Sources (a JSON file, the Kubernetes API) replace or patch a
 //! snapshot held in a [`tokio::sync::watch`] channel; lookups read it, and can wait
 //! a little for an update, because a new pod's cgroup (and its first request) can
 //! come before the watch reports the pod (kube2iam #46, #136: "wrong role right
 //! after pod start").
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::attribution::cgroup::canonical_pod_uid;
 use crate::model::PodInfo;
+
+// The pods file lives with the other file formats (`sources::files`); re-exported
+// here so callers keep their paths.
+pub use crate::sources::files::{load_pods_file, watch_pods_file};
 
 /// Errors of the pod directory and its file source.
 #[derive(Debug, thiserror::Error)]
@@ -188,110 +191,6 @@ impl PodStore {
     }
 }
 
-// === file source ===
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PodsFile {
-    pods: Vec<PodInfo>,
-}
-
-/// Read and validate a pods file:
-/// `{"pods": [{"uid", "namespace", "name", "serviceAccount",
-/// "serviceAccountAnnotations": {…}, "hostNetwork": false}, …]}`.
-///
-/// UIDs are canonicalised (lowercase, `-`) and must be UUIDs; namespace, name,
-/// service account must not be empty; a UID may appear only once.
-pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
-    let text = std::fs::read(path).map_err(|source| PodError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file: PodsFile = serde_json::from_slice(&text).map_err(|source| PodError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let invalid = |reason: String| PodError::Invalid {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut pods = file.pods;
-    for i in 0..pods.len() {
-        let pod = &mut pods[i];
-        for (field, value) in [
-            ("uid", &pod.uid),
-            ("namespace", &pod.namespace),
-            ("name", &pod.name),
-            ("serviceAccount", &pod.service_account),
-        ] {
-            if value.trim().is_empty() {
-                return Err(invalid(format!("pods[{i}].{field} is empty")));
-            }
-        }
-        pod.uid = canonical_pod_uid(&pod.uid).ok_or_else(|| {
-            invalid(format!(
-                "pods[{i}].uid {:?} ({}/{}) is not a UUID",
-                pod.uid, pod.namespace, pod.name
-            ))
-        })?;
-        let pod = &pods[i];
-        if let Some(&first) = seen.get(&pod.uid) {
-            let other = &pods[first];
-            return Err(invalid(format!(
-                "pods[{first}] ({}/{}) and pods[{i}] ({}/{}) have the same uid {}",
-                other.namespace, other.name, pod.namespace, pod.name, pod.uid
-            )));
-        }
-        seen.insert(pod.uid.clone(), i);
-    }
-    Ok(pods)
-}
-
-/// What identifies one version of the file: a rewrite changes mtime or size, an
-/// atomic replace (rename over it, as a ConfigMap update does) changes the inode.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
-}
-
-/// Load the pods file into `store`, mark it synced, then poll every `poll` and
-/// reload when the file changes.
-///
-/// Returns only if the first load fails. A file that breaks later is logged and the
-/// previous snapshot stays: a bad edit must not make every pod unknown.
-pub async fn watch_pods_file(
-    path: PathBuf,
-    store: PodStore,
-    poll: Duration,
-) -> Result<(), PodError> {
-    let mut stamp = file_stamp(&path);
-    let pods = load_pods_file(&path)?;
-    tracing::info!(path = %path.display(), pods = pods.len(), "loaded pods file");
-    store.replace_all(pods);
-    store.mark_synced();
-    loop {
-        tokio::time::sleep(poll).await;
-        let now = file_stamp(&path);
-        if now == stamp {
-            continue;
-        }
-        // Remember the new stamp even if the load fails, so a broken file is
-        // reported once, not every poll.
-        stamp = now;
-        match load_pods_file(&path) {
-            Ok(pods) => {
-                tracing::info!(path = %path.display(), pods = pods.len(), "reloaded pods file");
-                store.replace_all(pods);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "pods file not reloaded; keeping the previous pods");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,156 +275,5 @@ mod tests {
             store.lookup(UID_A, Duration::ZERO).await.unwrap().name,
             "now"
         );
-    }
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    #[test]
-    fn parses_pods_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = write(
-            tmp.path(),
-            "pods.json",
-            &format!(
-                r#"{{"pods": [
-                  {{"uid": "{}", "namespace": "team-a", "name": "web-0", "serviceAccount": "web",
-                    "serviceAccountAnnotations": {{"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/web"}},
-                    "hostNetwork": true}},
-                  {{"uid": "{UID_B}", "namespace": "team-b", "name": "job", "serviceAccount": "default"}}
-                ]}}"#,
-                UID_A.replace('-', "_").to_uppercase()
-            ),
-        );
-        let pods = load_pods_file(&path).unwrap();
-        assert_eq!(pods.len(), 2);
-        assert_eq!(pods[0].uid, UID_A, "canonicalised");
-        assert!(pods[0].host_network);
-        assert_eq!(
-            pods[0].service_account_annotations["eks.amazonaws.com/role-arn"],
-            "arn:aws:iam::123456789012:role/web"
-        );
-        assert_eq!(pods[1].service_account, "default");
-        assert!(!pods[1].host_network);
-        assert!(pods[1].service_account_annotations.is_empty());
-    }
-
-    #[test]
-    fn pods_file_errors() {
-        let tmp = tempfile::tempdir().unwrap();
-        let missing = tmp.path().join("missing.json");
-        assert!(
-            matches!(load_pods_file(&missing), Err(PodError::Io { path, .. }) if path == missing)
-        );
-
-        for (text, want) in [
-            ("{", "invalid JSON"),
-            (r#"{"pods": [{"uid": "x"}]}"#, "invalid JSON"), // missing fields
-            (r#"{"pod": []}"#, "invalid JSON"),              // typo in the key
-        ] {
-            let path = write(tmp.path(), "bad.json", text);
-            let err = load_pods_file(&path).unwrap_err();
-            assert!(matches!(err, PodError::Parse { .. }), "{text}: {err}");
-            assert!(err.to_string().contains(want) && err.to_string().contains("bad.json"));
-        }
-
-        let entry = |uid: &str, ns: &str, name: &str, sa: &str| {
-            format!(
-                r#"{{"uid": "{uid}", "namespace": "{ns}", "name": "{name}", "serviceAccount": "{sa}"}}"#
-            )
-        };
-        for (pods, want) in [
-            (vec![entry("", "ns", "n", "sa")], "pods[0].uid is empty"),
-            (
-                vec![entry(UID_A, "", "n", "sa")],
-                "pods[0].namespace is empty",
-            ),
-            (vec![entry(UID_A, "ns", " ", "sa")], "pods[0].name is empty"),
-            (
-                vec![entry(UID_A, "ns", "n", "")],
-                "pods[0].serviceAccount is empty",
-            ),
-            (
-                vec![entry("not-a-uuid", "ns", "n", "sa")],
-                "pods[0].uid \"not-a-uuid\" (ns/n) is not a UUID",
-            ),
-            (
-                vec![
-                    entry(UID_A, "ns", "one", "sa"),
-                    entry(UID_B, "ns", "x", "sa"),
-                    entry(&UID_A.replace('-', "_"), "ns", "two", "sa"),
-                ],
-                "pods[0] (ns/one) and pods[2] (ns/two) have the same uid",
-            ),
-        ] {
-            let path = write(
-                tmp.path(),
-                "invalid.json",
-                &format!(r#"{{"pods": [{}]}}"#, pods.join(",")),
-            );
-            let err = load_pods_file(&path).unwrap_err();
-            assert!(matches!(err, PodError::Invalid { .. }), "{err}");
-            let msg = err.to_string();
-            assert!(msg.contains(want) && msg.contains("invalid.json"), "{msg}");
-        }
-    }
-
-    async fn eventually(store: &PodStore, what: impl Fn(&PodStore) -> bool) {
-        for _ in 0..200 {
-            if what(store) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("condition not reached; store: {store:?}");
-    }
-
-    #[tokio::test]
-    async fn watch_reloads_and_survives_a_broken_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let one = format!(
-            r#"{{"pods": [{{"uid": "{UID_A}", "namespace": "ns", "name": "a", "serviceAccount": "sa"}}]}}"#
-        );
-        let path = write(tmp.path(), "pods.json", &one);
-        let store = PodStore::new();
-        let task = tokio::spawn(watch_pods_file(
-            path.clone(),
-            store.clone(),
-            Duration::from_millis(10),
-        ));
-
-        eventually(&store, |s| s.is_synced() && s.get(UID_A).is_some()).await;
-
-        // Broken edit: the previous snapshot stays.
-        std::fs::write(&path, "{ not json").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.get(UID_A).unwrap().name, "a");
-        assert_eq!(store.len(), 1);
-
-        // Fixed edit (atomic replace, as ConfigMap updates do): reloaded.
-        let two = format!(
-            r#"{{"pods": [{{"uid": "{UID_B}", "namespace": "ns", "name": "b", "serviceAccount": "sa"}}]}}"#
-        );
-        let tmp_file = write(tmp.path(), "pods.json.new", &two);
-        std::fs::rename(&tmp_file, &path).unwrap();
-        eventually(&store, |s| s.get(UID_B).is_some() && s.get(UID_A).is_none()).await;
-
-        assert!(!task.is_finished());
-        task.abort();
-    }
-
-    #[tokio::test]
-    async fn watch_returns_the_first_load_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = write(tmp.path(), "pods.json", "[]");
-        let store = PodStore::new();
-        let err = watch_pods_file(path, store.clone(), Duration::from_millis(10))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, PodError::Parse { .. }));
-        assert!(!store.is_synced());
     }
 }

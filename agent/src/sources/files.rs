@@ -1,0 +1,196 @@
+//! The node-local file formats: the pods file and the associations file.
+//!
+//! * Pods file: `{"pods": [...]}`, read by [`load_pods_file`] and kept in a
+//!   [`PodStore`] by [`watch_pods_file`] (polled, reloaded on change).
+//! * Associations file: `{"associations": [...]}`, read by
+//!   [`load_associations_file`] as the `file` source of the
+//!   [`AssociationStore`](crate::sources::associations::AssociationStore).
+//!
+//! Their errors are [`PodError`] and [`AssociationError`], beside the stores; both
+//! loaders are re-exported from [`pods`](crate::sources::pods) and
+//! [`associations`](crate::sources::associations).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::attribution::cgroup::canonical_pod_uid;
+use crate::model::{Association, AssumeMode, PodInfo};
+use crate::sources::associations::{index_source, AssociationError, FILE_SOURCE};
+use crate::sources::pods::{PodError, PodStore};
+
+// === pods file ===
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodsFile {
+    pods: Vec<PodInfo>,
+}
+
+/// Read and validate a pods file:
+/// `{"pods": [{"uid", "namespace", "name", "serviceAccount",
+/// "serviceAccountAnnotations": {…}, "hostNetwork": false}, …]}`.
+///
+/// UIDs are canonicalised (lowercase, `-`) and must be UUIDs; namespace, name,
+/// service account must not be empty; a UID may appear only once.
+pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
+    let text = std::fs::read(path).map_err(|source| PodError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: PodsFile = serde_json::from_slice(&text).map_err(|source| PodError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |reason: String| PodError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut pods = file.pods;
+    for i in 0..pods.len() {
+        let pod = &mut pods[i];
+        for (field, value) in [
+            ("uid", &pod.uid),
+            ("namespace", &pod.namespace),
+            ("name", &pod.name),
+            ("serviceAccount", &pod.service_account),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(format!("pods[{i}].{field} is empty")));
+            }
+        }
+        pod.uid = canonical_pod_uid(&pod.uid).ok_or_else(|| {
+            invalid(format!(
+                "pods[{i}].uid {:?} ({}/{}) is not a UUID",
+                pod.uid, pod.namespace, pod.name
+            ))
+        })?;
+        let pod = &pods[i];
+        if let Some(&first) = seen.get(&pod.uid) {
+            let other = &pods[first];
+            return Err(invalid(format!(
+                "pods[{first}] ({}/{}) and pods[{i}] ({}/{}) have the same uid {}",
+                other.namespace, other.name, pod.namespace, pod.name, pod.uid
+            )));
+        }
+        seen.insert(pod.uid.clone(), i);
+    }
+    Ok(pods)
+}
+
+/// What identifies one version of the file: a rewrite changes mtime or size, an
+/// atomic replace (rename over it, as a ConfigMap update does) changes the inode.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Load the pods file into `store`, mark it synced, then poll every `poll` and
+/// reload when the file changes.
+///
+/// Returns only if the first load fails. A file that breaks later is logged and the
+/// previous snapshot stays: a bad edit must not make every pod unknown.
+pub async fn watch_pods_file(
+    path: PathBuf,
+    store: PodStore,
+    poll: Duration,
+) -> Result<(), PodError> {
+    let mut stamp = file_stamp(&path);
+    let pods = load_pods_file(&path)?;
+    tracing::info!(path = %path.display(), pods = pods.len(), "loaded pods file");
+    store.replace_all(pods);
+    store.mark_synced();
+    loop {
+        tokio::time::sleep(poll).await;
+        let now = file_stamp(&path);
+        if now == stamp {
+            continue;
+        }
+        // Remember the new stamp even if the load fails, so a broken file is
+        // reported once, not every poll.
+        stamp = now;
+        match load_pods_file(&path) {
+            Ok(pods) => {
+                tracing::info!(path = %path.display(), pods = pods.len(), "reloaded pods file");
+                store.replace_all(pods);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "pods file not reloaded; keeping the previous pods");
+            }
+        }
+    }
+}
+
+// === associations file ===
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssociationsFile {
+    associations: Vec<FileEntry>,
+}
+
+/// One entry of the file. Unknown keys are rejected, so a misspelt
+/// `targetRoleArn` cannot silently hand out the wrong role.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileEntry {
+    namespace: String,
+    service_account: String,
+    role_arn: String,
+    #[serde(default)]
+    target_role_arn: Option<String>,
+    #[serde(default)]
+    disable_session_tags: bool,
+    #[serde(default)]
+    session_duration_secs: Option<u32>,
+    #[serde(default)]
+    mode: AssumeMode,
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// Read and validate an associations file:
+/// `{"associations": [{"namespace", "serviceAccount", "roleArn", "targetRoleArn"?,
+/// "disableSessionTags"?, "sessionDurationSecs"?, "mode"?: "pod-identity" |
+/// "web-identity"}]}`. Associations get source `file`.
+pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, AssociationError> {
+    let text = std::fs::read(path).map_err(|source| AssociationError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: AssociationsFile =
+        serde_json::from_slice(&text).map_err(|source| AssociationError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let assocs: Vec<Association> = file
+        .associations
+        .into_iter()
+        .map(|e| Association {
+            namespace: e.namespace,
+            service_account: e.service_account,
+            role_arn: e.role_arn,
+            target_role_arn: e.target_role_arn,
+            disable_session_tags: e.disable_session_tags,
+            session_duration_secs: e.session_duration_secs,
+            mode: e.mode,
+            source: FILE_SOURCE.to_owned(),
+            association_id: None,
+            external_id: e.external_id,
+            policy: e.policy,
+        })
+        .collect();
+    // Validate here too, so the error names the file.
+    index_source(FILE_SOURCE, assocs.clone()).map_err(|error| AssociationError::InFile {
+        path: path.to_path_buf(),
+        error: Box::new(error),
+    })?;
+    Ok(assocs)
+}
+
+#[cfg(test)]
+mod tests;
