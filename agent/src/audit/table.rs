@@ -1,0 +1,119 @@
+//! Reading the log: `pod-identity-agent audit` prints its matching lines as a table.
+
+use std::{fs::File, io::Write, path::Path, time::Duration};
+
+use serde_json::Value;
+
+use super::AuditError;
+
+/// Filters of the `audit` subcommand.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub role: Option<String>,
+    /// `success`, `failure` or `unknown`.
+    pub outcome: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, v: &Value) -> bool {
+        let s = |x: &Value| x.as_str().unwrap_or("").to_owned();
+        let contains = |want: &Option<String>, have: String| {
+            want.as_ref().is_none_or(|w| have.contains(w.as_str()))
+        };
+        contains(&self.pod, s(&v["orchestrator"]["resource"]["name"]))
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| s(&v["orchestrator"]["namespace"]) == *n)
+            && contains(&self.role, s(&v["pod_identity"]["role_arn"]))
+            && self
+                .outcome
+                .as_ref()
+                .is_none_or(|o| s(&v["event"]["outcome"]) == *o)
+    }
+}
+
+/// One table row for a log line.
+pub fn table_row(v: &Value) -> String {
+    let s = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let pod = match (
+        v["orchestrator"]["namespace"].as_str(),
+        v["orchestrator"]["resource"]["name"].as_str(),
+    ) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        _ => format!("cgroup:{}", s(&v["pod_identity"]["kernel"]["cgroup_id"])),
+    };
+    let role = v["pod_identity"]["role_arn"]
+        .as_str()
+        .map(|r| r.rsplit('/').next().unwrap_or(r).to_owned())
+        .unwrap_or("-".into());
+    format!(
+        "{:<24} {:<32} {:>7} {:<15} {:<22} {:<18} {:>4} {:<20} {}",
+        s(&v["@timestamp"]),
+        pod,
+        s(&v["process"]["pid"]),
+        s(&v["process"]["name"]),
+        s(&v["event"]["action"]),
+        role,
+        s(&v["http"]["response"]["status_code"]),
+        v["pod_identity"]["access_key_id"].as_str().unwrap_or("-"),
+        v["event"]["reason"].as_str().unwrap_or(""),
+    )
+}
+
+pub const TABLE_HEADER: &str = "TIME                     POD                                  PID COMM            ACTION                 ROLE               HTTP KEY                  REASON";
+
+/// Print matching lines of `path` as a table; with `follow`, keep reading as it grows.
+pub fn print_table(
+    path: &Path,
+    filter: &Filter,
+    follow: bool,
+    mut out: impl Write,
+) -> Result<usize, AuditError> {
+    use std::io::{BufRead, BufReader, Seek};
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let mut r = BufReader::new(f);
+    let _ = writeln!(out, "{TABLE_HEADER}");
+    let mut n = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = r.read_line(&mut line).map_err(io)?;
+        if read == 0 {
+            if !follow {
+                return Ok(n);
+            }
+            // Rotation: the path now names a new, shorter file.
+            let pos = r.stream_position().map_err(io)?;
+            if std::fs::metadata(path)
+                .map(|m| m.len() < pos)
+                .unwrap_or(false)
+            {
+                r = BufReader::new(File::open(path).map_err(io)?);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if filter.matches(&v) {
+                n += 1;
+                let _ = writeln!(out, "{}", table_row(&v));
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;
