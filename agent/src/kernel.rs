@@ -5,7 +5,7 @@
 //!   userspace module allowed `unsafe` (the `aya::Pod` impls of the shared records).
 //! * [`pins`]: bpffs pins (links replaced on restart, `uninstall`).
 //! * [`settings`]: the runtime `CONFIG` record built from [`crate::config::KernelConfig`].
-//! * [`tuple`]: socket addresses ↔ the 4-tuple keys `sock_ops` stores.
+//! * [`tuple`](self::tuple): socket addresses ↔ the 4-tuple keys `sock_ops` stores.
 //! * [`verdicts`]: enforce mode's per-cgroup verdicts.
 
 pub mod loader;
