@@ -17,6 +17,7 @@ use crate::{
     http::{handover, listener, probes, Service, ServiceSettings},
     kernel::{Kernel, KernelError, VerdictSink},
     metrics,
+    model::Source,
     sources::{
         associations::{self, AssociationError, AssociationStore},
         eks, kubernetes,
@@ -210,7 +211,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         };
         let list = associations::load_associations_file(path).map_err(file_err)?;
         assoc_store
-            .replace_source(associations::FILE_SOURCE, list)
+            .replace_source(Source::File, list)
             .map_err(file_err)?;
     }
 

@@ -38,6 +38,51 @@ pub enum AssumeMode {
     WebIdentity,
 }
 
+/// Where an association came from. Explicit sources rank in
+/// [`crate::sources::associations::PRECEDENCE`]; an IRSA annotation is the fallback.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// A `PodIdentityAssociation` custom resource.
+    Crd,
+    /// The EKS API (`ListPodIdentityAssociations`).
+    Eks,
+    /// The associations file.
+    #[default]
+    File,
+    /// The `eks.amazonaws.com/role-arn` annotation of the service account (IRSA).
+    IrsaAnnotation,
+}
+
+impl Source {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Crd => "crd",
+            Source::Eks => "eks",
+            Source::File => "file",
+            Source::IrsaAnnotation => "irsa-annotation",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// (namespace, service account) → role. One role per service account, as in EKS.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,9 +100,9 @@ pub struct Association {
     pub session_duration_secs: Option<u32>,
     #[serde(default)]
     pub mode: AssumeMode,
-    /// Where the association came from, e.g. `file`, `crd`, `eks`, `irsa-annotation`.
+    /// Where the association came from (stamped by the source that delivered it).
     #[serde(default)]
-    pub source: String,
+    pub source: Source,
     /// EKS association id, when it came from EKS.
     #[serde(default)]
     pub association_id: Option<String>,

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use pod_identity_agent::model::Source;
 use pod_identity_agent::model::{AssumeMode, PodInfo};
 use pod_identity_agent::sources::associations::AssociationStore;
 use pod_identity_agent::sources::eks::{eks_client, EksError, EksSettings, EksSource};
@@ -371,7 +372,7 @@ async fn all_pages_listed_each_described_and_applied() {
         (6, 6, 6, 0)
     );
     assert!(status.is_synced());
-    assert_eq!(store.source_len("eks"), 6);
+    assert_eq!(store.source_len(Source::Eks), 6);
 
     let web = store.resolve(&pod("shop", "web")).unwrap();
     assert_eq!(
@@ -462,7 +463,7 @@ async fn a_failing_poll_keeps_the_previous_set() {
     let store = AssociationStore::new();
     let mut src = source(&api, &store, |_| {});
     src.poll_once().await.unwrap();
-    assert_eq!(store.source_len("eks"), 5);
+    assert_eq!(store.source_len(Source::Eks), 5);
 
     api.lock().failing = true;
     api.remove(&id(1));
@@ -473,13 +474,13 @@ async fn a_failing_poll_keeps_the_previous_set() {
         text.contains("ListPodIdentityAssociations") && text.contains("ServerException"),
         "{text}"
     );
-    assert_eq!(store.source_len("eks"), 5, "previous set kept");
+    assert_eq!(store.source_len(Source::Eks), 5, "previous set kept");
     assert!(store.resolve(&pod("shop", "web")).is_ok());
 
     // Recovered: the deletion now shows.
     api.lock().failing = false;
     src.poll_once().await.unwrap();
-    assert_eq!(store.source_len("eks"), 4);
+    assert_eq!(store.source_len(Source::Eks), 4);
     assert!(store.resolve(&pod("shop", "web")).is_err());
 }
 
@@ -526,7 +527,7 @@ async fn unknown_cluster_is_an_error_and_nothing_is_applied() {
     );
     assert!(err.to_string().contains("staging"), "{err}");
     assert!(!src.status().is_synced());
-    assert_eq!(store.source_len("eks"), 0);
+    assert_eq!(store.source_len(Source::Eks), 0);
 }
 
 #[tokio::test]
@@ -541,14 +542,14 @@ async fn run_polls_on_its_interval() {
     let status = src.status();
     let task = tokio::spawn(src.run());
     eventually("first poll", || {
-        status.is_synced() && store.source_len("eks") == 5
+        status.is_synced() && store.source_len(Source::Eks) == 5
     })
     .await;
     api.put(&id(9), "shop", "late", &role("late"), json!({}));
     eventually("next poll", || store.resolve(&pod("shop", "late")).is_ok()).await;
     api.lock().failing = true;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(store.source_len("eks"), 6, "outage keeps the set");
+    assert_eq!(store.source_len(Source::Eks), 6, "outage keeps the set");
     task.abort();
 }
 

@@ -32,6 +32,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use pod_identity_agent::model::AssumeMode;
+use pod_identity_agent::model::Source;
 use pod_identity_agent::sources::associations::AssociationStore;
 use pod_identity_agent::sources::kubernetes::{
     ClusterAccess, KubeSettings, KubeSources, KubeStatus,
@@ -1071,7 +1072,7 @@ async fn crd_associations_land_in_the_store() {
     let agent = start_agent(&api, |_| {}).await;
     eventually("ready", || agent.status.is_ready()).await;
     assert!(agent.status.associations_synced());
-    assert_eq!(agent.assocs.source_len("crd"), 2);
+    assert_eq!(agent.assocs.source_len(Source::Crd), 2);
 
     let web = agent.pods.get(UID_WEB).unwrap();
     let a = agent.assocs.resolve(&web).unwrap();
@@ -1119,10 +1120,10 @@ async fn crd_associations_land_in_the_store() {
     // Deleting the last one leaves the IRSA annotation (source irsa-annotation).
     api.delete(Res::Pias, "shop", "web-2");
     eventually("back to IRSA", || {
-        agent.assocs.resolve(&web).map(|a| a.source).ok() == Some("irsa-annotation".to_owned())
+        agent.assocs.resolve(&web).map(|a| a.source).ok() == Some(Source::IrsaAnnotation)
     })
     .await;
-    assert_eq!(agent.assocs.source_len("crd"), 1);
+    assert_eq!(agent.assocs.source_len(Source::Crd), 1);
     // The CRD watch is cluster-wide.
     assert!(api
         .requests(Res::Pias)
@@ -1136,7 +1137,7 @@ async fn crd_watch_error_relists() {
     seed(&api);
     let agent = start_agent(&api, |_| {}).await;
     eventually("ready", || agent.status.is_ready()).await;
-    assert_eq!(agent.assocs.source_len("crd"), 0);
+    assert_eq!(agent.assocs.source_len(Source::Crd), 0);
     api.pause_watches();
     api.apply(
         Res::Pias,
@@ -1148,10 +1149,10 @@ async fn crd_watch_error_relists() {
         ),
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(agent.assocs.source_len("crd"), 0, "not delivered yet");
+    assert_eq!(agent.assocs.source_len(Source::Crd), 0, "not delivered yet");
     api.expire_watches();
     eventually("association after re-list", || {
-        agent.assocs.source_len("crd") == 1
+        agent.assocs.source_len(Source::Crd) == 1
     })
     .await;
     assert!(api.lists(Res::Pias) >= 2);

@@ -19,7 +19,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, CredentialCache};
 use pod_identity_agent::credentials::sts::{StsError, StsFetcher, StsSettings};
 use pod_identity_agent::credentials::types::Credentials;
-use pod_identity_agent::model::{Association, AssumeMode, PodInfo};
+use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";
@@ -171,7 +171,7 @@ fn assoc(role: &str) -> Association {
         namespace: "team-a".into(),
         service_account: "web".into(),
         role_arn: role.into(),
-        source: "test".into(),
+        source: Source::File,
         ..Default::default()
     }
 }
@@ -323,7 +323,7 @@ async fn web_identity_uses_the_pods_projected_token_without_agent_credentials() 
     let fetcher = StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &no_creds);
     let mut a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/irsa-role"));
     a.mode = AssumeMode::WebIdentity;
-    a.source = "irsa-annotation".into();
+    a.source = Source::IrsaAnnotation;
 
     let creds = fetcher
         .fetch(&p, &a)

@@ -162,7 +162,7 @@ mod tests {
     use crate::{
         attribution::cgroup::CgroupIndex,
         credentials::{CacheSettings, Credentials, Secret, StsError},
-        model::{Association, PodInfo},
+        model::{Association, PodInfo, Source},
         sources::{associations::AssociationStore, pods::PodStore},
     };
     use std::{
@@ -238,12 +238,12 @@ mod tests {
         let assocs = AssociationStore::new();
         assocs
             .replace_source(
-                "file",
+                Source::File,
                 vec![Association {
                     namespace: "ns".into(),
                     service_account: "app".into(),
                     role_arn: "arn:aws:iam::111122223333:role/app".into(),
-                    source: "file".into(),
+                    source: Source::File,
                     ..Default::default()
                 }],
             )

@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use crate::{
     attribution::Caller,
     audit::{Access, AuditLog},
-    model::{Association, PodInfo},
+    model::{Association, PodInfo, Source},
 };
 
 fn caller() -> Caller {
@@ -35,7 +35,7 @@ pub(super) fn access() -> Access {
         }),
         association: Some(Association {
             role_arn: "arn:aws:iam::123456789012:role/r".into(),
-            source: "file".into(),
+            source: Source::File,
             ..Default::default()
         }),
         access_key_id: Some("ASIAEXAMPLE".into()),

@@ -204,7 +204,7 @@ mod tests {
         attribution::cgroup::CgroupIndex,
         audit::TracingSink,
         credentials::{CacheSettings, Credentials, Secret, StsError},
-        model::{Association, PodInfo},
+        model::{Association, PodInfo, Source},
         sources::{associations::AssociationStore, pods::PodStore},
     };
     use std::os::unix::fs::MetadataExt;
@@ -262,12 +262,12 @@ mod tests {
         };
         assocs
             .replace_source(
-                "file",
+                Source::File,
                 vec![Association {
                     namespace: "ns".into(),
                     service_account: "app".into(),
                     role_arn: "arn:aws:iam::111122223333:role/app".into(),
-                    source: "file".into(),
+                    source: Source::File,
                     ..Default::default()
                 }],
             )

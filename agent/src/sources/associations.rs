@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::model::{Association, AssumeMode, PodInfo, IRSA_ROLE_ANNOTATION};
+use crate::model::{Association, AssumeMode, PodInfo, Source, IRSA_ROLE_ANNOTATION};
 
 // The associations file lives with the other file formats (`sources::files`);
 // re-exported here so callers keep their paths.
@@ -20,13 +20,7 @@ pub use crate::sources::files::load_associations_file;
 
 /// Sources, highest precedence first. An explicit, cluster-managed association
 /// (`crd`) beats the EKS API's (`eks`), which beats the node-local file (`file`).
-pub const PRECEDENCE: &[&str] = &["crd", "eks", "file"];
-
-/// `source` of associations made from a service account's IRSA annotation.
-pub const IRSA_SOURCE: &str = "irsa-annotation";
-
-/// `source` of associations from [`load_associations_file`].
-pub const FILE_SOURCE: &str = "file";
+pub const PRECEDENCE: &[Source] = &[Source::Crd, Source::Eks, Source::File];
 
 /// Session durations accepted: STS allows 15 min to 12 h, but the agent never serves
 /// credentials with less than 15 min left (botocore refreshes inside 15 min), so a
@@ -50,7 +44,7 @@ pub enum AssociationError {
     #[error("source {origin}: service account {namespace}/{service_account} has two associations: {first} and {second}")]
     Conflict {
         /// The association source (`file`, `crd`, …).
-        origin: String,
+        origin: Source,
         /// Namespace of the service account.
         namespace: String,
         /// The service account.
@@ -64,7 +58,7 @@ pub enum AssociationError {
     #[error("source {origin}: service account {namespace}/{service_account}: {field} {arn:?} is not an IAM role ARN")]
     InvalidRoleArn {
         /// The association source.
-        origin: String,
+        origin: Source,
         /// Namespace of the service account.
         namespace: String,
         /// The service account.
@@ -78,7 +72,7 @@ pub enum AssociationError {
     #[error("source {origin}: service account {namespace}/{service_account}: sessionDurationSecs {secs} is outside 1800..=43200 (credentials are served with at least 15 min left)")]
     InvalidSessionDuration {
         /// The association source.
-        origin: String,
+        origin: Source,
         /// Namespace of the service account.
         namespace: String,
         /// The service account.
@@ -90,17 +84,18 @@ pub enum AssociationError {
     #[error("source {origin}: association #{index}: {field} is empty")]
     EmptyField {
         /// The association source.
-        origin: String,
+        origin: Source,
         /// Position of the association in the list given.
         index: usize,
         /// The empty field.
         field: &'static str,
     },
-    /// A source not listed in [`PRECEDENCE`]: its rank would be undefined.
-    #[error("unknown association source {origin:?} (known: crd, eks, file)")]
+    /// A source not listed in [`PRECEDENCE`] (the IRSA annotation is read from
+    /// the pod's service account, never stored): its rank would be undefined.
+    #[error("association source {origin} has no rank (explicit sources: crd, eks, file)")]
     UnknownSource {
-        /// The source name given.
-        origin: String,
+        /// The source given.
+        origin: Source,
     },
     /// Reading the associations file failed.
     #[error("{path}: {source}")]
@@ -176,7 +171,7 @@ pub fn is_valid_role_arn(arn: &str) -> bool {
 }
 
 /// Check one association, as given by `origin` at position `index`.
-fn validate(origin: &str, index: usize, a: &Association) -> Result<(), AssociationError> {
+fn validate(origin: Source, index: usize, a: &Association) -> Result<(), AssociationError> {
     for (field, value) in [
         ("namespace", &a.namespace),
         ("serviceAccount", &a.service_account),
@@ -184,14 +179,14 @@ fn validate(origin: &str, index: usize, a: &Association) -> Result<(), Associati
     ] {
         if value.trim().is_empty() {
             return Err(AssociationError::EmptyField {
-                origin: origin.to_owned(),
+                origin,
                 index,
                 field,
             });
         }
     }
     let bad_arn = |field: &str, arn: &str| AssociationError::InvalidRoleArn {
-        origin: origin.to_owned(),
+        origin,
         namespace: a.namespace.clone(),
         service_account: a.service_account.clone(),
         field: field.to_owned(),
@@ -208,7 +203,7 @@ fn validate(origin: &str, index: usize, a: &Association) -> Result<(), Associati
     if let Some(secs) = a.session_duration_secs {
         if !SESSION_DURATION_SECS.contains(&secs) {
             return Err(AssociationError::InvalidSessionDuration {
-                origin: origin.to_owned(),
+                origin,
                 namespace: a.namespace.clone(),
                 service_account: a.service_account.clone(),
                 secs,
@@ -241,18 +236,18 @@ type Key = (String, String);
 /// Validate a source's associations, stamp them with `origin`, and index them by
 /// (namespace, service account). Exact duplicates collapse; different ones conflict.
 pub(super) fn index_source(
-    origin: &str,
+    origin: Source,
     assocs: Vec<Association>,
 ) -> Result<HashMap<Key, Association>, AssociationError> {
     let mut map: HashMap<Key, Association> = HashMap::with_capacity(assocs.len());
     for (index, mut a) in assocs.into_iter().enumerate() {
-        a.source = origin.to_owned();
+        a.source = origin;
         validate(origin, index, &a)?;
         let key = (a.namespace.clone(), a.service_account.clone());
         if let Some(first) = map.get(&key) {
             if *first != a {
                 return Err(AssociationError::Conflict {
-                    origin: origin.to_owned(),
+                    origin,
                     first: describe(first),
                     second: describe(&a),
                     namespace: a.namespace,
@@ -269,7 +264,7 @@ pub(super) fn index_source(
 // === store ===
 
 /// Per source, the associations it owns.
-type Snapshot = BTreeMap<&'static str, Arc<HashMap<Key, Association>>>;
+type Snapshot = BTreeMap<Source, Arc<HashMap<Key, Association>>>;
 
 /// Handle to the association table; clones share it.
 #[derive(Clone, Default)]
@@ -283,7 +278,7 @@ impl std::fmt::Debug for AssociationStore {
         let snap = self.load();
         let mut d = f.debug_struct("AssociationStore");
         for (source, map) in snap.iter() {
-            d.field(source, &map.len());
+            d.field(source.as_str(), &map.len());
         }
         d.finish()
     }
@@ -311,14 +306,12 @@ impl AssociationStore {
     /// previous set stays in force.
     pub fn replace_source(
         &self,
-        source: &str,
+        origin: Source,
         assocs: Vec<Association>,
     ) -> Result<(), AssociationError> {
-        let Some(&origin) = PRECEDENCE.iter().find(|s| **s == source) else {
-            return Err(AssociationError::UnknownSource {
-                origin: source.to_owned(),
-            });
-        };
+        if !PRECEDENCE.contains(&origin) {
+            return Err(AssociationError::UnknownSource { origin });
+        }
         let map = Arc::new(index_source(origin, assocs)?);
         let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
         let mut next = Snapshot::clone(&guard);
@@ -328,8 +321,8 @@ impl AssociationStore {
     }
 
     /// Number of associations `source` currently contributes.
-    pub fn source_len(&self, source: &str) -> usize {
-        self.load().get(source).map_or(0, |m| m.len())
+    pub fn source_len(&self, source: Source) -> usize {
+        self.load().get(&source).map_or(0, |m| m.len())
     }
 
     /// The association for `pod`'s service account.
@@ -337,7 +330,7 @@ impl AssociationStore {
     /// Precedence: an explicit association from the first source in [`PRECEDENCE`]
     /// that has one; else the service account's IRSA annotation
     /// ([`IRSA_ROLE_ANNOTATION`]), as [`AssumeMode::WebIdentity`] with source
-    /// [`IRSA_SOURCE`]; else [`AssociationError::NoAssociation`]. An annotation that
+    /// [`Source::IrsaAnnotation`]; else [`AssociationError::NoAssociation`]. An annotation that
     /// is not a role ARN is an error, not a fall-through.
     pub fn resolve(&self, pod: &PodInfo) -> Result<Association, AssociationError> {
         let snap = self.load();
@@ -351,7 +344,7 @@ impl AssociationStore {
             let arn = arn.trim();
             if !is_valid_role_arn(arn) {
                 return Err(AssociationError::InvalidRoleArn {
-                    origin: IRSA_SOURCE.to_owned(),
+                    origin: Source::IrsaAnnotation,
                     namespace: pod.namespace.clone(),
                     service_account: pod.service_account.clone(),
                     field: IRSA_ROLE_ANNOTATION.to_owned(),
@@ -363,7 +356,7 @@ impl AssociationStore {
                 service_account: pod.service_account.clone(),
                 role_arn: arn.to_owned(),
                 mode: AssumeMode::WebIdentity,
-                source: IRSA_SOURCE.to_owned(),
+                source: Source::IrsaAnnotation,
                 ..Association::default()
             });
         }
@@ -444,7 +437,7 @@ mod tests {
         let store = AssociationStore::new();
         store
             .replace_source(
-                "file",
+                Source::File,
                 vec![assoc("ns", "sa", ROLE_A), assoc("ns", "only-file", ROLE_A)],
             )
             .unwrap();
@@ -455,12 +448,12 @@ mod tests {
         );
 
         store
-            .replace_source("eks", vec![assoc("ns", "sa", ROLE_B)])
+            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_B)])
             .unwrap();
-        assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().source, "eks");
+        assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().source, Source::Eks);
 
         store
-            .replace_source("crd", vec![assoc("ns", "sa", ROLE_C)])
+            .replace_source(Source::Crd, vec![assoc("ns", "sa", ROLE_C)])
             .unwrap();
         let got = store.resolve(&pod("ns", "sa")).unwrap();
         assert_eq!(
@@ -471,19 +464,19 @@ mod tests {
         // Lower sources still answer for what the higher ones do not cover.
         assert_eq!(
             store.resolve(&pod("ns", "only-file")).unwrap().source,
-            "file"
+            Source::File
         );
 
         // An explicit association beats the IRSA annotation.
         let got = store.resolve(&irsa_pod("ns", "sa", ROLE_B)).unwrap();
-        assert_eq!(got.source, "crd");
+        assert_eq!(got.source, Source::Crd);
 
         // Emptying a source hands the service account back to the next one.
-        store.replace_source("crd", vec![]).unwrap();
-        assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().source, "eks");
-        assert_eq!(store.source_len("eks"), 1);
-        assert_eq!(store.source_len("crd"), 0);
-        assert_eq!(PRECEDENCE, ["crd", "eks", "file"]);
+        store.replace_source(Source::Crd, vec![]).unwrap();
+        assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().source, Source::Eks);
+        assert_eq!(store.source_len(Source::Eks), 1);
+        assert_eq!(store.source_len(Source::Crd), 0);
+        assert_eq!(PRECEDENCE, [Source::Crd, Source::Eks, Source::File]);
     }
 
     #[test]
@@ -491,7 +484,7 @@ mod tests {
         let store = AssociationStore::new();
         let got = store.resolve(&irsa_pod("ns", "sa", ROLE_B)).unwrap();
         assert_eq!(got.mode, AssumeMode::WebIdentity);
-        assert_eq!(got.source, IRSA_SOURCE);
+        assert_eq!(got.source, Source::IrsaAnnotation);
         assert_eq!(got.role_arn, ROLE_B);
         assert_eq!(
             (got.namespace.as_str(), got.service_account.as_str()),
@@ -503,7 +496,7 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(&err, AssociationError::InvalidRoleArn { origin, arn, .. }
-            if origin == IRSA_SOURCE && arn == "not-an-arn")
+            if *origin == Source::IrsaAnnotation && arn == "not-an-arn")
         );
 
         let err = store.resolve(&pod("ns", "nobody")).unwrap_err();
@@ -518,7 +511,7 @@ mod tests {
 
         // Same service account name in another namespace is another identity.
         store
-            .replace_source("file", vec![assoc("a", "sa", ROLE_A)])
+            .replace_source(Source::File, vec![assoc("a", "sa", ROLE_A)])
             .unwrap();
         assert!(store.resolve(&pod("b", "sa")).is_err());
     }
@@ -527,11 +520,11 @@ mod tests {
     fn conflicts_within_a_source() {
         let store = AssociationStore::new();
         store
-            .replace_source("file", vec![assoc("ns", "sa", ROLE_A)])
+            .replace_source(Source::File, vec![assoc("ns", "sa", ROLE_A)])
             .unwrap();
         let err = store
             .replace_source(
-                "file",
+                Source::File,
                 vec![
                     assoc("ns", "sa", ROLE_B),
                     assoc("ns", "other", ROLE_B),
@@ -564,26 +557,26 @@ mod tests {
         }
         // The previous set stays.
         assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().role_arn, ROLE_A);
-        assert_eq!(store.source_len("file"), 1);
+        assert_eq!(store.source_len(Source::File), 1);
 
         // Exact duplicates are harmless; the same role with other settings is not.
         store
             .replace_source(
-                "file",
+                Source::File,
                 vec![assoc("ns", "sa", ROLE_B), assoc("ns", "sa", ROLE_B)],
             )
             .unwrap();
-        assert_eq!(store.source_len("file"), 1);
+        assert_eq!(store.source_len(Source::File), 1);
         let mut longer = assoc("ns", "sa", ROLE_B);
         longer.session_duration_secs = Some(3600);
         assert!(matches!(
-            store.replace_source("file", vec![assoc("ns", "sa", ROLE_B), longer]),
+            store.replace_source(Source::File, vec![assoc("ns", "sa", ROLE_B), longer]),
             Err(AssociationError::Conflict { .. })
         ));
 
         // The same service account in two sources is not a conflict (precedence).
         store
-            .replace_source("eks", vec![assoc("ns", "sa", ROLE_C)])
+            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_C)])
             .unwrap();
     }
 
@@ -591,11 +584,14 @@ mod tests {
     fn invalid_input_keeps_the_previous_set() {
         let store = AssociationStore::new();
         store
-            .replace_source("eks", vec![assoc("ns", "sa", ROLE_A)])
+            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_A)])
             .unwrap();
 
         let err = store
-            .replace_source("eks", vec![assoc("ns", "sa", "arn:aws:iam::123:role/x")])
+            .replace_source(
+                Source::Eks,
+                vec![assoc("ns", "sa", "arn:aws:iam::123:role/x")],
+            )
             .unwrap_err();
         assert!(
             matches!(&err, AssociationError::InvalidRoleArn { arn, field, .. }
@@ -606,19 +602,19 @@ mod tests {
         let mut chained = assoc("ns", "sa", ROLE_B);
         chained.target_role_arn = Some("arn:aws:iam::123456789012:user/u".to_owned());
         assert!(matches!(
-            store.replace_source("eks", vec![chained]),
+            store.replace_source(Source::Eks, vec![chained]),
             Err(AssociationError::InvalidRoleArn { field, .. }) if field == "targetRoleArn"
         ));
 
         let mut short = assoc("ns", "sa", ROLE_B);
         short.session_duration_secs = Some(1799);
         assert!(matches!(
-            store.replace_source("eks", vec![short]),
+            store.replace_source(Source::Eks, vec![short]),
             Err(AssociationError::InvalidSessionDuration { secs: 1799, .. })
         ));
 
         assert!(matches!(
-            store.replace_source("eks", vec![assoc("ns", "", ROLE_B)]),
+            store.replace_source(Source::Eks, vec![assoc("ns", "", ROLE_B)]),
             Err(AssociationError::EmptyField {
                 field: "serviceAccount",
                 index: 0,
@@ -627,8 +623,8 @@ mod tests {
         ));
 
         assert!(matches!(
-            store.replace_source("ldap", vec![]),
-            Err(AssociationError::UnknownSource { origin }) if origin == "ldap"
+            store.replace_source(Source::IrsaAnnotation, vec![]),
+            Err(AssociationError::UnknownSource { origin }) if origin == Source::IrsaAnnotation
         ));
 
         assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().role_arn, ROLE_A);

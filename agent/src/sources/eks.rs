@@ -28,11 +28,9 @@ use aws_sdk_eks::operation::list_pod_identity_associations::ListPodIdentityAssoc
 use aws_sdk_eks::types::PodIdentityAssociation as EksAssociation;
 use futures::stream::StreamExt;
 
+use crate::model::Source;
 use crate::model::{Association, AssumeMode};
 use crate::sources::associations::AssociationStore;
-
-/// The `source` name of associations from the EKS API.
-pub const EKS_SOURCE: &str = "eks";
 
 /// Largest page `ListPodIdentityAssociations` accepts.
 const PAGE_SIZE: i32 = 100;
@@ -303,7 +301,7 @@ impl EksSource {
         }
         let applied = set.len();
         self.assocs
-            .replace_source(EKS_SOURCE, set)
+            .replace_source(Source::Eks, set)
             .map_err(|e| EksError::Store(Box::new(e)))?;
         self.status.synced.store(true, Ordering::Release);
         Ok(PollReport {
@@ -374,7 +372,7 @@ pub fn to_association(e: &EksAssociation) -> Option<Association> {
         disable_session_tags: e.disable_session_tags().unwrap_or(false),
         session_duration_secs: None,
         mode: AssumeMode::PodIdentity,
-        source: EKS_SOURCE.to_owned(),
+        source: Source::Eks,
         association_id: e.association_id().map(str::to_owned),
         // EKS sets an external id on target-role associations; the target role's
         // trust policy may require it. The inline session policy narrows what the
@@ -387,7 +385,7 @@ pub fn to_association(e: &EksAssociation) -> Option<Association> {
     };
     // The store's own rules, one association at a time, so one bad entry does not
     // block the rest (the store takes a source's set all or nothing).
-    if let Err(error) = AssociationStore::new().replace_source(EKS_SOURCE, vec![a.clone()]) {
+    if let Err(error) = AssociationStore::new().replace_source(Source::Eks, vec![a.clone()]) {
         tracing::warn!(association_id = id, %error, "invalid EKS association; ignored");
         return None;
     }
@@ -427,7 +425,7 @@ mod tests {
             ),
             ("ns", "sa", role)
         );
-        assert_eq!(a.source, EKS_SOURCE);
+        assert_eq!(a.source, Source::Eks);
         assert_eq!(a.association_id.as_deref(), Some("a-1"));
         assert!(a.target_role_arn.is_none() && !a.disable_session_tags);
 

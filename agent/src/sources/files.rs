@@ -16,8 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::attribution::cgroup::canonical_pod_uid;
 use crate::model::{Association, AssumeMode, PodInfo};
-use crate::sources::associations::{index_source, AssociationError, FILE_SOURCE};
 use crate::sources::pods::{PodError, PodStore};
+use crate::{
+    model::Source,
+    sources::associations::{index_source, AssociationError},
+};
 
 // === pods file ===
 
@@ -178,14 +181,14 @@ pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, Associati
             disable_session_tags: e.disable_session_tags,
             session_duration_secs: e.session_duration_secs,
             mode: e.mode,
-            source: FILE_SOURCE.to_owned(),
+            source: Source::File,
             association_id: None,
             external_id: e.external_id,
             policy: e.policy,
         })
         .collect();
     // Validate here too, so the error names the file.
-    index_source(FILE_SOURCE, assocs.clone()).map_err(|error| AssociationError::InFile {
+    index_source(Source::File, assocs.clone()).map_err(|error| AssociationError::InFile {
         path: path.to_path_buf(),
         error: Box::new(error),
     })?;

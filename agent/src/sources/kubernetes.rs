@@ -55,7 +55,6 @@ use crate::sources::pods::PodStore;
 
 pub use crd::{
     crd_association, crd_associations, PodIdentityAssociation, PodIdentityAssociationSpec,
-    CRD_SOURCE,
 };
 pub use pod_directory::pod_info;
 pub use settings::{connect, ClusterAccess, KubeSettings};

@@ -200,7 +200,7 @@ mod associations_file {
         );
         let assocs = load_associations_file(&path).unwrap();
         assert_eq!(assocs.len(), 3);
-        assert!(assocs.iter().all(|a| a.source == "file"));
+        assert!(assocs.iter().all(|a| a.source == Source::File));
         assert_eq!(assocs[0].mode, AssumeMode::PodIdentity);
         assert_eq!(assocs[0].session_duration_secs, None);
         assert!(!assocs[0].disable_session_tags);
@@ -210,7 +210,7 @@ mod associations_file {
         assert_eq!(assocs[2].mode, AssumeMode::WebIdentity);
 
         let store = AssociationStore::new();
-        store.replace_source(FILE_SOURCE, assocs).unwrap();
+        store.replace_source(Source::File, assocs).unwrap();
         assert_eq!(
             store
                 .resolve(&pod("team-b", "etl"))

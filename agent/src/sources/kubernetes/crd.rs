@@ -14,11 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::relisting::{relisting_watcher, Backoff};
 use super::{KubeStatus, SaKey};
+use crate::model::Source;
 use crate::model::{Association, AssumeMode};
 use crate::sources::associations::AssociationStore;
-
-/// The `source` name of associations from `PodIdentityAssociation` resources.
-pub const CRD_SOURCE: &str = "crd";
 
 /// `PodIdentityAssociation`: give the service account `spec.serviceAccount` in the
 /// resource's namespace the role `spec.roleArn`, as an EKS Pod Identity association
@@ -74,7 +72,7 @@ pub fn crd_association(pia: &PodIdentityAssociation) -> Option<Association> {
         disable_session_tags: pia.spec.disable_session_tags,
         session_duration_secs: pia.spec.session_duration_secs,
         mode: AssumeMode::PodIdentity,
-        source: CRD_SOURCE.to_owned(),
+        source: Source::Crd,
         association_id: None,
         external_id: pia.spec.external_id.clone().filter(|x| !x.is_empty()),
         policy: pia.spec.policy.clone().filter(|p| !p.trim().is_empty()),
@@ -99,7 +97,7 @@ pub fn crd_associations<'a>(
         };
         // The store's own validation, on a scratch store: the same rules as every
         // other source, naming this resource when it fails.
-        if let Err(error) = AssociationStore::new().replace_source(CRD_SOURCE, vec![assoc.clone()])
+        if let Err(error) = AssociationStore::new().replace_source(Source::Crd, vec![assoc.clone()])
         {
             tracing::warn!(resource = %name, %error, "invalid PodIdentityAssociation; ignored");
             continue;
@@ -184,7 +182,7 @@ pub(super) async fn run_crd(
         }
         let set = crd_associations(current.values());
         let count = set.len();
-        match assocs.replace_source(CRD_SOURCE, set) {
+        match assocs.replace_source(Source::Crd, set) {
             Ok(()) => {
                 tracing::info!(associations = count, "PodIdentityAssociations applied");
                 status.inner.associations.store(true, Ordering::Release);
@@ -253,10 +251,10 @@ mod tests {
             [("ns", "sa", ROLE_A), ("other-ns", "sa", ROLE_B)],
             "oldest wins, invalid ones are dropped"
         );
-        assert!(got.iter().all(|a| a.source == CRD_SOURCE));
+        assert!(got.iter().all(|a| a.source == Source::Crd));
         // and the result is accepted by the store as one set
         AssociationStore::new()
-            .replace_source(CRD_SOURCE, got)
+            .replace_source(Source::Crd, got)
             .unwrap();
     }
 
