@@ -31,3 +31,6 @@ pub mod metrics;
 pub mod app;
 pub mod cli;
 pub mod config;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,36 +1,13 @@
 //! Privileged tests of the kernel audit log and kernel enforcement, on the simulated
 //! node with the real eBPF programs, moto STS and the real agent binary.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
+use pod_identity_agent::testing::json_lines;
 use serde_json::Value;
-
-fn audit_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l}"))
-        })
-        .collect()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::*;
 
 #[test]
 fn every_connect_is_audited_with_the_real_process_and_no_secret_is_logged() {
@@ -59,23 +36,12 @@ fn every_connect_is_audited_with_the_real_process_and_no_secret_is_logged() {
         pids_c.push(pid);
     }
     // A direct connection (no kernel record) and a connect that sends no request.
-    let (_, rec) = client1(
-        &s.node,
-        1,
-        &[
-            "--addr",
-            "169.254.199.1",
-            "--port",
-            "2710",
-            "--host",
-            "169.254.170.23",
-        ],
-    );
+    let (_, rec) = client1(&s.node, 1, &DIRECT_TO_AGENT);
     assert_eq!(rec["status"], 403);
     let (silent_pid, _) = client1(&s.node, 1, &["--no-http"]);
 
     let lines = wait_for("audit lines", Duration::from_secs(10), || {
-        let l = audit_lines(&audit);
+        let l = json_lines(&audit);
         (l.iter()
             .filter(|v| {
                 v["event"]["action"] != "connect-without-request"
@@ -203,7 +169,7 @@ fn enforce_mode_refuses_in_the_kernel_with_eperm() {
 
     // The kernel's refusals are in the audit log with the real process.
     let lines = wait_for("denied audit lines", Duration::from_secs(10), || {
-        let l = audit_lines(&audit);
+        let l = json_lines(&audit);
         (l.iter()
             .filter(|v| v["event"]["action"] == "connect-denied")
             .count()
@@ -268,7 +234,7 @@ fn ten_thousand_connects_lose_no_event_or_count_every_loss() {
     eprintln!("10,000 connects: {events} events delivered, {lost} lost (counted)");
     // Every delivered event ends up in the audit log (as connect-without-request).
     let lines = wait_for("audit lines", Duration::from_secs(30), || {
-        let n = audit_lines(&audit).len() as u64;
+        let n = json_lines(&audit).len() as u64;
         (n >= events).then_some(n)
     });
     assert_eq!(lines, events);

@@ -5,12 +5,12 @@
 //! The pod directory is the agent's file source (there is no API server here);
 //! tokens are unsigned JWTs shaped like the kubelet's projected tokens.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 fn assumed(role: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/")

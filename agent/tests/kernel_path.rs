@@ -3,9 +3,9 @@
 //! real agent binary. Run as root by `cargo xtask test`; they fail, never skip,
 //! without root.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 use testnode::Node;
 
 /// Assert `rec` was answered 200 by the agent with the kernel's view of `pid` in `pod`.
@@ -122,18 +122,7 @@ fn direct_connection_to_the_agent_port_is_refused() {
     let h = node.add_pod("host-net", UIDS[1], true);
     start_agent(&mut node, &[]);
     for pod in [a, h] {
-        let (_, rec) = client1(
-            &node,
-            pod,
-            &[
-                "--addr",
-                "169.254.199.1",
-                "--port",
-                "2710",
-                "--host",
-                "169.254.170.23",
-            ],
-        );
+        let (_, rec) = client1(&node, pod, &DIRECT_TO_AGENT);
         assert_eq!(rec["status"], 403, "{rec}");
         assert!(
             rec["body"]

@@ -20,6 +20,7 @@ use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, Creden
 use pod_identity_agent::credentials::sts::{StsError, StsFetcher, StsSettings};
 use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
+use pod_identity_agent::testing::{self, write_projected_token};
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";
@@ -156,23 +157,16 @@ fn settings(moto: &Moto, token_dir: &Path) -> StsSettings {
     }
 }
 
+/// Pod `team-a/web-7d4b9c8f6-x2x9z` (service account `web`).
 fn pod() -> PodInfo {
-    PodInfo {
-        uid: "2c48913c-b29f-11e7-9350-020968147796".into(),
-        namespace: "team-a".into(),
-        name: "web-7d4b9c8f6-x2x9z".into(),
-        service_account: "web".into(),
-        ..Default::default()
-    }
+    testing::pod("team-a", "web-7d4b9c8f6-x2x9z", "web")
 }
 
+/// The association of `pod()`'s service account with `role`.
 fn assoc(role: &str) -> Association {
     Association {
-        namespace: "team-a".into(),
-        service_account: "web".into(),
-        role_arn: role.into(),
         source: Source::File,
-        ..Default::default()
+        ..testing::association("team-a", "web", role)
     }
 }
 
@@ -289,27 +283,18 @@ async fn disabled_session_tags_still_assume() {
     assert_lifetime(&creds, Duration::from_secs(7200));
 }
 
-fn write_token(root: &Path, uid: &str, volume: &str, token: &str) {
-    let dir = root
-        .join(uid)
-        .join("volumes/kubernetes.io~projected")
-        .join(volume);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("token"), token).unwrap();
-}
-
 #[tokio::test]
 async fn web_identity_uses_the_pods_projected_token_without_agent_credentials() {
     let moto = Moto::start();
     let tmp = tempfile::tempdir().unwrap();
     let p = pod();
-    write_token(
+    write_projected_token(
         tmp.path(),
         &p.uid,
         "kube-api-access-8x7kq",
         "api-server-token",
     );
-    write_token(
+    write_projected_token(
         tmp.path(),
         &p.uid,
         "aws-iam-token",

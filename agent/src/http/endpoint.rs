@@ -402,8 +402,8 @@ mod tests {
             .unwrap()
             .as_secs()
             + 3600;
-        let mine = token::fake_pod_token("ns", "app", "web", UID, exp);
-        let theirs = token::fake_pod_token(
+        let mine = crate::testing::fake_pod_token("ns", "app", "web", UID, exp);
+        let theirs = crate::testing::fake_pod_token(
             "ns",
             "app",
             "db",

@@ -117,41 +117,10 @@ pub fn cross_check(
     }
 }
 
-/// Build an unsigned token with pod claims, as the kubelet's projected tokens
-/// look (for tests and the demo; signature is a placeholder).
-pub fn fake_pod_token(
-    namespace: &str,
-    sa: &str,
-    pod_name: &str,
-    pod_uid: &str,
-    exp: u64,
-) -> String {
-    let enc = |v: &serde_json::Value| {
-        aws_smithy_types::base64::encode(v.to_string())
-            .trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    };
-    let header = serde_json::json!({"alg": "RS256", "kid": "test"});
-    let payload = serde_json::json!({
-        "aud": ["pods.eks.amazonaws.com"],
-        "exp": exp,
-        "iat": exp.saturating_sub(86400),
-        "iss": "https://kubernetes.default.svc",
-        "kubernetes.io": {
-            "namespace": namespace,
-            "pod": {"name": pod_name, "uid": pod_uid},
-            "serviceaccount": {"name": sa, "uid": "00000000-0000-0000-0000-000000000000"}
-        },
-        "nbf": exp.saturating_sub(86400),
-        "sub": format!("system:serviceaccount:{namespace}:{sa}")
-    });
-    format!("{}.{}.c2lnbmF0dXJl", enc(&header), enc(&payload))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::fake_pod_token;
     use std::time::Duration;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";

@@ -1,11 +1,90 @@
-//! Shared set-up of the privileged tests: a simulated node running the real agent
-//! binary with the real eBPF programs attached to the node's test cgroup subtree.
+//! What the integration tests share (each test file says `mod support;`).
+//!
+//! * This module: the privileged tests' set-up, a simulated node (`testnode`)
+//!   running the real agent binary with the real eBPF programs attached to the
+//!   node's test cgroup subtree; clients in its pods; the credentials scenario
+//!   with moto's STS; and the waits every test uses.
+//! * [`kube_api`]: a **stand-in** for the Kubernetes API server (in-process, on
+//!   loopback), for `kube_standin.rs`.
+//! * [`eks_api`]: a **stand-in** for the EKS API (in-process, on loopback), for
+//!   `eks_standin.rs`.
+//!
+//! Fakes of the agent's own parts (STS behind `Fetch`, pod and association
+//! builders, pod tokens) are in `pod_identity_agent::testing`, shared with the unit
+//! tests.
 #![allow(dead_code)]
 
+pub mod eks_api;
+pub mod kube_api;
+
+use std::convert::Infallible;
+use std::future::Future;
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+pub use pod_identity_agent::testing::write_json;
+use pod_identity_agent::testing::{fake_pod_token, write_projected_token};
+use serde_json::{json, Value};
 use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
+
+// === waiting ===
+
+/// Wait (up to 10 s) until `cond` holds; fail the test naming `what` otherwise.
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        pod_identity_agent::testing::eventually(Duration::from_secs(10), cond).await,
+        "timed out waiting for: {what}"
+    );
+}
+
+/// Poll `f` (every 200 ms, blocking: the node tests are synchronous) until it
+/// returns a value; fail the test naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// === loopback HTTP, for the stand-ins ===
+
+/// Serve HTTP/1 on `listener` (bound by the stand-in, which needs its address
+/// first), every request answered by `handle`, until the test's runtime ends.
+pub fn serve<H, F, B>(listener: tokio::net::TcpListener, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+// === the simulated node ===
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_pod-identity-agent");
 pub const AGENT_PORT: u16 = 2710;
@@ -71,6 +150,17 @@ pub fn client(node: &Node, i: usize, args: &[&str]) -> (u32, Vec<Value>) {
     (pid, recs)
 }
 
+/// Client arguments for a connection straight to the agent's port, not through
+/// the redirect: the kernel has no record of it.
+pub const DIRECT_TO_AGENT: [&str; 6] = [
+    "--addr",
+    "169.254.199.1",
+    "--port",
+    "2710",
+    "--host",
+    "169.254.170.23",
+];
+
 /// The single record of a one-connection client run.
 pub fn client1(node: &Node, i: usize, args: &[&str]) -> (u32, Value) {
     let (pid, mut recs) = client(node, i, args);
@@ -114,13 +204,6 @@ pub fn pod_json(node: &Node, i: usize, namespace: &str, sa: &str, annotations: V
         "uid": p.uid, "namespace": namespace, "name": p.name, "serviceAccount": sa,
         "serviceAccountAnnotations": annotations, "hostNetwork": p.netns.is_none()
     })
-}
-
-pub fn write_json(path: &std::path::Path, v: &Value) {
-    // Write-then-rename so the agent's poller never sees half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Which client runs in the pod.
@@ -225,9 +308,6 @@ pub fn metric(text: &str, name: &str) -> u64 {
 
 // === the credentials scenario ===
 
-use pod_identity_agent::http::token::fake_pod_token;
-use serde_json::json;
-
 pub const PROBE: &str = "127.0.0.1:2711";
 
 pub struct Scenario {
@@ -273,12 +353,12 @@ impl Scenario {
             tokens.push(t);
         }
         // IRSA: the projected token where the kubelet puts it.
-        let irsa = dir.path().join(format!(
-            "kubelet/{}/volumes/kubernetes.io~projected/aws-iam-token",
-            UIDS[4]
-        ));
-        std::fs::create_dir_all(&irsa).unwrap();
-        std::fs::write(irsa.join("token"), "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln").unwrap();
+        write_projected_token(
+            &dir.path().join("kubelet"),
+            UIDS[4],
+            "aws-iam-token",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln",
+        );
         write_json(&dir.path().join("pods.json"), &json!({"pods": pods}));
         write_json(
             &dir.path().join("associations.json"),

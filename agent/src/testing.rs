@@ -1,0 +1,299 @@
+//! What the tests share: fake upstreams (STS behind [`Fetch`]), pod and association
+//! builders, [`eventually`], unsigned pod tokens and the files the kubelet and the
+//! file sources read.
+//!
+//! Compiled for the unit tests (`cfg(test)`) and, with the `testing` feature, for
+//! the integration tests (`agent/tests/` get the feature through the crate's
+//! dev-dependency on itself). Not part of a plain `cargo build`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::credentials::{Credentials, Fetch, Secret, StsError};
+use crate::model::{Association, PodInfo};
+
+/// The pod UID the builders use (a real UUID shape).
+pub const POD_UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+
+/// The account of the fakes' credentials.
+pub const FAKE_ACCOUNT: &str = "111122223333";
+
+// === pods and associations ===
+
+/// Pod `namespace/name` running as `service_account`, with UID [`POD_UID`];
+/// change the rest with struct update syntax (`PodInfo { uid, ..pod(…) }`).
+pub fn pod(namespace: &str, name: &str, service_account: &str) -> PodInfo {
+    PodInfo {
+        uid: POD_UID.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        service_account: service_account.to_owned(),
+        ..PodInfo::default()
+    }
+}
+
+/// `pod` whose service account carries the IRSA role annotation.
+pub fn with_irsa_role(mut pod: PodInfo, role_arn: &str) -> PodInfo {
+    pod.service_account_annotations.insert(
+        crate::model::IRSA_ROLE_ANNOTATION.to_owned(),
+        role_arn.to_owned(),
+    );
+    pod
+}
+
+/// Pod Identity association of `namespace/service_account` with `role_arn`, no
+/// source; change the rest with struct update syntax.
+pub fn association(namespace: &str, service_account: &str, role_arn: &str) -> Association {
+    Association {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        role_arn: role_arn.to_owned(),
+        ..Association::default()
+    }
+}
+
+/// The pod's cgroup directory below a cgroupfs `root` (the kubelet's systemd
+/// driver, BestEffort QoS): a temp tree with it stands in for cgroupfs.
+pub fn pod_cgroup_dir(root: &Path, uid: &str) -> PathBuf {
+    root.join(format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    ))
+}
+
+// === fake upstreams ===
+
+/// `arn:aws:sts::<account>:assumed-role/<role>/<session>` for a role ARN.
+pub fn assumed_role_arn(role_arn: &str, session: &str) -> String {
+    format!(
+        "{}/{session}",
+        role_arn
+            .replace(":iam::", ":sts::")
+            .replace(":role/", ":assumed-role/")
+    )
+}
+
+/// What [`FakeSts`] issues: key `ASIAFAKE`, secret `secret`, token `token`, 6 h
+/// left, account [`FAKE_ACCOUNT`], the effective role assumed with the pod's name
+/// as the session name.
+pub fn fake_credentials(pod: &PodInfo, assoc: &Association) -> Credentials {
+    Credentials {
+        access_key_id: "ASIAFAKE".into(),
+        secret_access_key: Secret::new("secret"),
+        session_token: Secret::new("token"),
+        expiration: SystemTime::now() + Duration::from_secs(6 * 3600),
+        account_id: Some(FAKE_ACCOUNT.into()),
+        assumed_role_arn: assumed_role_arn(assoc.effective_role_arn(), &pod.name),
+    }
+}
+
+/// An STS that always answers, with [`fake_credentials`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FakeSts;
+
+impl Fetch for FakeSts {
+    async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
+        Ok(fake_credentials(pod, assoc))
+    }
+}
+
+/// [`FakeSts`] that counts its calls; clones share the count.
+#[derive(Clone, Debug, Default)]
+pub struct CountingSts(Arc<AtomicUsize>);
+
+impl CountingSts {
+    /// Calls so far.
+    pub fn calls(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Fetch for CountingSts {
+    async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(fake_credentials(pod, assoc))
+    }
+}
+
+/// An STS that always fails with the error `make` builds; counts its calls,
+/// clones share the count.
+#[derive(Clone, Debug)]
+pub struct FailingSts {
+    make: fn() -> StsError,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FailingSts {
+    pub fn new(make: fn() -> StsError) -> Self {
+        Self {
+            make,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Calls so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Fetch for FailingSts {
+    async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err((self.make)())
+    }
+}
+
+/// STS throttling the agent (`Throttling`, sent with a 400; retryable).
+pub fn throttled() -> StsError {
+    StsError::Service {
+        code: "Throttling".into(),
+        message: "Rate exceeded".into(),
+        request_id: Some("r-1".into()),
+        status: 400,
+    }
+}
+
+/// The role's trust policy does not let the agent in (`AccessDenied`, 403; final).
+pub fn access_denied() -> StsError {
+    StsError::Service {
+        code: "AccessDenied".into(),
+        message: "not authorized to perform sts:AssumeRole".into(),
+        request_id: Some("r-2".into()),
+        status: 403,
+    }
+}
+
+// === waiting ===
+
+/// Polls `cond` every 10 ms until it holds (`true`) or `timeout` has passed
+/// (`false`). Assert the result, or what the condition was about afterwards.
+#[must_use = "eventually does not fail by itself: assert its result or the condition"]
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// === files ===
+
+/// An unsigned token with pod claims, shaped like the kubelet's projected
+/// service account tokens (the signature is a placeholder).
+pub fn fake_pod_token(
+    namespace: &str,
+    sa: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    exp: u64,
+) -> String {
+    let enc = |v: &serde_json::Value| {
+        aws_smithy_types::base64::encode(v.to_string())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    let header = serde_json::json!({"alg": "RS256", "kid": "test"});
+    let payload = serde_json::json!({
+        "aud": ["pods.eks.amazonaws.com"],
+        "exp": exp,
+        "iat": exp.saturating_sub(86400),
+        "iss": "https://kubernetes.default.svc",
+        "kubernetes.io": {
+            "namespace": namespace,
+            "pod": {"name": pod_name, "uid": pod_uid},
+            "serviceaccount": {"name": sa, "uid": "00000000-0000-0000-0000-000000000000"}
+        },
+        "nbf": exp.saturating_sub(86400),
+        "sub": format!("system:serviceaccount:{namespace}:{sa}")
+    });
+    format!("{}.{}.c2lnbmF0dXJl", enc(&header), enc(&payload))
+}
+
+/// A projected service account token where the kubelet puts it:
+/// `<kubelet_pods>/<uid>/volumes/kubernetes.io~projected/<volume>/token`.
+pub fn write_projected_token(kubelet_pods: &Path, uid: &str, volume: &str, token: &str) {
+    let dir = kubelet_pods
+        .join(uid)
+        .join("volumes/kubernetes.io~projected")
+        .join(volume);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), token).unwrap();
+}
+
+/// Write `v` to `path` (pretty JSON) through a rename, so a watching source never
+/// sees half a file.
+pub fn write_json(path: &Path, v: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The JSON lines of a file (the audit log); none while it does not exist.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: line not JSON ({e}): {l}", path.display()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fakes_answer_as_documented() {
+        let p = pod("ns", "web", "app");
+        let a = association("ns", "app", "arn:aws:iam::111122223333:role/app");
+        let c = FakeSts.fetch(&p, &a).await.unwrap();
+        assert_eq!(
+            c.assumed_role_arn,
+            "arn:aws:sts::111122223333:assumed-role/app/web"
+        );
+        assert_eq!(c.account_id.as_deref(), Some(FAKE_ACCOUNT));
+
+        let counting = CountingSts::default();
+        counting.clone().fetch(&p, &a).await.unwrap();
+        counting.fetch(&p, &a).await.unwrap();
+        assert_eq!(counting.calls(), 2);
+
+        let failing = FailingSts::new(access_denied);
+        let e = failing.fetch(&p, &a).await.unwrap_err();
+        assert!(
+            matches!(&e, StsError::Service { code, status: 403, .. } if code == "AccessDenied"),
+            "{e}"
+        );
+        assert!(!e.is_retryable(), "{e}");
+        assert!(FailingSts::new(throttled)
+            .fetch(&p, &a)
+            .await
+            .unwrap_err()
+            .is_retryable());
+        assert_eq!(failing.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn eventually_reports_whether_the_condition_held() {
+        let mut n = 0;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                n += 1;
+                n == 3
+            })
+            .await
+        );
+        assert!(!eventually(Duration::from_millis(30), || false).await);
+    }
+}
