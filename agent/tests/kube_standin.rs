@@ -164,7 +164,12 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
     );
 
     // Every pod request was a read carrying the node's field selector; SA
-    // requests had none.
+    // requests had none. The watch opens after the list that marks the store
+    // synced: wait for it.
+    eventually("a pod watch was opened", || {
+        api.requests(Res::Pods).iter().any(|r| r.is_watch())
+    })
+    .await;
     let pod_requests = api.requests(Res::Pods);
     assert!(pod_requests.iter().all(|r| r.method == Method::GET));
     assert!(
