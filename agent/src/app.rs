@@ -163,7 +163,7 @@ impl Agent {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
-                _ = self.handed_over.wait_for(|h| *h), if serving => {
+                _ = became_true(&mut self.handed_over), if serving => {
                     // Connections already accepted finish on their own tasks.
                     self.tasks.set.abort_all();
                     serving = false;
@@ -175,6 +175,14 @@ impl Agent {
         }
         tracing::info!("shutting down");
         Ok(())
+    }
+}
+
+/// Resolves once `rx` is true; never if its sender is gone first (no handover
+/// server: nothing will ever be handed over).
+async fn became_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -274,20 +282,6 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     }
     let is_ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_checks.iter().all(|c| c()));
-    let (ready_tx, ready) = watch::channel(false);
-    {
-        // The readiness signal: fires once; the startup-taint gate opens with it.
-        let is_ready = is_ready.clone();
-        tokio::spawn(async move {
-            while !is_ready() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            tracing::info!("pod-identity-agent ready");
-            let _ = gate_tx.send(true);
-            let _ = ready_tx.send(true);
-        });
-    }
-
     let fetcher = StsFetcher::new(cfg.sts.clone()).await;
     let cache = CredentialCache::new(fetcher, cfg.cache.clone());
     let resolver = Resolver {
@@ -370,9 +364,21 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         };
         probe_tasks.spawn(
             "probe listener",
-            probes::serve_probes(l, is_ready, Arc::new(move || render.render())),
+            probes::serve_probes(l, is_ready.clone(), Arc::new(move || render.render())),
         );
     }
+
+    // The readiness signal, once everything above serves: fires once when the
+    // sources have synced; the startup-taint gate opens with it.
+    let (ready_tx, ready) = watch::channel(false);
+    tokio::spawn(async move {
+        while !is_ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!("pod-identity-agent ready");
+        let _ = gate_tx.send(true);
+        let _ = ready_tx.send(true);
+    });
 
     Ok(Agent {
         tasks,

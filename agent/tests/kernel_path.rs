@@ -48,13 +48,41 @@ fn same_source_port_in_two_pods_does_not_collide() {
     let a = node.add_pod("pod-a", UIDS[0], false);
     let b = node.add_pod("pod-b", UIDS[1], false);
     start_agent(&mut node, &[]);
-    for _ in 0..3 {
-        let (pa, ra) = client1(&node, a, &["--bind-port", "40000"]);
-        let (pb, rb) = client1(&node, b, &["--bind-port", "40000"]);
-        assert_eq!(ra["sock"][1], 40000);
-        assert_eq!(rb["sock"][1], 40000);
-        assert_attributed(&node, a, pa, &ra);
-        assert_attributed(&node, b, pb, &rb);
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        // Both connections from the same source port are open at once (two
+        // kernel records alive together) before either sends its request.
+        let go = dir.path().join(format!("go-{round}"));
+        let clients: Vec<_> = [a, b]
+            .iter()
+            .map(|&pod| {
+                let connected = dir.path().join(format!("connected-{round}-{pod}"));
+                let mut c = node.pod_command(pod, "python3");
+                c.arg(testnode::CLIENT_PY)
+                    .args(["--bind-port", "40000", "--connected-file"])
+                    .arg(&connected)
+                    .arg("--send-after")
+                    .arg(&go)
+                    .stdout(std::process::Stdio::piped());
+                (pod, connected, c.spawn().expect("spawn client"))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !clients.iter().all(|(_, c, _)| c.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clients did not connect"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::fs::write(&go, "").unwrap();
+        for (pod, _, child) in clients {
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(rec["sock"][1], 40000, "{rec}");
+            assert_attributed(&node, pod, pid, &rec);
+        }
     }
 }
 
@@ -227,6 +255,17 @@ fn the_redirect_survives_an_agent_restart() {
 
     assert_eq!(try_bind(&node, h, "169.254.199.1", 2710), "EPERM");
     assert_eq!(try_bind(&node, h, "0.0.0.0", 2710), "EPERM");
+    // IPv6 sockets that would accept the redirected IPv4 connections too: the
+    // IPv4-mapped wildcard (v6only off accepts IPv4 on every local address) and
+    // the IPv6 wildcard, dual-stack or not.
+    assert_eq!(try_bind6(&node, h, "::ffff:0.0.0.0", 2710, false), "EPERM");
+    assert_eq!(try_bind6(&node, h, "::", 2710, false), "EPERM");
+    assert_eq!(try_bind6(&node, h, "::", 2710, true), "EPERM");
+    assert_eq!(
+        try_bind6(&node, h, "::ffff:169.254.199.1", 2710, false),
+        "EPERM"
+    );
+    assert_eq!(try_bind6(&node, h, "::1", 2710, true), "bound");
     assert_eq!(try_bind(&node, h, "127.0.0.1", 2710), "bound");
     assert_eq!(try_bind(&node, h, "169.254.199.1", 2711), "bound");
     // A pod in its own network namespace may use the port: redirected traffic can
@@ -296,6 +335,18 @@ fn node_cgroup_root(node: &Node) -> std::path::PathBuf {
     node.cgroup_root.path().to_path_buf()
 }
 
+fn try_bind6(node: &Node, pod: usize, addr: &str, port: u16, v6only: bool) -> String {
+    let mut c = node.pod_command(pod, "python3");
+    let v6only = u8::from(v6only);
+    c.args([
+        "-c",
+        &format!("import socket,errno\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, {v6only})\ntry:\n s.bind(('{addr}', {port})); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])"),
+    ]);
+    String::from_utf8_lossy(&c.output().unwrap().stdout)
+        .trim()
+        .to_owned()
+}
+
 fn try_bind(node: &Node, pod: usize, addr: &str, port: u16) -> String {
     let mut c = node.pod_command(pod, "python3");
     c.args([
@@ -305,4 +356,171 @@ fn try_bind(node: &Node, pod: usize, addr: &str, port: u16) -> String {
     String::from_utf8_lossy(&c.output().unwrap().stdout)
         .trim()
         .to_owned()
+}
+
+/// Pids whose requests an agent's access log shows it answered with `status`.
+fn served_pids(log: &str, status: u16) -> std::collections::BTreeSet<u32> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(" access ") && l.contains(&format!("status={status} ")))
+        .filter_map(|l| {
+            let rest = l.split(" pid=").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A second agent started against the same pins (a rolling update with
+/// `maxSurge`, a manual second run) takes the listening sockets over from the
+/// serving one: pods' requests get 200 before, during and after, and once the
+/// first agent is gone.
+#[test]
+fn a_second_agent_takes_over_without_refusing_a_pod() {
+    let mut node = Node::new();
+    let a = node.add_pod("pod-a", UIDS[0], false);
+    let bpffs = testnode::BpfFs::mount();
+    let pins = bpffs.path().join("pod-identity-agent");
+    let pins_s = pins.to_str().unwrap().to_owned();
+    let root = node_cgroup_root(&node);
+    let agent_cgroup =
+        |n: u32| testnode::Cgroup::create(root.join(format!("system.slice/agent-{n}.scope")));
+    let ready = std::time::Duration::from_secs(20);
+    // No per-caller rate limit: the load is one pod asking as fast as it can.
+    let unlimited = ["--bpffs-dir", &pins_s, "--max-rps-per-caller", "0"];
+    let cg1 = agent_cgroup(1);
+    let agent1 = node.spawn_until(
+        testnode::in_cgroup(cg1.path(), &agent_command(&node, &unlimited)),
+        "pod-identity-agent ready",
+        ready,
+    );
+
+    // Steady load from the pod: a new connection per request, as SDKs do.
+    let load = |node: &Node, count: &str| {
+        let mut c = node.pod_command(a, "python3");
+        c.arg(testnode::CLIENT_PY)
+            .args(["--count", count, "--timeout", "2"])
+            .stdout(std::process::Stdio::piped());
+        c.spawn().expect("spawn load")
+    };
+    let first = load(&node, "1500");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let cg2 = agent_cgroup(2);
+    let agent2 = node.spawn_until(
+        testnode::in_cgroup(cg2.path(), &agent_command(&node, &unlimited)),
+        "pod-identity-agent ready",
+        ready,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = load(&node, "500");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The first agent goes away (its pod is deleted after the new one is ready).
+    node.kill(agent1);
+
+    let mut total = 0;
+    let (first_pid, second_pid) = (first.id(), second.id());
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                rec["status"], 200,
+                "a request failed during the handover: {rec}"
+            );
+            total += 1;
+        }
+    }
+    assert_eq!(total, 2000);
+    // The first load overlapped the handover: both agents answered it.
+    let (log1, log2) = (node.output_of(agent1), node.output_of(agent2));
+    assert!(
+        log1.contains("handed to the next agent"),
+        "agent 1 did not hand over:\n{log1}"
+    );
+    assert!(
+        log2.contains("took the listening sockets over"),
+        "agent 2 did not take over:\n{log2}"
+    );
+    assert!(served_pids(&log1, 200).contains(&first_pid));
+    assert!(served_pids(&log2, 200).contains(&first_pid));
+    assert!(served_pids(&log2, 200).contains(&second_pid));
+    assert!(
+        !served_pids(&log1, 200).contains(&second_pid),
+        "the old agent kept accepting after the handover"
+    );
+    drop(node);
+    drop((cg1, cg2));
+    drop(bpffs);
+}
+
+/// A map pinned by another build with a different layout (here: CONFIG with a
+/// smaller value) is not re-adopted: the agent replaces it and serves.
+#[test]
+fn an_incompatible_pinned_map_is_replaced() {
+    let mut node = Node::new();
+    let a = node.add_pod("pod-a", UIDS[0], false);
+    let bpffs = testnode::BpfFs::mount();
+    let pins = bpffs.path().join("pod-identity-agent");
+    std::fs::create_dir_all(&pins).unwrap();
+    let config = pins.join("map_CONFIG");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&config)
+        .args([
+            "type", "array", "key", "4", "value", "8", "entries", "1", "name", "CONFIG",
+        ])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value_size = |pin: &std::path::Path| -> u64 {
+        let out = std::process::Command::new("bpftool")
+            .args(["--json", "map", "show", "pinned"])
+            .arg(pin)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["bytes_value"].as_u64().unwrap()
+    };
+    assert_eq!(value_size(&config), 8);
+
+    let root = node_cgroup_root(&node);
+    let cg = testnode::Cgroup::create(root.join("system.slice/agent.scope"));
+    let pins_s = pins.to_str().unwrap().to_owned();
+    let agent = node.spawn_until(
+        testnode::in_cgroup(cg.path(), &agent_command(&node, &["--bpffs-dir", &pins_s])),
+        "pod-identity-agent ready",
+        std::time::Duration::from_secs(20),
+    );
+    assert!(node
+        .output_of(agent)
+        .contains("pinned map does not fit this build"));
+    assert_eq!(
+        value_size(&config) as usize,
+        std::mem::size_of::<agent_ebpf::Config>()
+    );
+    let (pid, rec) = client1(&node, a, &[]);
+    assert_attributed(&node, a, pid, &rec);
+    drop(node);
+    drop(cg);
+    drop(bpffs);
 }

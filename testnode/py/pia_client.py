@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 
 def one(args):
@@ -32,6 +33,17 @@ def one(args):
             return rec
         rec["peer"] = list(s.getpeername()[:2])
         rec["sock"] = list(s.getsockname()[:2])
+        if args.connected_file:
+            # Tell the test this connection is open, then wait for its go.
+            open(args.connected_file, "w").close()
+        if args.send_after:
+            for _ in range(int(args.timeout * 100)):
+                if os.path.exists(args.send_after):
+                    break
+                time.sleep(0.01)
+            else:
+                rec["errno"] = "ETIMEDOUT waiting for " + args.send_after
+                return rec
         if args.no_http:
             return rec
         req = (
@@ -72,6 +84,8 @@ def main():
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--no-http", action="store_true")
+    p.add_argument("--connected-file", default=None, help="create this file once connected")
+    p.add_argument("--send-after", default=None, help="send the request only once this file exists")
     args = p.parse_args()
     if args.host is None:
         args.host = f"[{args.addr}]" if ":" in args.addr else args.addr
