@@ -340,7 +340,7 @@ fn try_bind6(node: &Node, pod: usize, addr: &str, port: u16, v6only: bool) -> St
     let v6only = u8::from(v6only);
     c.args([
         "-c",
-        &format!("import socket,errno\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, {v6only})\ntry:\n s.bind(('{addr}', {port})); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])"),
+        &format!("import socket,errno\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, {v6only})\ntry:\n s.bind(('{addr}', {port})); print('bound')\nexcept OSError as e: print(errno.errorcode[e.errno])"),
     ]);
     String::from_utf8_lossy(&c.output().unwrap().stdout)
         .trim()
