@@ -239,8 +239,10 @@ pub fn write_json(path: &Path, v: &serde_json::Value) {
 
 /// The JSON lines of a file (the audit log); none while it does not exist.
 pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A writer may be mid-line: only complete (newline-terminated) lines count.
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
         .lines()
         .map(|l| {
             serde_json::from_str(l)
