@@ -34,28 +34,49 @@ pub trait AccessSink: Send + Sync + 'static {
     fn record(&self, access: &Access);
 }
 
-/// Logs accesses with `tracing` (never credentials: only the key id).
+/// Logs accesses with `tracing` (never credentials: only the key id). Echoed
+/// fields are capped as in the audit log; refusals of connections without a
+/// kernel record (anyone on the node's network can cause them) are logged at
+/// `debug`: the audit log has them, flood-controlled.
 pub struct TracingSink;
 
 impl AccessSink for TracingSink {
     fn record(&self, a: &Access) {
+        use super::flood::{cap_string, MAX_FIELD_BYTES};
+        let capped = |s: &str| {
+            let mut s = s.to_owned();
+            cap_string(&mut s, MAX_FIELD_BYTES);
+            s
+        };
         let pod = a
             .pod
             .as_ref()
-            .map(|p| format!("{}/{}", p.namespace, p.name));
-        tracing::info!(
-            status = a.status,
-            path = %a.path,
-            pid = a.caller.as_ref().map(|c| c.pid),
-            comm = a.caller.as_ref().map(|c| c.comm.as_str()),
-            cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
-            pod = pod.as_deref(),
-            role = a.association.as_ref().map(|s| s.effective_role_arn()),
-            access_key_id = a.access_key_id.as_deref(),
-            cache = a.cache.map(|c| c.as_str()),
-            reason = a.reason.as_deref(),
-            latency_us = a.latency.as_micros() as u64,
-            "access"
-        );
+            .map(|p| capped(&format!("{}/{}", p.namespace, p.name)));
+        let path = capped(&a.path);
+        let comm = a.caller.as_ref().map(|c| capped(&c.comm));
+        let reason = a.reason.as_deref().map(capped);
+        macro_rules! access {
+            ($level:ident) => {
+                tracing::$level!(
+                    status = a.status,
+                    path = %path,
+                    pid = a.caller.as_ref().map(|c| c.pid),
+                    comm = comm.as_deref(),
+                    cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
+                    pod = pod.as_deref(),
+                    role = a.association.as_ref().map(|s| s.effective_role_arn()),
+                    access_key_id = a.access_key_id.as_deref(),
+                    cache = a.cache.map(|c| c.as_str()),
+                    reason = reason.as_deref(),
+                    latency_us = a.latency.as_micros() as u64,
+                    "access"
+                )
+            };
+        }
+        if a.caller.is_none() {
+            access!(debug);
+        } else {
+            access!(info);
+        }
     }
 }

@@ -10,7 +10,12 @@
 //! cookie). A kernel `denied` event, or a redirected connect that never sent a
 //! request within [`JOIN_WINDOW`], is written on its own. Requests on connections
 //! without a kernel record (`Unattributed`) are written from the endpoint side.
-//! Nothing is dropped silently: a full queue is counted and reported.
+//!
+//! What callers can make it write is bounded ([`super::flood`]): string fields
+//! are capped, and records other than `credentials-served` are written the first
+//! few times per source and interval, then counted into one `records-summarised`
+//! record. The writer queue is bounded in lines and in bytes. Nothing is dropped
+//! silently: a full queue is counted and reported.
 
 use std::{
     collections::HashMap,
@@ -24,6 +29,10 @@ use std::{
 use agent_ebpf::{action, Identity};
 use serde_json::{json, Value};
 
+use super::flood::{
+    cap_string, cap_strings, FloodControl, Source, Summary, MAX_FIELD_BYTES, MAX_METHOD_BYTES,
+    SUMMARY_INTERVAL,
+};
 use super::writer::{Target, Writer};
 use crate::{
     attribution::Caller,
@@ -38,6 +47,12 @@ pub const JOIN_WINDOW: Duration = Duration::from_secs(10);
 /// written at once, so memory stays bounded under a connect flood.
 pub const MAX_PENDING: usize = 100_000;
 
+/// Lines waiting for the writer, at most (with at most [`MAX_QUEUE_BYTES`]).
+pub const MAX_QUEUE_LINES: usize = 65_536;
+/// Bytes of lines waiting for the writer, at most; beyond, lines are dropped and
+/// counted (`pod_identity_audit_dropped_total`).
+pub const MAX_QUEUE_BYTES: u64 = 16 << 20;
+
 /// Counters of the audit log.
 #[derive(Debug, Default)]
 pub struct AuditStats {
@@ -45,6 +60,21 @@ pub struct AuditStats {
     /// Lines dropped because the writer queue was full (counted, reported).
     pub dropped: AtomicU64,
     pub kernel_events: AtomicU64,
+    /// Records not written one by one but counted in a `records-summarised` record.
+    pub summarised: AtomicU64,
+    /// `records-summarised` records emitted.
+    pub summaries: AtomicU64,
+    /// Fields cut to their size bound.
+    pub truncated: AtomicU64,
+    /// Bytes of lines waiting for the writer now.
+    pub queued_bytes: AtomicU64,
+}
+
+/// What the writer thread receives.
+enum Msg {
+    Line(String),
+    /// Answer once every line sent before has been written.
+    Flush(mpsc::Sender<()>),
 }
 
 struct Pending {
@@ -55,13 +85,16 @@ struct Pending {
 /// The audit log. Cheap to share; lines are written by a dedicated thread so the
 /// request path never blocks on disk.
 pub struct AuditLog {
-    tx: mpsc::SyncSender<String>,
+    tx: mpsc::SyncSender<Msg>,
     pub stats: Arc<AuditStats>,
     /// Redirected connects waiting for their request, by socket cookie.
     pending: Mutex<HashMap<u64, Pending>>,
     /// Socket cookies already written from the endpoint side, so a late kernel
     /// event is not written twice.
     joined: Mutex<HashMap<u64, Instant>>,
+    /// Per-source flood control of records other than `credentials-served`.
+    flood: Mutex<FloodControl>,
+    max_queue_bytes: u64,
     cluster: String,
     join_window: Duration,
     /// CLOCK_MONOTONIC → wall clock offset for kernel timestamps.
@@ -79,15 +112,34 @@ impl AuditLog {
         cluster: &str,
         join_window: Duration,
     ) -> Result<Arc<AuditLog>, AuditError> {
+        Self::open_with_queue(target, cluster, join_window, MAX_QUEUE_BYTES)
+    }
+
+    fn open_with_queue(
+        target: Target,
+        cluster: &str,
+        join_window: Duration,
+        max_queue_bytes: u64,
+    ) -> Result<Arc<AuditLog>, AuditError> {
         let mut writer = Writer::open(target)?;
-        let (tx, rx) = mpsc::sync_channel::<String>(65_536);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(MAX_QUEUE_LINES);
         let stats = Arc::new(AuditStats::default());
         let s2 = stats.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                for line in rx {
-                    match writer.write_line(&line) {
+                for msg in rx {
+                    let line = match msg {
+                        Msg::Line(line) => line,
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
+                    let result = writer.write_line(&line);
+                    s2.queued_bytes
+                        .fetch_sub(line.len() as u64, Ordering::Relaxed);
+                    match result {
                         Ok(()) => {
                             s2.written.fetch_add(1, Ordering::Relaxed);
                         }
@@ -107,16 +159,86 @@ impl AuditLog {
             stats,
             pending: Mutex::new(HashMap::new()),
             joined: Mutex::new(HashMap::new()),
+            flood: Mutex::new(FloodControl::new(Instant::now())),
+            max_queue_bytes,
             cluster: cluster.to_owned(),
             join_window,
             boot_offset: monotonic_to_wall_offset(),
         }))
     }
 
-    fn emit(&self, v: Value) {
-        if self.tx.try_send(v.to_string()).is_err() {
+    /// Queue one record for the writer, its strings capped; a full queue (in
+    /// lines or bytes) drops it and counts it.
+    fn emit(&self, mut v: Value) {
+        let cut = cap_strings(&mut v, MAX_FIELD_BYTES);
+        if cut > 0 {
+            self.stats.truncated.fetch_add(cut, Ordering::Relaxed);
+        }
+        let line = v.to_string();
+        let n = line.len() as u64;
+        let queued = &self.stats.queued_bytes;
+        if queued.fetch_add(n, Ordering::Relaxed) + n > self.max_queue_bytes {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.try_send(Msg::Line(line)).is_err() {
+            queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Emit a record other than `credentials-served` through the flood control:
+    /// written, or counted for its source's summary. `build` makes the record.
+    fn emit_limited(
+        &self,
+        source: Source,
+        action: &'static str,
+        reason: &str,
+        build: impl Fn() -> Value,
+    ) {
+        let now = Instant::now();
+        let (admit, ended) = {
+            let mut flood = lock(&self.flood);
+            let ended = flood.roll(now);
+            let admit = flood.admit(source, action, reason, SystemTime::now(), || {
+                summary_context(&build())
+            });
+            (admit, ended)
+        };
+        self.emit_summaries(ended);
+        if admit {
+            self.emit(build());
+        } else {
+            self.stats.summarised.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn emit_summaries(&self, summaries: Vec<Summary>) {
+        for s in summaries {
+            self.stats.summaries.fetch_add(1, Ordering::Relaxed);
+            self.emit(self.summary_record(s));
+        }
+    }
+
+    /// Wait (up to `timeout`) until every line emitted so far has been written;
+    /// false if the writer did not answer in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// Wall time of a kernel CLOCK_MONOTONIC timestamp.
@@ -128,7 +250,7 @@ impl AuditLog {
     pub fn kernel_event(&self, ev: Identity) {
         self.stats.kernel_events.fetch_add(1, Ordering::Relaxed);
         if ev.action == action::DENIED {
-            self.emit(self.denied_record(&ev));
+            self.emit_kernel_only(&ev);
             return;
         }
         let mut joined = lock(&self.joined);
@@ -141,7 +263,7 @@ impl AuditLog {
             // A flood of connects that send nothing: write them now instead of
             // holding them for the join window.
             drop(pending);
-            self.emit(self.no_request_record(&ev));
+            self.emit_kernel_only(&ev);
             return;
         }
         pending.insert(
@@ -153,14 +275,32 @@ impl AuditLog {
         );
     }
 
-    /// Write redirected connects that never sent a request; forget old joins.
+    /// A kernel event written on its own (`connect-denied`,
+    /// `connect-without-request`), charged to its cgroup.
+    fn emit_kernel_only(&self, ev: &Identity) {
+        let (action, build): (&'static str, fn(&Self, &Identity) -> Value) =
+            if ev.action == action::DENIED {
+                ("connect-denied", Self::denied_record)
+            } else {
+                ("connect-without-request", Self::no_request_record)
+            };
+        self.emit_limited(Source::Cgroup(ev.cgroup_id), action, "", || build(self, ev));
+    }
+
+    /// Write redirected connects that never sent a request and the summaries of
+    /// an ended flood-control interval; forget old joins.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        self.sweep_at(Instant::now());
+    }
+
+    /// [`sweep`](Self::sweep) as of `now` (tests pass a later instant instead of
+    /// waiting).
+    pub fn sweep_at(&self, now: Instant) {
         let expired: Vec<Identity> = {
             let mut p = lock(&self.pending);
             let old: Vec<u64> = p
                 .iter()
-                .filter(|(_, v)| now - v.seen > self.join_window)
+                .filter(|(_, v)| now.saturating_duration_since(v.seen) > self.join_window)
                 .map(|(k, _)| *k)
                 .collect();
             old.into_iter()
@@ -169,9 +309,11 @@ impl AuditLog {
                 .collect()
         };
         for ev in expired {
-            self.emit(self.no_request_record(&ev));
+            self.emit_kernel_only(&ev);
         }
-        lock(&self.joined).retain(|_, t| now - *t < self.join_window * 3);
+        let ended = lock(&self.flood).roll(now);
+        self.emit_summaries(ended);
+        lock(&self.joined).retain(|_, t| now.saturating_duration_since(*t) < self.join_window * 3);
     }
 
     fn base(&self, ts: SystemTime, caller: Option<&Caller>) -> Value {
@@ -223,15 +365,63 @@ impl AuditLog {
         v
     }
 
+    /// A `records-summarised` record: what was counted instead of written.
+    fn summary_record(&self, s: Summary) -> Value {
+        let mut v = self.base(SystemTime::now(), None);
+        let Summary {
+            source,
+            action,
+            reason,
+            count,
+            first,
+            last,
+            context,
+        } = s;
+        if let Value::Object(ctx) = context {
+            for (k, field) in ctx {
+                if k == "event" {
+                    for (ek, ev) in field.as_object().into_iter().flatten() {
+                        v["event"][ek] = ev.clone();
+                    }
+                } else {
+                    v[k] = field;
+                }
+            }
+        }
+        v["event"]["action"] = json!("records-summarised");
+        v["event"]["start"] = json!(rfc3339_millis(first));
+        v["event"]["end"] = json!(rfc3339_millis(last));
+        if !reason.is_empty() {
+            v["event"]["reason"] = json!(reason);
+        }
+        let described = source.describe();
+        v["message"] = json!(format!(
+            "{count} {action} records{} from {described} counted, not written one by one",
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            }
+        ));
+        if v["pod_identity"].is_null() {
+            v["pod_identity"] = json!({});
+        }
+        v["pod_identity"]["summary"] = json!({
+            "action": action,
+            "count": count,
+            "source": source.kind(),
+            "interval_s": SUMMARY_INTERVAL.as_secs(),
+        });
+        if let Source::Cgroup(id) = source {
+            v["pod_identity"]["kernel"]["cgroup_id"] = json!(id);
+        }
+        v
+    }
+
     fn access_record(&self, a: &Access) -> Value {
         let mut v = self.base(SystemTime::now(), a.caller.as_ref());
         let ok = a.status == 200;
-        let action = match (a.path.as_str(), ok) {
-            (crate::http::endpoint::CREDENTIALS_PATH, true) => "credentials-served",
-            (crate::http::endpoint::CREDENTIALS_PATH, false) => "credentials-refused",
-            (_, true) => "request-served",
-            (_, false) => "request-refused",
-        };
+        let action = access_action(a);
         v["event"]["action"] = json!(action);
         v["event"]["type"] = json!(["access", if ok { "allowed" } else { "denied" }]);
         v["event"]["outcome"] = json!(if ok { "success" } else { "failure" });
@@ -242,7 +432,9 @@ impl AuditLog {
         if let Some(m) = &a.message {
             v["message"] = json!(m);
         }
-        v["http"] = json!({"request": {"method": a.method}, "response": {"status_code": a.status}});
+        let mut method = a.method.clone();
+        cap_string(&mut method, MAX_METHOD_BYTES);
+        v["http"] = json!({"request": {"method": method}, "response": {"status_code": a.status}});
         v["url"] = json!({"path": a.path});
         if let Some(p) = a.peer {
             v["source"] = json!({"ip": p.ip().to_string(), "port": p.port()});
@@ -301,8 +493,56 @@ impl AccessSink for AuditLog {
                 }
             }
         }
-        self.emit(self.access_record(a));
+        let action = access_action(a);
+        if action == "credentials-served" {
+            // The audit trail proper: never summarised (rate-limited per caller
+            // by the endpoint).
+            self.emit(self.access_record(a));
+            return;
+        }
+        let source = match (&a.caller, a.peer) {
+            (Some(c), _) => Source::Cgroup(c.cgroup_id),
+            (None, Some(peer)) => Source::peer(peer.ip()),
+            (None, None) => Source::Many,
+        };
+        self.emit_limited(source, action, a.reason.as_deref().unwrap_or(""), || {
+            self.access_record(a)
+        });
     }
+}
+
+/// `event.action` of an access record.
+fn access_action(a: &Access) -> &'static str {
+    match (a.path.as_str(), a.status == 200) {
+        (crate::http::endpoint::CREDENTIALS_PATH, true) => "credentials-served",
+        (crate::http::endpoint::CREDENTIALS_PATH, false) => "credentials-refused",
+        (_, true) => "request-served",
+        (_, false) => "request-refused",
+    }
+}
+
+/// What a summary shows of the first record it counts: who (pod, peer,
+/// cgroup), and the kind of record (type, outcome).
+fn summary_context(v: &Value) -> Value {
+    let mut ctx = json!({});
+    if let Some(ip) = v["source"].get("ip") {
+        ctx["source"] = json!({ "ip": ip });
+    }
+    for k in ["orchestrator", "container"] {
+        if !v[k].is_null() {
+            ctx[k] = v[k].clone();
+        }
+    }
+    let pi = &v["pod_identity"];
+    let mut p = json!({});
+    for k in ["cgroup_path", "service_account", "host_network"] {
+        if !pi[k].is_null() {
+            p[k] = pi[k].clone();
+        }
+    }
+    ctx["pod_identity"] = p;
+    ctx["event"] = json!({"type": v["event"]["type"], "outcome": v["event"]["outcome"]});
+    ctx
 }
 
 /// Sends to several sinks (the audit log and the tracing log).

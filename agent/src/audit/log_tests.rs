@@ -79,3 +79,149 @@ fn denied_kernel_event_is_written_alone_and_late_events_are_not_duplicated() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["event"]["action"], "connect-denied");
 }
+
+/// Every line of the current file and the kept rotated ones.
+fn all_lines(path: &Path, keep: u32) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for n in (1..=keep).rev() {
+        let old = std::path::PathBuf::from(format!("{}.{n}", path.display()));
+        if old.exists() {
+            lines.extend(read_lines(&old));
+        }
+    }
+    lines.extend(read_lines(path));
+    lines
+}
+
+/// Refusals anyone can cause (unattributed connects from the node network,
+/// oversized paths and `Host` headers echoed into records) must not rotate real
+/// records away: fields are capped, floods are summarised per source.
+#[test]
+fn a_flood_of_refusals_does_not_rotate_earlier_records_away() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(
+        Target::File {
+            path: path.clone(),
+            max_bytes: 256 * 1024,
+            keep: 1,
+        },
+        "c",
+    )
+    .unwrap();
+    log.record(&access());
+
+    let huge = format!("/{}", "a".repeat(60 * 1024));
+    for i in 0..200u64 {
+        // An attributed pod asking for 60 KiB paths…
+        let mut a = access();
+        a.status = 404;
+        a.path = huge.clone();
+        a.access_key_id = None;
+        a.assumed_role_arn = None;
+        a.caller.as_mut().unwrap().socket_cookie = 10_000 + i;
+        log.record(&a);
+        // …and sending a 60 KiB Host header, echoed in the refusal message.
+        let mut a = access();
+        a.status = 403;
+        a.reason = Some("InvalidHost".into());
+        a.message = Some(format!(
+            "Access Denied. Called agent through invalid address, please use either [169.254.170.23 fd00:ec2::23] address not {}",
+            "h".repeat(60 * 1024)
+        ));
+        a.access_key_id = None;
+        a.assumed_role_arn = None;
+        a.caller.as_mut().unwrap().socket_cookie = 20_000 + i;
+        log.record(&a);
+    }
+    // Thousands of unattributed connects from four peers on the node network.
+    let unattributed = 5000u64;
+    for i in 0..unattributed {
+        log.record(&Access {
+            peer: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + (i % 4) as u8)),
+                30_000 + (i % 20_000) as u16,
+            )),
+            status: 403,
+            reason: Some("Unattributed".into()),
+            message: Some("Access Denied. The kernel has no record of this connection".into()),
+            ..Access::default()
+        });
+    }
+    // The interval ends: the summaries are written.
+    log.sweep_at(Instant::now() + SUMMARY_INTERVAL + Duration::from_secs(1));
+    assert!(log.flush(Duration::from_secs(10)), "writer did not drain");
+
+    let lines = all_lines(&path, 1);
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["event"]["action"] == "credentials-served"
+                && v["pod_identity"]["access_key_id"] == "ASIAEXAMPLE"),
+        "the credentials-served record was rotated away by the flood ({} lines left, first: {})",
+        lines.len(),
+        lines
+            .first()
+            .map(|v| v["event"]["action"].to_string())
+            .unwrap_or_default()
+    );
+    let longest = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 8 * 1024, "a line of {longest} bytes was written");
+    let capped = lines
+        .iter()
+        .find(|v| v["http"]["response"]["status_code"] == 404)
+        .expect("the first oversized requests are written");
+    let p = capped["url"]["path"].as_str().unwrap();
+    assert!(p.len() <= 1100 && p.contains("[truncated"), "{p}");
+
+    // Everything not written one by one is counted, in the stats and the records.
+    let stats = &log.stats;
+    let summarised = stats.summarised.load(Ordering::Relaxed);
+    let in_records: u64 = lines
+        .iter()
+        .filter(|v| v["event"]["action"] == "records-summarised")
+        .map(|v| v["pod_identity"]["summary"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(summarised > unattributed / 2, "summarised {summarised}");
+    assert_eq!(in_records, summarised);
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    assert!(stats.truncated.load(Ordering::Relaxed) > 0);
+    let by_peer = lines
+        .iter()
+        .find(|v| v["event"]["action"] == "records-summarised" && v["source"]["ip"] == "10.0.0.1")
+        .expect("a summary for peer 10.0.0.1");
+    assert_eq!(by_peer["event"]["reason"], "Unattributed");
+    assert_eq!(
+        by_peer["pod_identity"]["summary"]["action"],
+        "request-refused"
+    );
+}
+
+/// The writer queue is bounded in bytes, not only in lines: lines beyond the
+/// bound are dropped and counted, never held.
+#[test]
+fn the_writer_queue_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let target = Target::File {
+        path: path.clone(),
+        max_bytes: 1 << 20,
+        keep: 1,
+    };
+    // A bound smaller than any line: nothing may be queued.
+    let log = AuditLog::open_with_queue(target, "c", JOIN_WINDOW, 64).unwrap();
+    for _ in 0..10 {
+        log.record(&access());
+    }
+    assert!(log.flush(Duration::from_secs(10)));
+    assert_eq!(log.stats.dropped.load(Ordering::Relaxed), 10);
+    assert_eq!(log.stats.written.load(Ordering::Relaxed), 0);
+    assert_eq!(log.stats.queued_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+}

@@ -47,12 +47,28 @@ pub fn table_row(v: &Value) -> String {
         v["orchestrator"]["resource"]["name"].as_str(),
     ) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
-        _ => format!("cgroup:{}", s(&v["pod_identity"]["kernel"]["cgroup_id"])),
+        _ => match (
+            &v["pod_identity"]["kernel"]["cgroup_id"],
+            v["source"]["ip"].as_str(),
+        ) {
+            // No kernel record: the peer is all there is.
+            (Value::Null, Some(ip)) => format!("peer:{ip}"),
+            (cgroup, _) => format!("cgroup:{}", s(cgroup)),
+        },
     };
     let role = v["pod_identity"]["role_arn"]
         .as_str()
         .map(|r| r.rsplit('/').next().unwrap_or(r).to_owned())
         .unwrap_or("-".into());
+    // A summary says what it counted in its reason column.
+    let reason = match v["pod_identity"]["summary"]["count"].as_u64() {
+        Some(count) => format!(
+            "{count}× {} {}",
+            s(&v["pod_identity"]["summary"]["action"]),
+            v["event"]["reason"].as_str().unwrap_or("")
+        ),
+        None => v["event"]["reason"].as_str().unwrap_or("").to_owned(),
+    };
     format!(
         "{:<24} {:<32} {:>7} {:<15} {:<22} {:<18} {:>4} {:<20} {}",
         s(&v["@timestamp"]),
@@ -63,7 +79,7 @@ pub fn table_row(v: &Value) -> String {
         role,
         s(&v["http"]["response"]["status_code"]),
         v["pod_identity"]["access_key_id"].as_str().unwrap_or("-"),
-        v["event"]["reason"].as_str().unwrap_or(""),
+        reason.trim_end(),
     )
 }
 

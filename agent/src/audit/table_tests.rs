@@ -39,3 +39,19 @@ fn filter_and_table() {
     };
     assert_eq!(print_table(&path, &f, false, std::io::sink()).unwrap(), 1);
 }
+
+#[test]
+fn a_summary_row_says_what_it_counted() {
+    let v = serde_json::json!({
+        "event": {"action": "records-summarised", "reason": "Unattributed"},
+        "source": {"ip": "10.0.0.1"},
+        "pod_identity": {"summary": {"action": "request-refused", "count": 1240}},
+    });
+    let row = table_row(&v);
+    assert!(
+        row.contains("peer:10.0.0.1")
+            && row.contains("records-summarised")
+            && row.ends_with("1240× request-refused Unattributed"),
+        "{row}"
+    );
+}
