@@ -18,7 +18,7 @@ mod test_support;
 
 use std::path::PathBuf;
 
-pub use access::{Access, AccessSink, TracingSink};
+pub use access::{Access, AccessSink, ConnectionEvent, TracingSink};
 pub use log::{run_kernel_events, AuditLog, AuditStats, Tee, JOIN_WINDOW};
 pub use table::{print_table, Filter};
 pub use writer::Target;

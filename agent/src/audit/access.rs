@@ -29,9 +29,23 @@ pub struct Access {
     pub latency: Duration,
 }
 
+/// What the listener tells the sinks about an attributed connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// The listener accepted it; its requests (if any) follow.
+    Accepted,
+    /// It ended (closed by either side, or at the end of its lifetime).
+    Closed,
+}
+
 /// Receives one [`Access`] per request (the audit log, in production).
 pub trait AccessSink: Send + Sync + 'static {
     fn record(&self, access: &Access);
+
+    /// The attributed connection whose kernel socket cookie is `socket_cookie`
+    /// was accepted or has ended (the audit log then knows a request may still
+    /// come, or will not). Default: nothing.
+    fn connection(&self, _socket_cookie: u64, _event: ConnectionEvent) {}
 }
 
 /// Logs accesses with `tracing` (never credentials: only the key id). Echoed

@@ -7,9 +7,12 @@
 //! * the endpoint's [`Access`] records: what happened to each request.
 //!
 //! A redirected connect is written once, joined with its first request (by socket
-//! cookie). A kernel `denied` event, or a redirected connect that never sent a
-//! request within [`JOIN_WINDOW`], is written on its own. Requests on connections
-//! without a kernel record (`Unattributed`) are written from the endpoint side.
+//! cookie). A kernel `denied` event is written on its own, and so is a redirected
+//! connect that sent no request: when its connection closes, if the listener
+//! reported accepting it ([`AccessSink::connection`]), else after [`JOIN_WINDOW`].
+//! An accepted connection's event waits for its request however slow the answer
+//! is (bounded by the connection's lifetime). Requests on connections without a
+//! kernel record (`Unattributed`) are written from the endpoint side.
 //!
 //! What callers can make it write is bounded ([`super::flood`]): string fields
 //! are capped, and records other than `credentials-served` are written the first
@@ -36,11 +39,14 @@ use super::flood::{
 use super::writer::{Target, Writer};
 use crate::{
     attribution::Caller,
-    audit::{Access, AccessSink, AuditError},
+    audit::{Access, AccessSink, AuditError, ConnectionEvent},
     credentials::types::rfc3339_utc,
+    http::listener::CONNECTION_LIFETIME,
 };
 
-/// How long a redirected connect waits for its request before it is written alone.
+/// How long a redirected connect the listener has not reported accepting waits for
+/// its request before it is written alone. Once accepted, it waits until its
+/// connection closes (at most [`CONNECTION_LIFETIME`] and this window).
 pub const JOIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// Redirected connects held while waiting for their request; beyond this they are
@@ -79,7 +85,21 @@ enum Msg {
 
 struct Pending {
     event: Identity,
-    seen: Instant,
+    /// Written as `connect-without-request` at this time, unless its request or
+    /// its connection's close comes first.
+    deadline: Instant,
+}
+
+/// The join state, by socket cookie (one lock).
+#[derive(Default)]
+struct Joins {
+    /// Redirected connects waiting for their request.
+    pending: HashMap<u64, Pending>,
+    /// Connections the listener accepted, with no request and no kernel event yet.
+    accepted: HashMap<u64, Instant>,
+    /// Connections already written from the endpoint side, so a late kernel event
+    /// is not written twice.
+    joined: HashMap<u64, Instant>,
 }
 
 /// The audit log. Cheap to share; lines are written by a dedicated thread so the
@@ -87,11 +107,8 @@ struct Pending {
 pub struct AuditLog {
     tx: mpsc::SyncSender<Msg>,
     pub stats: Arc<AuditStats>,
-    /// Redirected connects waiting for their request, by socket cookie.
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// Socket cookies already written from the endpoint side, so a late kernel
-    /// event is not written twice.
-    joined: Mutex<HashMap<u64, Instant>>,
+    /// Kernel events and connections waiting for each other.
+    joins: Mutex<Joins>,
     /// Per-source flood control of records other than `credentials-served`.
     flood: Mutex<FloodControl>,
     max_queue_bytes: u64,
@@ -157,8 +174,7 @@ impl AuditLog {
         Ok(Arc::new(AuditLog {
             tx,
             stats,
-            pending: Mutex::new(HashMap::new()),
-            joined: Mutex::new(HashMap::new()),
+            joins: Mutex::new(Joins::default()),
             flood: Mutex::new(FloodControl::new(Instant::now())),
             max_queue_bytes,
             cluster: cluster.to_owned(),
@@ -253,26 +269,37 @@ impl AuditLog {
             self.emit_kernel_only(&ev);
             return;
         }
-        let mut joined = lock(&self.joined);
-        if joined.remove(&ev.socket_cookie).is_some() {
+        let now = Instant::now();
+        let mut joins = lock(&self.joins);
+        if joins.joined.remove(&ev.socket_cookie).is_some() {
             return;
         }
-        drop(joined);
-        let mut pending = lock(&self.pending);
-        if pending.len() >= MAX_PENDING {
+        if joins.pending.len() >= MAX_PENDING {
             // A flood of connects that send nothing: write them now instead of
             // holding them for the join window.
-            drop(pending);
+            drop(joins);
             self.emit_kernel_only(&ev);
             return;
         }
-        pending.insert(
+        // Accepted already (the ring buffer lags the accept at times): wait for
+        // the request or the close.
+        let wait = match joins.accepted.remove(&ev.socket_cookie) {
+            Some(_) => self.connection_wait(),
+            None => self.join_window,
+        };
+        joins.pending.insert(
             ev.socket_cookie,
             Pending {
                 event: ev,
-                seen: Instant::now(),
+                deadline: now + wait,
             },
         );
+    }
+
+    /// Longest wait of an accepted connection's kernel event for its request: the
+    /// connection's lifetime, and a join window for the request's answer.
+    fn connection_wait(&self) -> Duration {
+        CONNECTION_LIFETIME + self.join_window
     }
 
     /// A kernel event written on its own (`connect-denied`,
@@ -297,14 +324,23 @@ impl AuditLog {
     /// waiting).
     pub fn sweep_at(&self, now: Instant) {
         let expired: Vec<Identity> = {
-            let mut p = lock(&self.pending);
-            let old: Vec<u64> = p
+            let mut joins = lock(&self.joins);
+            let old: Vec<u64> = joins
+                .pending
                 .iter()
-                .filter(|(_, v)| now.saturating_duration_since(v.seen) > self.join_window)
+                .filter(|(_, v)| now > v.deadline)
                 .map(|(k, _)| *k)
                 .collect();
+            let wait = self.connection_wait();
+            joins
+                .accepted
+                .retain(|_, t| now.saturating_duration_since(*t) < wait);
+            let window = self.join_window * 3;
+            joins
+                .joined
+                .retain(|_, t| now.saturating_duration_since(*t) < window);
             old.into_iter()
-                .filter_map(|k| p.remove(&k))
+                .filter_map(|k| joins.pending.remove(&k))
                 .map(|v| v.event)
                 .collect()
         };
@@ -313,7 +349,6 @@ impl AuditLog {
         }
         let ended = lock(&self.flood).roll(now);
         self.emit_summaries(ended);
-        lock(&self.joined).retain(|_, t| now.saturating_duration_since(*t) < self.join_window * 3);
     }
 
     fn base(&self, ts: SystemTime, caller: Option<&Caller>) -> Value {
@@ -485,12 +520,11 @@ impl AuditLog {
 impl AccessSink for AuditLog {
     fn record(&self, a: &Access) {
         if let Some(c) = &a.caller {
-            let had = lock(&self.pending).remove(&c.socket_cookie).is_some();
-            if !had {
-                let mut joined = lock(&self.joined);
-                if joined.len() < MAX_PENDING {
-                    joined.insert(c.socket_cookie, Instant::now());
-                }
+            let mut joins = lock(&self.joins);
+            joins.accepted.remove(&c.socket_cookie);
+            let had = joins.pending.remove(&c.socket_cookie).is_some();
+            if !had && joins.joined.len() < MAX_PENDING {
+                joins.joined.insert(c.socket_cookie, Instant::now());
             }
         }
         let action = access_action(a);
@@ -508,6 +542,36 @@ impl AccessSink for AuditLog {
         self.emit_limited(source, action, a.reason.as_deref().unwrap_or(""), || {
             self.access_record(a)
         });
+    }
+
+    fn connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        self.on_connection(socket_cookie, event);
+    }
+}
+
+impl AuditLog {
+    /// See [`AccessSink::connection`]: an accepted connection's kernel event waits
+    /// for its request; a closed one's that is still waiting had none.
+    fn on_connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        let now = Instant::now();
+        let mut joins = lock(&self.joins);
+        match event {
+            ConnectionEvent::Accepted => {
+                let wait = self.connection_wait();
+                if let Some(p) = joins.pending.get_mut(&socket_cookie) {
+                    p.deadline = p.deadline.max(now + wait);
+                } else if joins.accepted.len() < MAX_PENDING {
+                    joins.accepted.insert(socket_cookie, now);
+                }
+            }
+            ConnectionEvent::Closed => {
+                joins.accepted.remove(&socket_cookie);
+                if let Some(p) = joins.pending.remove(&socket_cookie) {
+                    drop(joins);
+                    self.emit_kernel_only(&p.event);
+                }
+            }
+        }
     }
 }
 
@@ -552,6 +616,12 @@ impl AccessSink for Tee {
     fn record(&self, a: &Access) {
         for s in &self.0 {
             s.record(a);
+        }
+    }
+
+    fn connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        for s in &self.0 {
+            s.connection(socket_cookie, event);
         }
     }
 }

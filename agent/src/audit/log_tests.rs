@@ -36,7 +36,7 @@ fn access_record_uses_ecs_fields_and_joins_the_kernel_event() {
     log.record(&access());
     wait_written(&log, 1);
     // The event was joined: a sweep after the window writes nothing more.
-    assert!(lock(&log.pending).is_empty());
+    assert!(lock(&log.joins).pending.is_empty());
     let lines = read_lines(&path);
     assert_eq!(lines.len(), 1);
     let v = &lines[0];
@@ -74,7 +74,7 @@ fn denied_kernel_event_is_written_alone_and_late_events_are_not_duplicated() {
         ..Default::default()
     });
     wait_written(&log, 2);
-    assert!(lock(&log.pending).is_empty());
+    assert!(lock(&log.joins).pending.is_empty());
     let lines = read_lines(&path);
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["event"]["action"], "connect-denied");
@@ -224,4 +224,98 @@ fn the_writer_queue_is_bounded_in_bytes() {
     assert_eq!(log.stats.written.load(Ordering::Relaxed), 0);
     assert_eq!(log.stats.queued_bytes.load(Ordering::Relaxed), 0);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+}
+
+fn open_file_log(path: &Path, window: Duration) -> Arc<AuditLog> {
+    AuditLog::open_with_window(
+        Target::File {
+            path: path.to_owned(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        },
+        "c",
+        window,
+    )
+    .unwrap()
+}
+
+fn redirected(cookie: u64) -> Identity {
+    Identity {
+        socket_cookie: cookie,
+        cgroup_id: 4242,
+        pid: 77,
+        action: action::REDIRECTED,
+        ..Default::default()
+    }
+}
+
+/// The join window is for connections that never reach a request: once the
+/// listener has accepted the connection, its kernel event waits for the request
+/// however long the request takes (a slow first STS call), and is written with it.
+#[test]
+fn an_accepted_connection_waits_for_its_request_beyond_the_join_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let window = Duration::from_millis(1000);
+    let log = open_file_log(&path, window);
+    let start = Instant::now();
+    log.kernel_event(redirected(555));
+    log.connection(555, ConnectionEvent::Accepted);
+    // The sweeps of two windows pass while the request waits for STS.
+    log.sweep_at(start + window + Duration::from_millis(10));
+    log.sweep_at(start + window * 2 + Duration::from_millis(10));
+    log.record(&access());
+    log.connection(555, ConnectionEvent::Closed);
+    log.sweep_at(start + window * 3);
+    assert!(log.flush(Duration::from_secs(10)));
+    let lines = read_lines(&path);
+    let actions: Vec<_> = lines.iter().map(|v| v["event"]["action"].clone()).collect();
+    assert_eq!(
+        actions,
+        ["credentials-served"],
+        "expected one joined record: {lines:#?}"
+    );
+    assert_eq!(lines[0]["pod_identity"]["kernel"]["socket_cookie"], 555);
+}
+
+/// An accepted connection that closes without a request is written as
+/// `connect-without-request` when it closes; one the listener never reported is
+/// still written after the join window; neither is held for good.
+#[test]
+fn connections_without_a_request_are_written_at_close_or_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let window = Duration::from_millis(1000);
+    let log = open_file_log(&path, window);
+    let start = Instant::now();
+    // Accepted before its kernel event arrived (ring buffer lag), then closed.
+    log.connection(1, ConnectionEvent::Accepted);
+    log.kernel_event(redirected(1));
+    log.connection(1, ConnectionEvent::Closed);
+    // Never accepted (closed over a limit, or someone else's socket).
+    log.kernel_event(redirected(2));
+    // Accepted, then nothing: the listener's lifetime bounds the wait.
+    log.kernel_event(redirected(3));
+    log.connection(3, ConnectionEvent::Accepted);
+    assert!(log.flush(Duration::from_secs(10)));
+    let cookies = |lines: &[Value]| -> Vec<u64> {
+        let mut c: Vec<u64> = lines
+            .iter()
+            .filter(|v| v["event"]["action"] == "connect-without-request")
+            .map(|v| {
+                v["pod_identity"]["kernel"]["socket_cookie"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(cookies(&read_lines(&path)), [1], "written at close");
+    log.sweep_at(start + window * 2);
+    assert!(log.flush(Duration::from_secs(10)));
+    assert_eq!(cookies(&read_lines(&path)), [1, 2], "after the window");
+    log.sweep_at(start + crate::http::listener::CONNECTION_LIFETIME + window * 2);
+    assert!(log.flush(Duration::from_secs(10)));
+    assert_eq!(cookies(&read_lines(&path)), [1, 2, 3], "after the lifetime");
 }
