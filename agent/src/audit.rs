@@ -3,10 +3,12 @@
 //!
 //! * [`access`]: the per-request record and where it goes.
 //! * [`log`]: the audit log: kernel events joined with accesses into ECS JSON lines.
+//! * [`flood`]: what callers can make it write: capped fields, per-source summaries.
 //! * [`writer`]: where the lines go: stdout, or a size-bounded file with rotation.
 //! * [`table`]: the `audit` subcommand: the log's lines, filtered, as a table.
 
 pub mod access;
+pub mod flood;
 pub mod log;
 pub mod table;
 pub mod writer;
@@ -16,8 +18,8 @@ mod test_support;
 
 use std::path::PathBuf;
 
-pub use access::{Access, AccessSink, TracingSink};
-pub use log::{run_kernel_events, AuditLog, Tee, JOIN_WINDOW};
+pub use access::{Access, AccessSink, ConnectionEvent, TracingSink};
+pub use log::{run_kernel_events, AuditLog, AuditStats, Tee, JOIN_WINDOW};
 pub use table::{print_table, Filter};
 pub use writer::Target;
 

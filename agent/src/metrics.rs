@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    audit::{Access, AccessSink, AuditLog},
+    audit::{Access, AccessSink, AuditLog, AuditStats},
     credentials::{CredentialCache, StsFetcher},
     kernel::Kernel,
 };
@@ -106,26 +106,58 @@ impl Renderer {
                 "counter",
                 self.kernel.events_lost().unwrap_or(0),
             ),
-            (
-                "pod_identity_kernel_events_total",
-                "counter",
-                self.audit.stats.kernel_events.load(Ordering::Relaxed),
-            ),
-            (
-                "pod_identity_audit_written_total",
-                "counter",
-                self.audit.stats.written.load(Ordering::Relaxed),
-            ),
-            (
-                "pod_identity_audit_dropped_total",
-                "counter",
-                self.audit.stats.dropped.load(Ordering::Relaxed),
-            ),
         ] {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
         }
+        out.push_str(&render_audit(&self.audit.stats));
         out
     }
+}
+
+/// Prometheus text for the audit log's counters: lines written, dropped (queue
+/// full), records summarised by the flood control, fields truncated.
+pub fn render_audit(stats: &AuditStats) -> String {
+    let mut out = String::new();
+    for (name, kind, value) in [
+        (
+            "pod_identity_kernel_events_total",
+            "counter",
+            stats.kernel_events.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_written_total",
+            "counter",
+            stats.written.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_dropped_total",
+            "counter",
+            stats.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_summarised_total",
+            "counter",
+            stats.summarised.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_summaries_total",
+            "counter",
+            stats.summaries.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_truncated_fields_total",
+            "counter",
+            stats.truncated.load(Ordering::Relaxed),
+        ),
+        (
+            "pod_identity_audit_queue_bytes",
+            "gauge",
+            stats.queued_bytes.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -161,5 +193,24 @@ mod tests {
             text.contains("pod_identity_refusals_total{reason=\"NoAssociation\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn audit_counters_include_what_was_summarised_and_truncated() {
+        let stats = AuditStats::default();
+        stats.summarised.store(4960, Ordering::Relaxed);
+        stats.summaries.store(4, Ordering::Relaxed);
+        stats.truncated.store(7, Ordering::Relaxed);
+        stats.dropped.store(2, Ordering::Relaxed);
+        let text = render_audit(&stats);
+        for line in [
+            "pod_identity_audit_summarised_total 4960",
+            "pod_identity_audit_summaries_total 4",
+            "pod_identity_audit_truncated_fields_total 7",
+            "pod_identity_audit_dropped_total 2",
+            "# TYPE pod_identity_audit_queue_bytes gauge",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

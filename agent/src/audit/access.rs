@@ -29,33 +29,68 @@ pub struct Access {
     pub latency: Duration,
 }
 
+/// What the listener tells the sinks about an attributed connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// The listener accepted it; its requests (if any) follow.
+    Accepted,
+    /// It ended (closed by either side, or at the end of its lifetime).
+    Closed,
+}
+
 /// Receives one [`Access`] per request (the audit log, in production).
 pub trait AccessSink: Send + Sync + 'static {
     fn record(&self, access: &Access);
+
+    /// The attributed connection whose kernel socket cookie is `socket_cookie`
+    /// was accepted or has ended (the audit log then knows a request may still
+    /// come, or will not). Default: nothing.
+    fn connection(&self, _socket_cookie: u64, _event: ConnectionEvent) {}
 }
 
-/// Logs accesses with `tracing` (never credentials: only the key id).
+/// Logs accesses with `tracing` (never credentials: only the key id). Echoed
+/// fields are capped as in the audit log; refusals of connections without a
+/// kernel record (anyone on the node's network can cause them) are logged at
+/// `debug`: the audit log has them, flood-controlled.
 pub struct TracingSink;
 
 impl AccessSink for TracingSink {
     fn record(&self, a: &Access) {
+        use super::flood::{cap_string, MAX_FIELD_BYTES};
+        let capped = |s: &str| {
+            let mut s = s.to_owned();
+            cap_string(&mut s, MAX_FIELD_BYTES);
+            s
+        };
         let pod = a
             .pod
             .as_ref()
-            .map(|p| format!("{}/{}", p.namespace, p.name));
-        tracing::info!(
-            status = a.status,
-            path = %a.path,
-            pid = a.caller.as_ref().map(|c| c.pid),
-            comm = a.caller.as_ref().map(|c| c.comm.as_str()),
-            cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
-            pod = pod.as_deref(),
-            role = a.association.as_ref().map(|s| s.effective_role_arn()),
-            access_key_id = a.access_key_id.as_deref(),
-            cache = a.cache.map(|c| c.as_str()),
-            reason = a.reason.as_deref(),
-            latency_us = a.latency.as_micros() as u64,
-            "access"
-        );
+            .map(|p| capped(&format!("{}/{}", p.namespace, p.name)));
+        let path = capped(&a.path);
+        let comm = a.caller.as_ref().map(|c| capped(&c.comm));
+        let reason = a.reason.as_deref().map(capped);
+        macro_rules! access {
+            ($level:ident) => {
+                tracing::$level!(
+                    status = a.status,
+                    path = %path,
+                    pid = a.caller.as_ref().map(|c| c.pid),
+                    comm = comm.as_deref(),
+                    cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
+                    pod = pod.as_deref(),
+                    role = a.association.as_ref().map(|s| s.effective_role_arn()),
+                    access_key_id = a.access_key_id.as_deref(),
+                    cache = a.cache.map(|c| c.as_str()),
+                    reason = reason.as_deref(),
+                    latency_us = a.latency.as_micros() as u64,
+                    "access"
+                )
+            };
+        }
+        if a.caller.is_none() {
+            access!(debug);
+        } else {
+            access!(info);
+        }
     }
 }

@@ -7,10 +7,18 @@
 //! * the endpoint's [`Access`] records: what happened to each request.
 //!
 //! A redirected connect is written once, joined with its first request (by socket
-//! cookie). A kernel `denied` event, or a redirected connect that never sent a
-//! request within [`JOIN_WINDOW`], is written on its own. Requests on connections
-//! without a kernel record (`Unattributed`) are written from the endpoint side.
-//! Nothing is dropped silently: a full queue is counted and reported.
+//! cookie). A kernel `denied` event is written on its own, and so is a redirected
+//! connect that sent no request: when its connection closes, if the listener
+//! reported accepting it ([`AccessSink::connection`]), else after [`JOIN_WINDOW`].
+//! An accepted connection's event waits for its request however slow the answer
+//! is (bounded by the connection's lifetime). Requests on connections without a
+//! kernel record (`Unattributed`) are written from the endpoint side.
+//!
+//! What callers can make it write is bounded ([`super::flood`]): string fields
+//! are capped, and records other than `credentials-served` are written the first
+//! few times per source and interval, then counted into one `records-summarised`
+//! record. The writer queue is bounded in lines and in bytes. Nothing is dropped
+//! silently: a full queue is counted and reported.
 
 use std::{
     collections::HashMap,
@@ -24,19 +32,32 @@ use std::{
 use agent_ebpf::{action, Identity};
 use serde_json::{json, Value};
 
+use super::flood::{
+    cap_string, cap_strings, FloodControl, Source, Summary, MAX_FIELD_BYTES, MAX_METHOD_BYTES,
+    SUMMARY_INTERVAL,
+};
 use super::writer::{Target, Writer};
 use crate::{
     attribution::Caller,
-    audit::{Access, AccessSink, AuditError},
+    audit::{Access, AccessSink, AuditError, ConnectionEvent},
     credentials::types::rfc3339_utc,
+    http::listener::CONNECTION_LIFETIME,
 };
 
-/// How long a redirected connect waits for its request before it is written alone.
+/// How long a redirected connect the listener has not reported accepting waits for
+/// its request before it is written alone. Once accepted, it waits until its
+/// connection closes (at most [`CONNECTION_LIFETIME`] and this window).
 pub const JOIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// Redirected connects held while waiting for their request; beyond this they are
 /// written at once, so memory stays bounded under a connect flood.
 pub const MAX_PENDING: usize = 100_000;
+
+/// Lines waiting for the writer, at most (with at most [`MAX_QUEUE_BYTES`]).
+pub const MAX_QUEUE_LINES: usize = 65_536;
+/// Bytes of lines waiting for the writer, at most; beyond, lines are dropped and
+/// counted (`pod_identity_audit_dropped_total`).
+pub const MAX_QUEUE_BYTES: u64 = 16 << 20;
 
 /// Counters of the audit log.
 #[derive(Debug, Default)]
@@ -45,23 +66,52 @@ pub struct AuditStats {
     /// Lines dropped because the writer queue was full (counted, reported).
     pub dropped: AtomicU64,
     pub kernel_events: AtomicU64,
+    /// Records not written one by one but counted in a `records-summarised` record.
+    pub summarised: AtomicU64,
+    /// `records-summarised` records emitted.
+    pub summaries: AtomicU64,
+    /// Fields cut to their size bound.
+    pub truncated: AtomicU64,
+    /// Bytes of lines waiting for the writer now.
+    pub queued_bytes: AtomicU64,
+}
+
+/// What the writer thread receives.
+enum Msg {
+    Line(String),
+    /// Answer once every line sent before has been written.
+    Flush(mpsc::Sender<()>),
 }
 
 struct Pending {
     event: Identity,
-    seen: Instant,
+    /// Written as `connect-without-request` at this time, unless its request or
+    /// its connection's close comes first.
+    deadline: Instant,
+}
+
+/// The join state, by socket cookie (one lock).
+#[derive(Default)]
+struct Joins {
+    /// Redirected connects waiting for their request.
+    pending: HashMap<u64, Pending>,
+    /// Connections the listener accepted, with no request and no kernel event yet.
+    accepted: HashMap<u64, Instant>,
+    /// Connections already written from the endpoint side, so a late kernel event
+    /// is not written twice.
+    joined: HashMap<u64, Instant>,
 }
 
 /// The audit log. Cheap to share; lines are written by a dedicated thread so the
 /// request path never blocks on disk.
 pub struct AuditLog {
-    tx: mpsc::SyncSender<String>,
+    tx: mpsc::SyncSender<Msg>,
     pub stats: Arc<AuditStats>,
-    /// Redirected connects waiting for their request, by socket cookie.
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// Socket cookies already written from the endpoint side, so a late kernel
-    /// event is not written twice.
-    joined: Mutex<HashMap<u64, Instant>>,
+    /// Kernel events and connections waiting for each other.
+    joins: Mutex<Joins>,
+    /// Per-source flood control of records other than `credentials-served`.
+    flood: Mutex<FloodControl>,
+    max_queue_bytes: u64,
     cluster: String,
     join_window: Duration,
     /// CLOCK_MONOTONIC → wall clock offset for kernel timestamps.
@@ -79,15 +129,34 @@ impl AuditLog {
         cluster: &str,
         join_window: Duration,
     ) -> Result<Arc<AuditLog>, AuditError> {
+        Self::open_with_queue(target, cluster, join_window, MAX_QUEUE_BYTES)
+    }
+
+    fn open_with_queue(
+        target: Target,
+        cluster: &str,
+        join_window: Duration,
+        max_queue_bytes: u64,
+    ) -> Result<Arc<AuditLog>, AuditError> {
         let mut writer = Writer::open(target)?;
-        let (tx, rx) = mpsc::sync_channel::<String>(65_536);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(MAX_QUEUE_LINES);
         let stats = Arc::new(AuditStats::default());
         let s2 = stats.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                for line in rx {
-                    match writer.write_line(&line) {
+                for msg in rx {
+                    let line = match msg {
+                        Msg::Line(line) => line,
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
+                    let result = writer.write_line(&line);
+                    s2.queued_bytes
+                        .fetch_sub(line.len() as u64, Ordering::Relaxed);
+                    match result {
                         Ok(()) => {
                             s2.written.fetch_add(1, Ordering::Relaxed);
                         }
@@ -105,18 +174,87 @@ impl AuditLog {
         Ok(Arc::new(AuditLog {
             tx,
             stats,
-            pending: Mutex::new(HashMap::new()),
-            joined: Mutex::new(HashMap::new()),
+            joins: Mutex::new(Joins::default()),
+            flood: Mutex::new(FloodControl::new(Instant::now())),
+            max_queue_bytes,
             cluster: cluster.to_owned(),
             join_window,
             boot_offset: monotonic_to_wall_offset(),
         }))
     }
 
-    fn emit(&self, v: Value) {
-        if self.tx.try_send(v.to_string()).is_err() {
+    /// Queue one record for the writer, its strings capped; a full queue (in
+    /// lines or bytes) drops it and counts it.
+    fn emit(&self, mut v: Value) {
+        let cut = cap_strings(&mut v, MAX_FIELD_BYTES);
+        if cut > 0 {
+            self.stats.truncated.fetch_add(cut, Ordering::Relaxed);
+        }
+        let line = v.to_string();
+        let n = line.len() as u64;
+        let queued = &self.stats.queued_bytes;
+        if queued.fetch_add(n, Ordering::Relaxed) + n > self.max_queue_bytes {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.try_send(Msg::Line(line)).is_err() {
+            queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Emit a record other than `credentials-served` through the flood control:
+    /// written, or counted for its source's summary. `build` makes the record.
+    fn emit_limited(
+        &self,
+        source: Source,
+        action: &'static str,
+        reason: &str,
+        build: impl Fn() -> Value,
+    ) {
+        let now = Instant::now();
+        let (admit, ended) = {
+            let mut flood = lock(&self.flood);
+            let ended = flood.roll(now);
+            let admit = flood.admit(source, action, reason, SystemTime::now(), || {
+                summary_context(&build())
+            });
+            (admit, ended)
+        };
+        self.emit_summaries(ended);
+        if admit {
+            self.emit(build());
+        } else {
+            self.stats.summarised.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn emit_summaries(&self, summaries: Vec<Summary>) {
+        for s in summaries {
+            self.stats.summaries.fetch_add(1, Ordering::Relaxed);
+            self.emit(self.summary_record(s));
+        }
+    }
+
+    /// Wait (up to `timeout`) until every line emitted so far has been written;
+    /// false if the writer did not answer in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// Wall time of a kernel CLOCK_MONOTONIC timestamp.
@@ -128,50 +266,89 @@ impl AuditLog {
     pub fn kernel_event(&self, ev: Identity) {
         self.stats.kernel_events.fetch_add(1, Ordering::Relaxed);
         if ev.action == action::DENIED {
-            self.emit(self.denied_record(&ev));
+            self.emit_kernel_only(&ev);
             return;
         }
-        let mut joined = lock(&self.joined);
-        if joined.remove(&ev.socket_cookie).is_some() {
+        let now = Instant::now();
+        let mut joins = lock(&self.joins);
+        if joins.joined.remove(&ev.socket_cookie).is_some() {
             return;
         }
-        drop(joined);
-        let mut pending = lock(&self.pending);
-        if pending.len() >= MAX_PENDING {
+        if joins.pending.len() >= MAX_PENDING {
             // A flood of connects that send nothing: write them now instead of
             // holding them for the join window.
-            drop(pending);
-            self.emit(self.no_request_record(&ev));
+            drop(joins);
+            self.emit_kernel_only(&ev);
             return;
         }
-        pending.insert(
+        // Accepted already (the ring buffer lags the accept at times): wait for
+        // the request or the close.
+        let wait = match joins.accepted.remove(&ev.socket_cookie) {
+            Some(_) => self.connection_wait(),
+            None => self.join_window,
+        };
+        joins.pending.insert(
             ev.socket_cookie,
             Pending {
                 event: ev,
-                seen: Instant::now(),
+                deadline: now + wait,
             },
         );
     }
 
-    /// Write redirected connects that never sent a request; forget old joins.
+    /// Longest wait of an accepted connection's kernel event for its request: the
+    /// connection's lifetime, and a join window for the request's answer.
+    fn connection_wait(&self) -> Duration {
+        CONNECTION_LIFETIME + self.join_window
+    }
+
+    /// A kernel event written on its own (`connect-denied`,
+    /// `connect-without-request`), charged to its cgroup.
+    fn emit_kernel_only(&self, ev: &Identity) {
+        let (action, build): (&'static str, fn(&Self, &Identity) -> Value) =
+            if ev.action == action::DENIED {
+                ("connect-denied", Self::denied_record)
+            } else {
+                ("connect-without-request", Self::no_request_record)
+            };
+        self.emit_limited(Source::Cgroup(ev.cgroup_id), action, "", || build(self, ev));
+    }
+
+    /// Write redirected connects that never sent a request and the summaries of
+    /// an ended flood-control interval; forget old joins.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        self.sweep_at(Instant::now());
+    }
+
+    /// [`sweep`](Self::sweep) as of `now` (tests pass a later instant instead of
+    /// waiting).
+    pub fn sweep_at(&self, now: Instant) {
         let expired: Vec<Identity> = {
-            let mut p = lock(&self.pending);
-            let old: Vec<u64> = p
+            let mut joins = lock(&self.joins);
+            let old: Vec<u64> = joins
+                .pending
                 .iter()
-                .filter(|(_, v)| now - v.seen > self.join_window)
+                .filter(|(_, v)| now > v.deadline)
                 .map(|(k, _)| *k)
                 .collect();
+            let wait = self.connection_wait();
+            joins
+                .accepted
+                .retain(|_, t| now.saturating_duration_since(*t) < wait);
+            let window = self.join_window * 3;
+            joins
+                .joined
+                .retain(|_, t| now.saturating_duration_since(*t) < window);
             old.into_iter()
-                .filter_map(|k| p.remove(&k))
+                .filter_map(|k| joins.pending.remove(&k))
                 .map(|v| v.event)
                 .collect()
         };
         for ev in expired {
-            self.emit(self.no_request_record(&ev));
+            self.emit_kernel_only(&ev);
         }
-        lock(&self.joined).retain(|_, t| now - *t < self.join_window * 3);
+        let ended = lock(&self.flood).roll(now);
+        self.emit_summaries(ended);
     }
 
     fn base(&self, ts: SystemTime, caller: Option<&Caller>) -> Value {
@@ -223,15 +400,63 @@ impl AuditLog {
         v
     }
 
+    /// A `records-summarised` record: what was counted instead of written.
+    fn summary_record(&self, s: Summary) -> Value {
+        let mut v = self.base(SystemTime::now(), None);
+        let Summary {
+            source,
+            action,
+            reason,
+            count,
+            first,
+            last,
+            context,
+        } = s;
+        if let Value::Object(ctx) = context {
+            for (k, field) in ctx {
+                if k == "event" {
+                    for (ek, ev) in field.as_object().into_iter().flatten() {
+                        v["event"][ek] = ev.clone();
+                    }
+                } else {
+                    v[k] = field;
+                }
+            }
+        }
+        v["event"]["action"] = json!("records-summarised");
+        v["event"]["start"] = json!(rfc3339_millis(first));
+        v["event"]["end"] = json!(rfc3339_millis(last));
+        if !reason.is_empty() {
+            v["event"]["reason"] = json!(reason);
+        }
+        let described = source.describe();
+        v["message"] = json!(format!(
+            "{count} {action} records{} from {described} counted, not written one by one",
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            }
+        ));
+        if v["pod_identity"].is_null() {
+            v["pod_identity"] = json!({});
+        }
+        v["pod_identity"]["summary"] = json!({
+            "action": action,
+            "count": count,
+            "source": source.kind(),
+            "interval_s": SUMMARY_INTERVAL.as_secs(),
+        });
+        if let Source::Cgroup(id) = source {
+            v["pod_identity"]["kernel"]["cgroup_id"] = json!(id);
+        }
+        v
+    }
+
     fn access_record(&self, a: &Access) -> Value {
         let mut v = self.base(SystemTime::now(), a.caller.as_ref());
         let ok = a.status == 200;
-        let action = match (a.path.as_str(), ok) {
-            (crate::http::endpoint::CREDENTIALS_PATH, true) => "credentials-served",
-            (crate::http::endpoint::CREDENTIALS_PATH, false) => "credentials-refused",
-            (_, true) => "request-served",
-            (_, false) => "request-refused",
-        };
+        let action = access_action(a);
         v["event"]["action"] = json!(action);
         v["event"]["type"] = json!(["access", if ok { "allowed" } else { "denied" }]);
         v["event"]["outcome"] = json!(if ok { "success" } else { "failure" });
@@ -242,7 +467,9 @@ impl AuditLog {
         if let Some(m) = &a.message {
             v["message"] = json!(m);
         }
-        v["http"] = json!({"request": {"method": a.method}, "response": {"status_code": a.status}});
+        let mut method = a.method.clone();
+        cap_string(&mut method, MAX_METHOD_BYTES);
+        v["http"] = json!({"request": {"method": method}, "response": {"status_code": a.status}});
         v["url"] = json!({"path": a.path});
         if let Some(p) = a.peer {
             v["source"] = json!({"ip": p.ip().to_string(), "port": p.port()});
@@ -293,16 +520,93 @@ impl AuditLog {
 impl AccessSink for AuditLog {
     fn record(&self, a: &Access) {
         if let Some(c) = &a.caller {
-            let had = lock(&self.pending).remove(&c.socket_cookie).is_some();
-            if !had {
-                let mut joined = lock(&self.joined);
-                if joined.len() < MAX_PENDING {
-                    joined.insert(c.socket_cookie, Instant::now());
+            let mut joins = lock(&self.joins);
+            joins.accepted.remove(&c.socket_cookie);
+            let had = joins.pending.remove(&c.socket_cookie).is_some();
+            if !had && joins.joined.len() < MAX_PENDING {
+                joins.joined.insert(c.socket_cookie, Instant::now());
+            }
+        }
+        let action = access_action(a);
+        if action == "credentials-served" {
+            // The audit trail proper: never summarised (rate-limited per caller
+            // by the endpoint).
+            self.emit(self.access_record(a));
+            return;
+        }
+        let source = match (&a.caller, a.peer) {
+            (Some(c), _) => Source::Cgroup(c.cgroup_id),
+            (None, Some(peer)) => Source::peer(peer.ip()),
+            (None, None) => Source::Many,
+        };
+        self.emit_limited(source, action, a.reason.as_deref().unwrap_or(""), || {
+            self.access_record(a)
+        });
+    }
+
+    fn connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        self.on_connection(socket_cookie, event);
+    }
+}
+
+impl AuditLog {
+    /// See [`AccessSink::connection`]: an accepted connection's kernel event waits
+    /// for its request; a closed one's that is still waiting had none.
+    fn on_connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        let now = Instant::now();
+        let mut joins = lock(&self.joins);
+        match event {
+            ConnectionEvent::Accepted => {
+                let wait = self.connection_wait();
+                if let Some(p) = joins.pending.get_mut(&socket_cookie) {
+                    p.deadline = p.deadline.max(now + wait);
+                } else if joins.accepted.len() < MAX_PENDING {
+                    joins.accepted.insert(socket_cookie, now);
+                }
+            }
+            ConnectionEvent::Closed => {
+                joins.accepted.remove(&socket_cookie);
+                if let Some(p) = joins.pending.remove(&socket_cookie) {
+                    drop(joins);
+                    self.emit_kernel_only(&p.event);
                 }
             }
         }
-        self.emit(self.access_record(a));
     }
+}
+
+/// `event.action` of an access record.
+fn access_action(a: &Access) -> &'static str {
+    match (a.path.as_str(), a.status == 200) {
+        (crate::http::endpoint::CREDENTIALS_PATH, true) => "credentials-served",
+        (crate::http::endpoint::CREDENTIALS_PATH, false) => "credentials-refused",
+        (_, true) => "request-served",
+        (_, false) => "request-refused",
+    }
+}
+
+/// What a summary shows of the first record it counts: who (pod, peer,
+/// cgroup), and the kind of record (type, outcome).
+fn summary_context(v: &Value) -> Value {
+    let mut ctx = json!({});
+    if let Some(ip) = v["source"].get("ip") {
+        ctx["source"] = json!({ "ip": ip });
+    }
+    for k in ["orchestrator", "container"] {
+        if !v[k].is_null() {
+            ctx[k] = v[k].clone();
+        }
+    }
+    let pi = &v["pod_identity"];
+    let mut p = json!({});
+    for k in ["cgroup_path", "service_account", "host_network"] {
+        if !pi[k].is_null() {
+            p[k] = pi[k].clone();
+        }
+    }
+    ctx["pod_identity"] = p;
+    ctx["event"] = json!({"type": v["event"]["type"], "outcome": v["event"]["outcome"]});
+    ctx
 }
 
 /// Sends to several sinks (the audit log and the tracing log).
@@ -312,6 +616,12 @@ impl AccessSink for Tee {
     fn record(&self, a: &Access) {
         for s in &self.0 {
             s.record(a);
+        }
+    }
+
+    fn connection(&self, socket_cookie: u64, event: ConnectionEvent) {
+        for s in &self.0 {
+            s.connection(socket_cookie, event);
         }
     }
 }

@@ -35,7 +35,30 @@ impl Filter {
     }
 }
 
-/// One table row for a log line.
+/// `s` safe to print on a terminal: control characters (ESC, CR, LF, BEL, …),
+/// line and paragraph separators, bidirectional overrides and zero-width
+/// characters are written as Rust escapes (`\u{1b}`, `\r`, `\n`). Every field
+/// of a record can come from a caller: a process sets its own comm.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let hidden = c.is_control()
+            || matches!(c,
+                '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}');
+        if hidden {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One table row for a log line; every cell [`escape`]d.
 pub fn table_row(v: &Value) -> String {
     let s = |x: &Value| match x {
         Value::String(s) => s.clone(),
@@ -47,23 +70,39 @@ pub fn table_row(v: &Value) -> String {
         v["orchestrator"]["resource"]["name"].as_str(),
     ) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
-        _ => format!("cgroup:{}", s(&v["pod_identity"]["kernel"]["cgroup_id"])),
+        _ => match (
+            &v["pod_identity"]["kernel"]["cgroup_id"],
+            v["source"]["ip"].as_str(),
+        ) {
+            // No kernel record: the peer is all there is.
+            (Value::Null, Some(ip)) => format!("peer:{ip}"),
+            (cgroup, _) => format!("cgroup:{}", s(cgroup)),
+        },
     };
     let role = v["pod_identity"]["role_arn"]
         .as_str()
         .map(|r| r.rsplit('/').next().unwrap_or(r).to_owned())
         .unwrap_or("-".into());
+    // A summary says what it counted in its reason column.
+    let reason = match v["pod_identity"]["summary"]["count"].as_u64() {
+        Some(count) => format!(
+            "{count}× {} {}",
+            s(&v["pod_identity"]["summary"]["action"]),
+            v["event"]["reason"].as_str().unwrap_or("")
+        ),
+        None => v["event"]["reason"].as_str().unwrap_or("").to_owned(),
+    };
     format!(
         "{:<24} {:<32} {:>7} {:<15} {:<22} {:<18} {:>4} {:<20} {}",
-        s(&v["@timestamp"]),
-        pod,
-        s(&v["process"]["pid"]),
-        s(&v["process"]["name"]),
-        s(&v["event"]["action"]),
-        role,
-        s(&v["http"]["response"]["status_code"]),
-        v["pod_identity"]["access_key_id"].as_str().unwrap_or("-"),
-        v["event"]["reason"].as_str().unwrap_or(""),
+        escape(&s(&v["@timestamp"])),
+        escape(&pod),
+        escape(&s(&v["process"]["pid"])),
+        escape(&s(&v["process"]["name"])),
+        escape(&s(&v["event"]["action"])),
+        escape(&role),
+        escape(&s(&v["http"]["response"]["status_code"])),
+        escape(v["pod_identity"]["access_key_id"].as_str().unwrap_or("-")),
+        escape(reason.trim_end()),
     )
 }
 

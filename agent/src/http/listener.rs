@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::conn_limit::{ConnectionCounter, ConnectionLimits};
-use crate::attribution::Caller;
+use crate::{attribution::Caller, audit::ConnectionEvent};
 
 /// Who connected, as the kernel tells it.
 pub trait Attribute: Send + Sync + 'static {
@@ -36,6 +36,12 @@ pub trait Handler: Send + Sync + 'static {
     /// A connection without a kernel record was refused before any request was
     /// read (for the audit log).
     fn unattributed(&self, _peer: SocketAddr, _local: SocketAddr) {}
+
+    /// An attributed connection was accepted (before any of its requests) or has
+    /// ended. For the audit log ([`crate::audit::AccessSink::connection`], with
+    /// `caller.socket_cookie`): a connect's kernel event then waits for the
+    /// connection's request rather than for a fixed window. Default: nothing.
+    fn connection(&self, _caller: &Caller, _event: ConnectionEvent) {}
 }
 
 /// The fixed answer to a connection the kernel did not redirect.
@@ -158,14 +164,26 @@ pub async fn serve<A: Attribute, H: Handler>(
         };
         // A connection without a kernel record gets its 403 and is closed.
         let keep_alive = caller.is_ok();
+        // Told before any request is read, so the audit log holds the connect's
+        // kernel event for this connection's request, however long it takes.
+        let attributed = caller.as_ref().ok().cloned();
+        if let Some(c) = &attributed {
+            handler.connection(c, ConnectionEvent::Accepted);
+        }
         let ctx = RequestContext {
             peer,
             local,
             caller,
         };
         let handler = handler.clone();
+        let closed = attributed.map(|caller| ClosedGuard {
+            handler: handler.clone(),
+            caller,
+        });
         tokio::spawn(async move {
             let _slot = slot;
+            // Reports the close however the task ends (also on a panic).
+            let _closed = closed;
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 let ctx = ctx.clone();
@@ -183,6 +201,19 @@ pub async fn serve<A: Attribute, H: Handler>(
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Tells the handler that an attributed connection ended when dropped.
+struct ClosedGuard<H: Handler> {
+    handler: Arc<H>,
+    caller: Caller,
+}
+
+impl<H: Handler> Drop for ClosedGuard<H> {
+    fn drop(&mut self) {
+        self.handler
+            .connection(&self.caller, ConnectionEvent::Closed);
     }
 }
 

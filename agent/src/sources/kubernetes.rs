@@ -8,7 +8,9 @@
 //!   the list and the watch stay small however big the cluster is.
 //! * ServiceAccounts, cluster-wide: a pod's IRSA annotation
 //!   (`eks.amazonaws.com/role-arn`) lives on its service account, which can be in
-//!   any namespace that has a pod on this node.
+//!   any namespace that has a pod on this node. Only the IRSA annotations the
+//!   agent reads are kept (bounded values), and only for service accounts that
+//!   carry one: anyone who may create service accounts anywhere feeds this watch.
 //! * `PodIdentityAssociation` (`pod-identity.aws-agent.io/v1alpha1`), cluster-wide.
 //!
 //! # Never guess

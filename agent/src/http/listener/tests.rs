@@ -101,3 +101,63 @@ async fn a_pod_holding_its_maximum_does_not_starve_another_pod() {
     drop(idle);
     server.abort();
 }
+
+/// Records what the listener reports about connections, and when requests come.
+#[derive(Default)]
+struct Recording {
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl Handler for Recording {
+    async fn handle(&self, ctx: RequestContext, _req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let cgroup = ctx.caller.as_ref().map(|c| c.cgroup_id).unwrap_or(0);
+        self.log.lock().unwrap().push(format!("request {cgroup}"));
+        text(StatusCode::OK, "ok")
+    }
+
+    fn connection(&self, caller: &Caller, event: ConnectionEvent) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{event:?} {}", caller.cgroup_id));
+    }
+}
+
+/// The audit log joins a connect's kernel event with its request however long
+/// the request takes, once it knows the listener accepted the connection; and
+/// writes it alone when the connection closes without one.
+#[tokio::test]
+async fn attributed_connections_are_reported_at_accept_and_close() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(Recording::default());
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(ByAddress),
+        handler.clone(),
+        ConnectionLimits {
+            total: 8,
+            per_caller: 8,
+        },
+    ));
+    let answer = get(connect_from(5, addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    drop(connect_from(6, addr).await);
+    let want = [
+        "Accepted 5",
+        "request 5",
+        "Closed 5",
+        "Accepted 6",
+        "Closed 6",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = handler.log.lock().unwrap().clone();
+        if log.len() >= want.len() || Instant::now() > deadline {
+            assert_eq!(log, want);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.abort();
+}

@@ -12,11 +12,26 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 
 use super::relisting::{relisting_watcher, Backoff};
 use super::{KubeStatus, SaKey};
-use crate::model::PodInfo;
+use crate::model::{PodInfo, IRSA_ROLE_ANNOTATION};
 use crate::sources::pods::PodStore;
 
-/// Service account annotations not copied into [`PodInfo`]: large and never read.
-const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+/// The service account annotations kept; every other one is dropped as the object
+/// arrives. The service account watch is cluster-wide, so anyone who may create
+/// service accounts in any namespace feeds every agent's memory: only what the
+/// agent reads is held. [`IRSA_ROLE_ANNOTATION`] selects the role
+/// (`sources::associations`); `sts-regional-endpoints` is the documented IRSA
+/// companion annotation, kept so the pod directory shows it (small, bounded).
+/// Other IRSA annotations (`audience`, `token-expiration`) configure the pod's
+/// projected token, which the agent does not mint, and are not kept.
+pub const KEPT_ANNOTATIONS: &[&str] = &[
+    IRSA_ROLE_ANNOTATION,
+    "eks.amazonaws.com/sts-regional-endpoints",
+];
+
+/// Longest annotation value kept (IAM's limit for an ARN). A longer value is
+/// dropped, never cut: a shortened ARN could name another role. Without its role
+/// annotation the service account has no IRSA role, so its pods fail closed.
+pub const MAX_ANNOTATION_VALUE_BYTES: usize = 2048;
 
 /// The [`PodInfo`] of `pod`, if it is a pod on `node` with the identifying fields.
 /// Service account annotations are left empty (they come from the SA watch).
@@ -52,12 +67,29 @@ fn sa_key(sa: &ServiceAccount) -> Option<SaKey> {
     Some((sa.metadata.namespace.clone()?, sa.metadata.name.clone()?))
 }
 
+/// The [`KEPT_ANNOTATIONS`] of `sa`, values at most [`MAX_ANNOTATION_VALUE_BYTES`];
+/// nothing else of the object is copied.
 fn sa_annotations(sa: &ServiceAccount) -> BTreeMap<String, String> {
-    let mut annotations = sa.metadata.annotations.clone().unwrap_or_default();
-    for key in DROPPED_ANNOTATIONS {
-        annotations.remove(*key);
-    }
-    annotations
+    let Some(all) = sa.metadata.annotations.as_ref() else {
+        return BTreeMap::new();
+    };
+    KEPT_ANNOTATIONS
+        .iter()
+        .filter_map(|key| {
+            let value = all.get(*key)?;
+            if value.len() > MAX_ANNOTATION_VALUE_BYTES {
+                tracing::warn!(
+                    namespace = sa.metadata.namespace.as_deref().unwrap_or(""),
+                    service_account = sa.metadata.name.as_deref().unwrap_or(""),
+                    annotation = *key,
+                    bytes = value.len(),
+                    "service account annotation longer than {MAX_ANNOTATION_VALUE_BYTES} bytes ignored"
+                );
+                return None;
+            }
+            Some(((*key).to_owned(), value.clone()))
+        })
+        .collect()
 }
 
 /// What the pod and SA watches have confirmed, and what has been published.
@@ -67,6 +99,7 @@ struct PodDirectory {
     status: KubeStatus,
     /// Pods by UID, without annotations.
     pods: HashMap<String, PodInfo>,
+    /// Service accounts with at least one kept annotation (absent = none).
     sas: HashMap<SaKey, BTreeMap<String, String>>,
     pod_buf: Option<HashMap<String, PodInfo>>,
     sa_buf: Option<HashMap<SaKey, BTreeMap<String, String>>>,
@@ -174,7 +207,10 @@ impl PodDirectory {
             Event::Init => self.sa_buf = Some(HashMap::new()),
             Event::InitApply(sa) => {
                 if let (Some(buf), Some(key)) = (self.sa_buf.as_mut(), sa_key(&sa)) {
-                    buf.insert(key, sa_annotations(&sa));
+                    let annotations = sa_annotations(&sa);
+                    if !annotations.is_empty() {
+                        buf.insert(key, annotations);
+                    }
                 }
             }
             Event::InitDone => {
@@ -185,8 +221,15 @@ impl PodDirectory {
             Event::Apply(sa) => {
                 if let Some(key) = sa_key(&sa) {
                     let annotations = sa_annotations(&sa);
-                    if self.sas.get(&key) != Some(&annotations) {
+                    let changed = if annotations.is_empty() {
+                        self.sas.remove(&key).is_some()
+                    } else if self.sas.get(&key) != Some(&annotations) {
                         self.sas.insert(key.clone(), annotations);
+                        true
+                    } else {
+                        false
+                    };
+                    if changed {
                         self.republish_sa(&key);
                     }
                 }
@@ -305,5 +348,114 @@ mod tests {
         let mut v = pod_json("node-a");
         v["metadata"].as_object_mut().unwrap().remove("uid");
         assert!(pod_info(&serde_json::from_value(v).unwrap(), "node-a").is_none());
+    }
+
+    /// Bytes of annotation keys and values the directory holds: its service
+    /// accounts (listed, and being listed) and the pods it published.
+    fn retained_bytes(dir: &PodDirectory) -> usize {
+        let annotations = |a: &BTreeMap<String, String>| -> usize {
+            a.iter().map(|(k, v)| k.len() + v.len()).sum()
+        };
+        let sas = |m: &HashMap<SaKey, BTreeMap<String, String>>| -> usize {
+            m.iter()
+                .map(|((ns, name), a)| ns.len() + name.len() + annotations(a))
+                .sum()
+        };
+        let pods: usize = dir
+            .store
+            .subscribe()
+            .borrow()
+            .values()
+            .map(|p| annotations(&p.service_account_annotations))
+            .sum();
+        sas(&dir.sas) + dir.sa_buf.as_ref().map_or(0, sas) + pods
+    }
+
+    /// A service account with `junk` bytes of annotations besides `extra`.
+    fn big_sa(ns: &str, name: &str, junk: usize, extra: serde_json::Value) -> ServiceAccount {
+        let mut annotations = extra.as_object().cloned().unwrap_or_default();
+        let piece = junk / 4;
+        for i in 0..4 {
+            annotations.insert(format!("example.com/junk-{i}"), "x".repeat(piece).into());
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name, "annotations": annotations}
+        }))
+        .unwrap()
+    }
+
+    /// Any tenant who can create service accounts feeds every agent's directory
+    /// (the SA watch is cluster-wide): only the annotations the agent reads are
+    /// kept, with bounded values, whatever else the objects carry.
+    #[test]
+    fn service_account_annotations_are_filtered_at_ingestion() {
+        const ROLE: &str = "arn:aws:iam::123456789012:role/web";
+        let mut dir = PodDirectory {
+            node: "node-a".into(),
+            store: PodStore::new(),
+            status: KubeStatus::default(),
+            pods: HashMap::new(),
+            sas: HashMap::new(),
+            pod_buf: None,
+            sa_buf: None,
+            pods_listed: false,
+            sas_listed: false,
+        };
+        let pod: Pod = serde_json::from_value(pod_json("node-a")).unwrap();
+        let uid = pod.metadata.uid.clone().unwrap();
+        dir.handle(DirEvent::Pod(Box::new(Event::Init)));
+        dir.handle(DirEvent::Pod(Box::new(Event::InitApply(pod))));
+        dir.handle(DirEvent::Pod(Box::new(Event::InitDone)));
+
+        const JUNK: usize = 256 * 1024;
+        let huge = "y".repeat(JUNK);
+        dir.handle(DirEvent::Sa(Box::new(Event::Init)));
+        for i in 0..1000 {
+            let extra = match i {
+                // The pod's service account: IRSA, as documented.
+                0 => serde_json::json!({
+                    "eks.amazonaws.com/role-arn": ROLE,
+                    "eks.amazonaws.com/sts-regional-endpoints": "true",
+                }),
+                // Known keys with absurd values are not kept either.
+                1..=9 => serde_json::json!({
+                    "eks.amazonaws.com/role-arn": huge,
+                    "eks.amazonaws.com/sts-regional-endpoints": huge,
+                }),
+                _ => serde_json::json!({}),
+            };
+            let (ns, name) = if i == 0 {
+                ("shop".to_owned(), "web".to_owned())
+            } else {
+                (format!("tenant-{i}"), format!("sa-{i}"))
+            };
+            let sa = big_sa(&ns, &name, JUNK, extra);
+            dir.handle(DirEvent::Sa(Box::new(Event::InitApply(sa))));
+        }
+        dir.handle(DirEvent::Sa(Box::new(Event::InitDone)));
+        // Updates after the list go through the same filter.
+        for i in 1000..1100 {
+            let sa = big_sa(&format!("tenant-{i}"), "sa", JUNK, serde_json::json!({}));
+            dir.handle(DirEvent::Sa(Box::new(Event::Apply(sa))));
+        }
+
+        let retained = retained_bytes(&dir);
+        assert!(
+            retained < 1 << 20,
+            "the directory keeps {retained} bytes of service account annotations \
+             (1,100 accounts × 256 KiB fed); expected < 1 MiB"
+        );
+        let web = dir.store.get(&uid).expect("the pod is published");
+        assert_eq!(
+            web.service_account_annotations
+                .get(crate::model::IRSA_ROLE_ANNOTATION)
+                .map(String::as_str),
+            Some(ROLE)
+        );
+        let assoc = crate::sources::associations::AssociationStore::new()
+            .resolve(&web)
+            .unwrap();
+        assert_eq!(assoc.role_arn, ROLE);
+        assert_eq!(assoc.mode, crate::model::AssumeMode::WebIdentity);
     }
 }
