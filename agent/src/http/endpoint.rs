@@ -193,6 +193,10 @@ impl<F: Fetch> Handler for Service<F> {
             ..Access::default()
         });
     }
+
+    fn connection(&self, caller: &Caller, event: crate::audit::ConnectionEvent) {
+        self.sink.connection(caller.socket_cookie, event);
+    }
 }
 
 #[cfg(test)]
