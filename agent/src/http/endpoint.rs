@@ -108,15 +108,7 @@ impl<F: Fetch> Service<F> {
         }
         let assoc = self.resolver.association(&resolved.pod)?;
         access.association = Some(assoc.clone());
-        let (creds, outcome) =
-            self.cache
-                .get(&resolved.pod, &assoc)
-                .await
-                .map_err(|e| Refusal::Credentials {
-                    status: e.http_status(),
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                })?;
+        let (creds, outcome) = self.cache.get(&resolved.pod, &assoc).await?;
         access.cache = Some(outcome);
         access.access_key_id = Some(creds.access_key_id.clone());
         access.assumed_role_arn = Some(creds.assumed_role_arn.clone());
@@ -166,9 +158,7 @@ impl<F: Fetch> Service<F> {
             Err(refusal) => {
                 access.reason = Some(refusal.code().to_owned());
                 access.message = Some(refusal.to_string());
-                let status = StatusCode::from_u16(refusal.status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                text(status, &refusal.to_string())
+                text(refusal.status(), &refusal.to_string())
             }
         };
         access.status = resp.status().as_u16();
@@ -187,7 +177,7 @@ impl<F: Fetch> Handler for Service<F> {
     fn unattributed(&self, peer: std::net::SocketAddr, _local: std::net::SocketAddr) {
         self.sink.record(&Access {
             peer: Some(peer),
-            status: 403,
+            status: Refusal::Unattributed.status().as_u16(),
             reason: Some(Refusal::Unattributed.code().to_owned()),
             message: Some(Refusal::Unattributed.to_string()),
             ..Access::default()

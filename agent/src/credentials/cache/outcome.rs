@@ -50,15 +50,6 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    /// Status for the pod's SDK (see [`StsError::http_status`]).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            CacheError::Sts(e) => e.http_status(),
-            CacheError::ShortLived { .. } => 500,
-            CacheError::FetchAborted => 503,
-        }
-    }
-
     /// Whether asking again may help.
     pub fn is_retryable(&self) -> bool {
         match self {

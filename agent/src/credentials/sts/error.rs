@@ -1,6 +1,7 @@
 //! Why STS gave no credentials: [`StsError`] keeps STS's code and request id for
 //! the stock agent's error format, and classifies fault, throttling and transient
-//! errors into whether a retry may help and the status the pod gets.
+//! errors and whether a retry may help. Which HTTP status a pod gets for each is
+//! decided at the edge, in `http::refusal`.
 
 use std::path::PathBuf;
 
@@ -127,37 +128,22 @@ impl StsError {
         }
     }
 
-    /// Status the agent should answer with. 4xx is final for the Rust SDK (it never
-    /// retries it), 5xx makes SDKs retry, so only transient trouble gets 5xx.
-    /// Final STS errors answer 400 as the stock agent does for AccessDenied,
-    /// ExpiredToken, InvalidParameter...; a pod without a token answers 404 like
-    /// EKS's ResourceNotFound (nothing to assume with).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            StsError::Service { code, status, .. } => {
-                if is_throttling_code(code) || *status == 429 {
-                    429
-                } else if matches!(
-                    code.as_str(),
-                    "ResourceNotFound" | "ResourceNotFoundException" | "NoSuchEntity"
-                ) {
-                    404
-                } else if *status == 503 {
-                    503
-                } else if *status >= 500 {
-                    500
-                } else if is_transient_code(code) {
-                    // e.g. IDPCommunicationError, sent with a 400.
-                    503
-                } else {
-                    400
-                }
-            }
-            StsError::Timeout { .. } | StsError::Dispatch { .. } => 503,
-            StsError::InvalidResponse { .. } | StsError::Construction { .. } => 500,
-            StsError::WebIdentityTokenMissing { .. } => 404,
-            StsError::WebIdentityTokenRead { .. } => 500,
-        }
+    /// STS said "slow down" (a throttling code, or HTTP 429).
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, StsError::Service { code, status, .. }
+            if is_throttling_code(code) || *status == 429)
+    }
+
+    /// STS reported trouble on its side that a later call may not meet, although
+    /// it may send it with a 4xx status (e.g. `IDPCommunicationError`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StsError::Service { code, .. } if is_transient_code(code))
+    }
+
+    /// STS (or IAM behind it) says what was asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StsError::Service { code, .. }
+            if matches!(code.as_str(), "ResourceNotFound" | "ResourceNotFoundException" | "NoSuchEntity"))
     }
 
     /// A short code for metrics labels and audit records: STS's error code, or the
@@ -229,56 +215,65 @@ mod tests {
 
     #[test]
     fn error_classification() {
+        // (error, retryable, throttling, transient)
         let cases = [
-            (service("AccessDenied", 403), false, 400),
-            (service("InvalidParameterValue", 400), false, 400),
-            (service("ExpiredTokenException", 400), false, 400),
-            (service("MalformedPolicyDocument", 400), false, 400),
-            (service("RegionDisabledException", 403), false, 400),
-            (service("ValidationError", 400), false, 400),
-            (service("Throttling", 400), true, 429),
-            (service("IDPCommunicationError", 400), true, 503),
-            (service("InternalFailure", 500), true, 500),
-            (service("ServiceUnavailable", 503), true, 503),
-            (service("Unknown", 502), true, 500),
+            (service("AccessDenied", 403), false, false, false),
+            (service("InvalidParameterValue", 400), false, false, false),
+            (service("ExpiredTokenException", 400), false, false, false),
+            (service("ValidationError", 400), false, false, false),
+            (service("Throttling", 400), true, true, false),
+            (service("Whatever", 429), true, true, false),
+            (service("IDPCommunicationError", 400), true, false, true),
+            (service("InternalFailure", 500), true, false, true),
+            (service("ServiceUnavailable", 503), true, false, true),
+            (service("Unknown", 502), true, false, false),
             (
                 StsError::Timeout {
                     message: "t".into(),
                 },
                 true,
-                503,
+                false,
+                false,
             ),
             (
                 StsError::Dispatch {
                     message: "d".into(),
                 },
                 true,
-                503,
+                false,
+                false,
             ),
             (
                 StsError::InvalidResponse {
                     message: "r".into(),
                 },
                 true,
-                500,
+                false,
+                false,
             ),
             (
                 StsError::Construction {
                     message: "c".into(),
                 },
                 false,
-                500,
+                false,
+                false,
             ),
             (
                 StsError::WebIdentityTokenMissing { path: "/x".into() },
                 false,
-                404,
+                false,
+                false,
             ),
         ];
-        for (err, retryable, status) in cases {
+        for (err, retryable, throttling, transient) in cases {
             assert_eq!(err.is_retryable(), retryable, "{err}");
-            assert_eq!(err.http_status(), status, "{err}");
+            assert_eq!(err.is_throttling(), throttling, "{err}");
+            assert_eq!(err.is_transient(), transient, "{err}");
         }
+        assert!(service("NoSuchEntity", 404).is_not_found());
+        assert!(service("ResourceNotFound", 400).is_not_found());
+        assert!(!service("AccessDenied", 403).is_not_found());
     }
 
     #[test]

@@ -344,21 +344,21 @@ async fn service_errors_keep_code_request_id_and_class() {
         err.to_string(),
         "[req-1]: (AccessDenied): not authorized to perform sts:AssumeRole, fault: client"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (400, false));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (false, false));
 
     let err = fetcher.fetch(&pod(), &role("throttled")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "[req-2]: (Throttling): Rate exceeded, fault: client"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (429, true));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (true, true));
 
     let err = fetcher.fetch(&pod(), &role("broken")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "[req-3]: (InternalFailure): oops, fault: server"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (500, true));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (false, true));
 }
 
 #[tokio::test]
