@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::operation::RequestId;
 
 use crate::credentials::types::{account_id_from_arn, Credentials, Secret};
 use crate::model::{Association, AssumeMode, PodInfo};
@@ -35,7 +36,7 @@ pub mod error;
 pub mod session;
 pub mod web_identity;
 
-pub use error::StsError;
+pub use error::{ErrorChain, StsError};
 pub use session::{
     session_duration_secs, session_name, session_tags, CHAINED_SESSION_SECS, DEFAULT_SESSION_SECS,
     SESSION_NAME_MAX, WEB_IDENTITY_SESSION_SECS,
@@ -298,7 +299,7 @@ impl StsFetcher {
     ) -> Result<Credentials, StsError> {
         // Bounded to [900, 43200] before this point, so the cast cannot wrap.
         let duration = i32::try_from(secs.clamp(STS_MIN_SECS, STS_MAX_SECS)).unwrap_or(3600);
-        let (creds, user) = match hop {
+        let (creds, user, request_id) = match hop {
             Hop::AssumeRole {
                 tags,
                 via,
@@ -319,7 +320,8 @@ impl StsFetcher {
                         .value(value)
                         .build()
                         .map_err(|e| StsError::Construction {
-                            message: e.to_string(),
+                            request_id: error::generate_request_id(),
+                            source: Box::new(e),
                         })?;
                     req = req.tags(tag).transitive_tag_keys(*key);
                 }
@@ -333,7 +335,8 @@ impl StsFetcher {
                     }
                 }
                 .map_err(StsError::from_sdk)?;
-                (out.credentials, out.assumed_role_user)
+                let request_id = out.request_id().map(str::to_owned);
+                (out.credentials, out.assumed_role_user, request_id)
             }
             Hop::WebIdentity { token, policy } => {
                 let out = self
@@ -347,10 +350,11 @@ impl StsFetcher {
                     .send()
                     .await
                     .map_err(StsError::from_sdk)?;
-                (out.credentials, out.assumed_role_user)
+                let request_id = out.request_id().map(str::to_owned);
+                (out.credentials, out.assumed_role_user, request_id)
             }
         };
-        let creds = convert(creds, user)?;
+        let creds = convert(creds, user, request_id)?;
         tracing::debug!(
             role,
             session,
@@ -375,13 +379,21 @@ impl Fetch for StsFetcher {
 fn convert(
     creds: Option<aws_sdk_sts::types::Credentials>,
     user: Option<aws_sdk_sts::types::AssumedRoleUser>,
+    request_id: Option<String>,
 ) -> Result<Credentials, StsError> {
+    let request_id = || {
+        request_id
+            .clone()
+            .unwrap_or_else(error::generate_request_id)
+    };
     let creds = creds.ok_or_else(|| StsError::InvalidResponse {
-        message: "response has no Credentials".into(),
+        request_id: request_id(),
+        source: "response has no Credentials".into(),
     })?;
     let expiration =
         SystemTime::try_from(*creds.expiration()).map_err(|e| StsError::InvalidResponse {
-            message: format!("Expiration out of range: {e}"),
+            request_id: request_id(),
+            source: format!("Expiration out of range: {e}").into(),
         })?;
     let assumed_role_arn = user.map(|u| u.arn).unwrap_or_default();
     Ok(Credentials {

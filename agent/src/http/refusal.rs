@@ -59,24 +59,41 @@ pub enum Refusal {
     /// The caller is over its request rate.
     #[error("Too Many Requests")]
     Throttled,
-    /// STS (or the cache) could not produce credentials.
-    #[error(transparent)]
-    Credentials(CacheError),
+    /// STS (or the cache) could not produce credentials. `body` is what the pod
+    /// reads (see [`Refusal::credentials`]); the error, with its chain, is the
+    /// source, for the log.
+    #[error("{body}")]
+    Credentials {
+        #[source]
+        error: CacheError,
+        body: String,
+    },
 }
 
 impl From<CacheError> for Refusal {
     fn from(e: CacheError) -> Self {
-        Refusal::Credentials(e)
+        Refusal::credentials(e)
     }
 }
 
 impl From<StsError> for Refusal {
     fn from(e: StsError) -> Self {
-        Refusal::Credentials(CacheError::Sts(std::sync::Arc::new(e)))
+        Refusal::credentials(CacheError::Sts(std::sync::Arc::new(e)))
     }
 }
 
 impl Refusal {
+    /// No credentials for the pod because of `error`. The body is the stock
+    /// agent's short upstream form, `[<request id>]: (<code>): <message>, fault:
+    /// client|server`: STS's own code, message and request id for an error STS
+    /// answered; a fixed message and the agent's generated request id when STS
+    /// could not be asked (timeout, unreachable, unusable answer). The SDK's error
+    /// chain never reaches the pod; the cache logs it with the same request id.
+    pub fn credentials(error: CacheError) -> Self {
+        let body = credentials_body(&error);
+        Refusal::Credentials { error, body }
+    }
+
     /// The status the caller gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -93,7 +110,7 @@ impl Refusal {
             Refusal::BadAssociation(_) => StatusCode::BAD_REQUEST,
             Refusal::Token(e) => token_status(e),
             Refusal::Throttled => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Credentials(e) => credentials_status(e),
+            Refusal::Credentials { error, .. } => credentials_status(error),
         }
     }
 
@@ -113,7 +130,7 @@ impl Refusal {
             Refusal::Token(token::TokenError::PodMismatch { .. }) => "TokenPodMismatch",
             Refusal::Token(_) => "BadToken",
             Refusal::Throttled => "Throttled",
-            Refusal::Credentials(e) => e.code(),
+            Refusal::Credentials { error, .. } => error.code(),
         }
     }
 }
@@ -126,6 +143,51 @@ fn token_status(e: &token::TokenError) -> StatusCode {
         token::TokenError::Empty
         | token::TokenError::Unparseable(_)
         | token::TokenError::Claims(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn credentials_body(e: &CacheError) -> String {
+    let CacheError::Sts(e) = e else {
+        // Local and fixed: too-short credentials, an aborted fetch.
+        return e.to_string();
+    };
+    let id = || {
+        e.request_id().map_or_else(
+            crate::credentials::sts::error::generate_request_id,
+            str::to_owned,
+        )
+    };
+    let upstream = |code: &str, message: &str, fault: &str| {
+        format!("[{}]: ({code}): {message}, fault: {fault}", id())
+    };
+    match &**e {
+        StsError::Service { code, message, .. } => upstream(
+            code,
+            message,
+            if e.is_server_fault() {
+                "server"
+            } else {
+                "client"
+            },
+        ),
+        StsError::Timeout { .. } => {
+            upstream(e.code(), "the agent's call to STS timed out", "server")
+        }
+        StsError::Dispatch { .. } => upstream(e.code(), "the agent could not reach STS", "server"),
+        StsError::InvalidResponse { .. } => upstream(
+            e.code(),
+            "STS sent a response the agent cannot use",
+            "server",
+        ),
+        StsError::Construction { .. } => upstream(
+            e.code(),
+            "the agent could not build the STS request",
+            "server",
+        ),
+        // Not upstream errors: the agent's own short messages.
+        StsError::WebIdentityTokenMissing { .. } | StsError::WebIdentityTokenRead { .. } => {
+            e.to_string()
+        }
     }
 }
 
@@ -308,5 +370,84 @@ mod tests {
         for (r, status) in cases {
             assert_eq!(r.status(), status, "{r}");
         }
+    }
+
+    #[test]
+    fn credential_bodies_are_the_short_upstream_form_without_causes() {
+        let chain = || -> crate::credentials::sts::error::BoxError {
+            "dispatch failure: io error: tcp connect error 10.0.0.7:443: Connection refused (os error 111)".into()
+        };
+        let cases = [
+            (
+                StsError::Timeout {
+                    request_id: "id-1".into(),
+                    source: chain(),
+                },
+                "[id-1]: (Timeout): the agent's call to STS timed out, fault: server",
+            ),
+            (
+                StsError::Dispatch {
+                    request_id: "id-2".into(),
+                    source: chain(),
+                },
+                "[id-2]: (Dispatch): the agent could not reach STS, fault: server",
+            ),
+            (
+                StsError::InvalidResponse {
+                    request_id: "id-3".into(),
+                    source: chain(),
+                },
+                "[id-3]: (InvalidResponse): STS sent a response the agent cannot use, fault: server",
+            ),
+            (
+                StsError::Construction {
+                    request_id: "id-4".into(),
+                    source: chain(),
+                },
+                "[id-4]: (Construction): the agent could not build the STS request, fault: server",
+            ),
+            (
+                service("AccessDenied", 403),
+                "[req-1]: (AccessDenied): msg, fault: client",
+            ),
+            (
+                service("InternalFailure", 500),
+                "[req-1]: (InternalFailure): msg, fault: server",
+            ),
+            (
+                StsError::WebIdentityTokenRead {
+                    path: "/p/token".into(),
+                    source: std::io::Error::other("secret detail"),
+                },
+                "cannot read web identity token /p/token",
+            ),
+        ];
+        for (err, body) in cases {
+            let r = Refusal::from(err);
+            assert_eq!(r.to_string(), body);
+            // The cause stays reachable for the log.
+            if !body.starts_with("[req-1]") {
+                assert!(std::error::Error::source(&r).is_some(), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_request_id_is_generated_once_per_refusal() {
+        let r = Refusal::from(StsError::Service {
+            code: "InternalFailure".into(),
+            message: "oops".into(),
+            request_id: None,
+            status: 500,
+        });
+        let body = r.to_string();
+        assert_eq!(body, r.to_string(), "stable across displays");
+        let id = body
+            .strip_prefix('[')
+            .and_then(|b| b.split_once(']'))
+            .map(|(id, _)| id)
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{body}");
+        assert!(body.ends_with("]: (InternalFailure): oops, fault: server"));
     }
 }

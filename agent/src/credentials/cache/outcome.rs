@@ -59,6 +59,14 @@ impl CacheError {
         }
     }
 
+    /// STS's (or the agent's generated) request id of the failed call, if one was made.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CacheError::Sts(e) => e.request_id(),
+            CacheError::ShortLived { .. } | CacheError::FetchAborted => None,
+        }
+    }
+
     /// Short code for metrics and audit records.
     pub fn code(&self) -> &str {
         match self {
