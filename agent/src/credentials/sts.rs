@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sts::operation::RequestId;
 
@@ -36,6 +37,7 @@ pub mod error;
 pub mod session;
 pub mod web_identity;
 
+pub use client_config::NodeRoleRefused;
 pub use error::{ErrorChain, StsError};
 pub use session::{
     session_duration_secs, session_name, session_tags, CHAINED_SESSION_SECS, DEFAULT_SESSION_SECS,
@@ -43,10 +45,7 @@ pub use session::{
 };
 pub use web_identity::{read_web_identity_token, IRSA_VOLUME_PREFIX};
 
-use client_config::{
-    chain_without_container_credentials, chained_config, points_at_pod_identity_agent,
-    retry_config, timeout_config,
-};
+use client_config::{agent_credentials_chain, chained_config, retry_config, timeout_config};
 use session::{ONE_HOUR_SECS, STS_MAX_SECS, STS_MIN_SECS};
 
 /// Roles remembered as capped at 1 h (see [`StsFetcher`]); bounded so a stream of
@@ -73,6 +72,13 @@ pub struct StsSettings {
     /// Attempts per STS operation (SDK standard retry mode, which also keeps a
     /// retry budget so an STS outage is not amplified).
     pub max_attempts: u32,
+    /// May the agent use the node's instance-profile role (IMDS) as its own AWS
+    /// identity (`--allow-node-role`)? Every pod role must then trust the node
+    /// role, and whatever on the node reaches IMDS could assume them all.
+    pub allow_node_role: bool,
+    /// IMDS endpoint override for the node role (tests point it at a local IMDS);
+    /// `None`: the SDK's (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else 169.254.169.254).
+    pub imds_endpoint: Option<String>,
 }
 
 impl Default for StsSettings {
@@ -85,6 +91,8 @@ impl Default for StsSettings {
             call_timeout: Duration::from_secs(5),
             web_identity_token_dir: PathBuf::from("/var/lib/kubelet/pods"),
             max_attempts: 3,
+            allow_node_role: false,
+            imds_endpoint: None,
         }
     }
 }
@@ -139,35 +147,10 @@ enum Hop<'a> {
 }
 
 impl StsFetcher {
-    /// Client using the agent's own credentials from aws-config's default chain
-    /// (environment, profile, web identity, container, IMDS), with the region and
-    /// endpoint of `settings`.
+    /// Client using the agent's own credentials (see [`agent_sdk_config`]), with
+    /// the region and endpoint of `settings`.
     pub async fn new(settings: StsSettings) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeout_config(&settings))
-            .retry_config(retry_config(&settings));
-        if !settings.region.is_empty() {
-            loader = loader.region(Region::new(settings.region.clone()));
-        }
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        // Invariant 3: if the agent's own pod was given Pod Identity variables, the
-        // default chain would ask the credentials address, i.e. this agent.
-        if let Ok(uri) = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
-            if points_at_pod_identity_agent(&uri) {
-                tracing::warn!(
-                    uri,
-                    "AWS_CONTAINER_CREDENTIALS_FULL_URI points at the pod identity address; \
-                     the agent ignores it and takes its own credentials from the environment, \
-                     profile, web identity or IMDS"
-                );
-                let region =
-                    (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
-                loader = loader.credentials_provider(chain_without_container_credentials(region));
-            }
-        }
-        let sdk_config = loader.load().await;
+        let sdk_config = agent_sdk_config(&settings).await;
         Self::with_sdk_config(settings, &sdk_config)
     }
 
@@ -364,6 +347,43 @@ impl StsFetcher {
         );
         Ok(creds)
     }
+}
+
+/// The agent's own AWS configuration: region, endpoint, timeouts and retries of
+/// `settings`, and credentials from the environment, a profile, a web identity
+/// token (IRSA for the agent's own service account) or a container provider that
+/// is not this agent; the node's instance-profile role (IMDS) only with
+/// `settings.allow_node_role`.
+pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
+    let region = (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
+    let provider_config = match &region {
+        Some(r) => ProviderConfig::without_region().with_region(Some(r.clone())),
+        None => ProviderConfig::with_default_region().await,
+    };
+    if settings.allow_node_role {
+        tracing::warn!(
+            "--allow-node-role: the node's instance-profile role may sign sts:AssumeRole; \
+             every pod role must trust it, and anything on the node that reaches IMDS \
+             can assume them"
+        );
+    } else {
+        tracing::info!(
+            "the agent's own AWS credentials come from the environment, a profile, a web \
+             identity token (IRSA) or a container provider; the node role (IMDS) is \
+             refused without --allow-node-role"
+        );
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeout_config(settings))
+        .retry_config(retry_config(settings))
+        .credentials_provider(agent_credentials_chain(settings, &provider_config));
+    if let Some(region) = region {
+        loader = loader.region(region);
+    }
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
 }
 
 impl Fetch for StsFetcher {

@@ -184,6 +184,13 @@ fn credentials_body(e: &CacheError) -> String {
             "the agent could not build the STS request",
             "server",
         ),
+        // Why (the node role refused, a broken IRSA token of the agent's) is for
+        // the operator, in the log.
+        StsError::AgentCredentials { .. } => upstream(
+            e.code(),
+            "the agent has no usable AWS credentials of its own",
+            "server",
+        ),
         // Not upstream errors: the agent's own short messages.
         StsError::WebIdentityTokenMissing { .. } | StsError::WebIdentityTokenRead { .. } => {
             e.to_string()
@@ -221,7 +228,9 @@ fn sts_status(e: &StsError) -> StatusCode {
                 StatusCode::BAD_REQUEST
             }
         }
-        StsError::Timeout { .. } | StsError::Dispatch { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StsError::Timeout { .. }
+        | StsError::Dispatch { .. }
+        | StsError::AgentCredentials { .. } => StatusCode::SERVICE_UNAVAILABLE,
         StsError::InvalidResponse { .. } | StsError::Construction { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -284,6 +293,13 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (service("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                StsError::AgentCredentials {
+                    request_id: "id".into(),
+                    source: "no credentials".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (
                 StsError::WebIdentityTokenMissing { path: "/x".into() },
                 StatusCode::NOT_FOUND,
@@ -405,6 +421,13 @@ mod tests {
                     source: chain(),
                 },
                 "[id-4]: (Construction): the agent could not build the STS request, fault: server",
+            ),
+            (
+                StsError::AgentCredentials {
+                    request_id: "id-5".into(),
+                    source: "node role refused: --allow-node-role".into(),
+                },
+                "[id-5]: (AgentCredentials): the agent has no usable AWS credentials of its own, fault: server",
             ),
             (
                 service("AccessDenied", 403),
