@@ -5,7 +5,8 @@
 //!   chained target role sees them too), then optionally `AssumeRole` of the
 //!   target role with the first role's credentials (role chaining).
 //! * IRSA associations: `AssumeRoleWithWebIdentity` with the pod's own projected
-//!   token, read from the kubelet's volume directory on this node. That call is
+//!   token, read from the IRSA webhook's volume (`aws-iam-token`, audience
+//!   `sts.amazonaws.com`) in the kubelet's directory on this node. That call is
 //!   unsigned (aws-sdk-sts resolves it with the no-auth scheme), so it works even
 //!   when the agent itself has no AWS credentials.
 //!
@@ -43,7 +44,7 @@ pub use session::{
     session_duration_secs, session_name, session_tags, CHAINED_SESSION_SECS, DEFAULT_SESSION_SECS,
     SESSION_NAME_MAX, WEB_IDENTITY_SESSION_SECS,
 };
-pub use web_identity::{read_web_identity_token, IRSA_VOLUME_PREFIX};
+pub use web_identity::{read_web_identity_token, IRSA_AUDIENCE, IRSA_VOLUME};
 
 use client_config::{agent_credentials_chain, chained_config, retry_config, timeout_config};
 use session::{ONE_HOUR_SECS, STS_MAX_SECS, STS_MIN_SECS};

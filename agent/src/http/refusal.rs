@@ -192,9 +192,9 @@ fn credentials_body(e: &CacheError) -> String {
             "server",
         ),
         // Not upstream errors: the agent's own short messages.
-        StsError::WebIdentityTokenMissing { .. } | StsError::WebIdentityTokenRead { .. } => {
-            e.to_string()
-        }
+        StsError::WebIdentityTokenMissing { .. }
+        | StsError::WebIdentityTokenInvalid { .. }
+        | StsError::WebIdentityTokenRead { .. } => e.to_string(),
     }
 }
 
@@ -235,6 +235,8 @@ fn sts_status(e: &StsError) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         StsError::WebIdentityTokenMissing { .. } => StatusCode::NOT_FOUND,
+        // Final, like the stock agent's token claim validations.
+        StsError::WebIdentityTokenInvalid { .. } => StatusCode::BAD_REQUEST,
         StsError::WebIdentityTokenRead { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -303,6 +305,13 @@ mod tests {
             (
                 StsError::WebIdentityTokenMissing { path: "/x".into() },
                 StatusCode::NOT_FOUND,
+            ),
+            (
+                StsError::WebIdentityTokenInvalid {
+                    path: "/x".into(),
+                    reason: "its audience (aud) is not sts.amazonaws.com",
+                },
+                StatusCode::BAD_REQUEST,
             ),
             (
                 StsError::WebIdentityTokenRead {

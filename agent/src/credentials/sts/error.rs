@@ -91,6 +91,15 @@ pub enum StsError {
         /// The directory that was searched.
         path: PathBuf,
     },
+    /// IRSA: the IRSA volume's token is not one for STS (not a JWT, or its `aud`
+    /// lacks `sts.amazonaws.com`); it is not sent.
+    #[error("web identity token {} refused: {reason}", path.display())]
+    WebIdentityTokenInvalid {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong with it (never the token itself).
+        reason: &'static str,
+    },
     /// IRSA: the token exists but could not be read.
     #[error("cannot read web identity token {}", path.display())]
     WebIdentityTokenRead {
@@ -193,6 +202,7 @@ impl StsError {
             | StsError::AgentCredentials { .. } => true,
             StsError::Construction { .. }
             | StsError::WebIdentityTokenMissing { .. }
+            | StsError::WebIdentityTokenInvalid { .. }
             | StsError::WebIdentityTokenRead { .. } => false,
         }
     }
@@ -225,9 +235,9 @@ impl StsError {
             | StsError::InvalidResponse { request_id, .. }
             | StsError::Construction { request_id, .. }
             | StsError::AgentCredentials { request_id, .. } => Some(request_id),
-            StsError::WebIdentityTokenMissing { .. } | StsError::WebIdentityTokenRead { .. } => {
-                None
-            }
+            StsError::WebIdentityTokenMissing { .. }
+            | StsError::WebIdentityTokenInvalid { .. }
+            | StsError::WebIdentityTokenRead { .. } => None,
         }
     }
 
@@ -247,6 +257,7 @@ impl StsError {
             StsError::Construction { .. } => "Construction",
             StsError::AgentCredentials { .. } => "AgentCredentials",
             StsError::WebIdentityTokenMissing { .. } => "WebIdentityTokenMissing",
+            StsError::WebIdentityTokenInvalid { .. } => "WebIdentityTokenInvalid",
             StsError::WebIdentityTokenRead { .. } => "WebIdentityTokenRead",
         }
     }

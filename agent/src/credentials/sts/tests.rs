@@ -1,5 +1,5 @@
 use super::*;
-use crate::credentials::sts::fixtures::{pod, write_token};
+use crate::credentials::sts::fixtures::{irsa_token, pod, write_token};
 use std::path::Path;
 use std::time::Duration;
 
@@ -312,7 +312,8 @@ async fn web_identity_call_is_unsigned_and_carries_the_token() {
     let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
     let tmp = tempfile::tempdir().unwrap();
     let p = pod();
-    write_token(tmp.path(), &p.uid, "aws-iam-token", "header.payload.sig\n");
+    let token = irsa_token("system:serviceaccount:team-a:web");
+    write_token(tmp.path(), &p.uid, "aws-iam-token", &format!("{token}\n"));
     let mut a = role("irsa");
     a.mode = AssumeMode::WebIdentity;
     let creds = fetcher_for(&fake, tmp.path()).fetch(&p, &a).await.unwrap();
@@ -320,7 +321,7 @@ async fn web_identity_call_is_unsigned_and_carries_the_token() {
     let req = &fake.requests()[0];
     assert_eq!(req.action(), "AssumeRoleWithWebIdentity");
     assert_eq!(req.authorization, None);
-    assert_eq!(req.param("WebIdentityToken"), Some("header.payload.sig"));
+    assert_eq!(req.param("WebIdentityToken"), Some(token.as_str()));
     assert_eq!(req.param("DurationSeconds"), Some("3600"));
 }
 
@@ -459,4 +460,42 @@ async fn hanging_sts_is_a_timeout_with_the_sdk_chain_as_source() {
     assert!(!shown.contains("timeout"), "{shown:?}");
     assert!(std::error::Error::source(&err).is_some(), "{err:?}");
     assert!(chain(&err).len() > shown.len());
+}
+
+#[tokio::test]
+async fn web_identity_sends_no_token_but_the_irsa_volumes_sts_token() {
+    let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher = fetcher_for(&fake, tmp.path());
+    let mut a = role("irsa");
+    a.mode = AssumeMode::WebIdentity;
+    let p = pod();
+
+    // An STS-audience token in a look-alike volume: not the webhook's.
+    write_token(
+        tmp.path(),
+        &p.uid,
+        "aws-iam-token-evil",
+        &irsa_token("system:serviceaccount:team-a:web"),
+    );
+    let err = fetcher.fetch(&p, &a).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenMissing { .. }),
+        "{err}"
+    );
+
+    // The webhook's volume, but a token for another audience.
+    let pod_identity_token = crate::credentials::sts::fixtures::jwt(serde_json::json!({
+        "aud": ["pods.eks.amazonaws.com"],
+        "sub": "system:serviceaccount:team-a:web",
+    }));
+    write_token(tmp.path(), &p.uid, "aws-iam-token", &pod_identity_token);
+    let err = fetcher.fetch(&p, &a).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenInvalid { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    assert!(fake.requests().is_empty(), "a token went to STS");
 }
