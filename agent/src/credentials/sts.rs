@@ -350,11 +350,12 @@ impl StsFetcher {
     }
 }
 
-/// The agent's own AWS configuration: region, endpoint, timeouts and retries of
-/// `settings`, and credentials from the environment, a profile, a web identity
-/// token (IRSA for the agent's own service account) or a container provider that
-/// is not this agent; the node's instance-profile role (IMDS) only with
-/// `settings.allow_node_role`.
+/// The agent's own AWS identity, for any AWS client it builds: the region of
+/// `settings` (else aws-config's), and credentials from the environment, a
+/// profile, a web identity token (IRSA for the agent's own service account) or a
+/// container provider that is not this agent; the node's instance-profile role
+/// (IMDS) only with `settings.allow_node_role`. Nothing STS-specific: the STS
+/// endpoint, timeouts and retries are applied by [`StsFetcher::with_sdk_config`].
 pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
     let region = (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
     let provider_config = match &region {
@@ -375,14 +376,9 @@ pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
         );
     }
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(timeout_config(settings))
-        .retry_config(retry_config(settings))
         .credentials_provider(agent_credentials_chain(settings, &provider_config));
     if let Some(region) = region {
         loader = loader.region(region);
-    }
-    if let Some(url) = &settings.endpoint_url {
-        loader = loader.endpoint_url(url.clone());
     }
     loader.load().await
 }
