@@ -266,9 +266,8 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         tasks.spawn("kubernetes sources", src.run());
     }
     if let Some(es) = cfg.eks.clone() {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
+        // The agent's own identity, as for STS: never the node role unless allowed.
+        let sdk = crate::credentials::sts::agent_sdk_config(&cfg.sts).await;
         let src = eks::EksSource::new(eks::eks_client(&sdk, &es), es, assoc_store.clone())
             .map_err(AppError::Eks)?;
         let status = src.status();

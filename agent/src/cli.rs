@@ -108,6 +108,14 @@ pub struct RunArgs {
     /// Associations file (JSON).
     #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS_FILE")]
     pub associations_file: Option<PathBuf>,
+    /// Let the agent use the node's instance-profile role (from IMDS) as its own AWS
+    /// identity for sts:AssumeRole when it has no other credentials. Off by default,
+    /// and risky: every pod role must then trust the node role, so any process on the
+    /// node that reaches IMDS (a hostNetwork pod, or any pod if the IMDS hop limit
+    /// allows) can assume every pod role without the agent. Give the agent its own
+    /// role instead (IRSA on its service account; see docs/deploy.md).
+    #[arg(long)]
+    pub allow_node_role: bool,
     /// The kubelet's pods directory (IRSA tokens are read from it).
     #[arg(long, default_value = "/var/lib/kubelet/pods")]
     pub kubelet_pods_dir: PathBuf,
@@ -237,6 +245,7 @@ impl RunArgs {
         cfg.sts.endpoint_url = self.sts_endpoint.clone();
         cfg.sts.region = self.region.clone();
         cfg.sts.web_identity_token_dir = self.kubelet_pods_dir.clone();
+        cfg.sts.allow_node_role = self.allow_node_role;
         cfg.cgroup_prefix = self.cgroup_prefix.clone();
         cfg.audit = AuditSettings {
             target: if self.audit_log == "-" {
@@ -272,5 +281,38 @@ impl RunArgs {
             cfg.eks = Some(es);
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "pod-identity-agent",
+            "--agent-addr4",
+            "10.0.0.1",
+            "--cgroup",
+            "/",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().run.unwrap()
+    }
+
+    #[test]
+    fn node_role_is_refused_unless_allowed() {
+        assert!(!run_args(&[]).to_config().unwrap().sts.allow_node_role);
+        assert!(
+            run_args(&["--allow-node-role"])
+                .to_config()
+                .unwrap()
+                .sts
+                .allow_node_role
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--allow-node-role"), "{help}");
+        assert!(help.contains("IMDS"), "{help}");
     }
 }

@@ -12,13 +12,17 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use hyper::StatusCode;
 use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, CredentialCache};
-use pod_identity_agent::credentials::sts::{StsError, StsFetcher, StsSettings};
+use pod_identity_agent::credentials::sts::{ErrorChain, StsError, StsFetcher, StsSettings};
 use pod_identity_agent::credentials::types::Credentials;
+use pod_identity_agent::http::Refusal;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
 use pod_identity_agent::testing::{self, write_projected_token};
 
@@ -335,7 +339,7 @@ async fn web_identity_uses_the_pods_projected_token_without_agent_credentials() 
         "{err}"
     );
     assert!(!err.is_retryable());
-    assert_eq!(err.http_status(), 404);
+    assert_eq!(Refusal::from(err).status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -384,14 +388,201 @@ async fn stopped_sts_is_a_retryable_error() {
     let started = Instant::now();
     let err = fetcher.fetch(&pod(), &a).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    assert!(err.http_status() >= 500, "{err}");
     assert!(
         matches!(err, StsError::Dispatch { .. } | StsError::Timeout { .. }),
         "{err:?}"
+    );
+    let refusal = Refusal::from(err);
+    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The pod reads a short line with a request id; the SDK's chain (the address,
+    // the OS error) stays in the log.
+    let body = refusal.to_string();
+    assert!(
+        body.starts_with('[') && body.ends_with(", fault: server"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("os error"),
+        "{body}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// IMDS on loopback: moto's instance metadata (it answers `/latest/api/token` and
+/// `/latest/meta-data/iam/security-credentials/...`), behind a relay that counts
+/// the requests, so a test can tell whether the agent asked IMDS at all. The relay
+/// also adds the `x-aws-ec2-metadata-token-ttl-seconds` header real IMDS sends with
+/// a token: moto leaves it out, and the Rust SDK refuses a token without it.
+struct CountingImds {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl CountingImds {
+    async fn start(moto: &Moto) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (count, port) = (Arc::clone(&requests), moto.port);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let _ = Self::relay(&mut client, port, &count).await;
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// One request per connection (the relay answers `Connection: close`); IMDS
+    /// requests have no body.
+    async fn relay(
+        client: &mut tokio::net::TcpStream,
+        port: u16,
+        count: &AtomicUsize,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = client.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        let token_request = head.starts_with(b"PUT /latest/api/token ");
+        let after_request_line = |bytes: &[u8]| {
+            bytes
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(bytes.len(), |i| i + 2)
+        };
+        let at = after_request_line(&head);
+        head.splice(at..at, b"Connection: close\r\n".iter().copied());
+        let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        upstream.write_all(&head).await?;
+        let mut response = Vec::new();
+        upstream.read_to_end(&mut response).await?;
+        if token_request {
+            let at = after_request_line(&response);
+            response.splice(
+                at..at,
+                b"x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"
+                    .iter()
+                    .copied(),
+            );
+        }
+        client.write_all(&response).await?;
+        client.shutdown().await
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// These tests take the agent's credentials from its real default sources; any
+/// ambient AWS credentials would be used before IMDS and void them.
+fn assert_no_ambient_aws_credentials() {
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    ] {
+        assert!(
+            std::env::var_os(var).is_none(),
+            "{var} is set: run these tests without AWS credentials in the environment"
+        );
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        for f in [".aws/credentials", ".aws/config"] {
+            let path = Path::new(&home).join(f);
+            assert!(
+                !path.exists(),
+                "{} exists: run these tests without a local AWS profile",
+                path.display()
+            );
+        }
+    }
+}
+
+fn node_role_settings(moto: &Moto, imds: &CountingImds, token_dir: &Path) -> StsSettings {
+    StsSettings {
+        imds_endpoint: Some(imds.url.clone()),
+        max_attempts: 1,
+        ..settings(moto, token_dir)
+    }
+}
+
+#[tokio::test]
+async fn node_role_is_refused_without_allow_node_role() {
+    assert_no_ambient_aws_credentials();
+    let moto = Moto::start();
+    let imds = CountingImds::start(&moto).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher = StsFetcher::new(node_role_settings(&moto, &imds, tmp.path())).await;
+
+    let err = fetcher
+        .fetch(
+            &pod(),
+            &assoc(&format!("arn:aws:iam::{ACCOUNT}:role/my-role")),
+        )
+        .await
+        .expect_err("no credentials but the node role, which is refused");
+
+    assert_eq!(imds.requests(), 0, "the agent asked IMDS");
+    assert!(matches!(err, StsError::AgentCredentials { .. }), "{err:?}");
+    let logged = ErrorChain(&err).to_string();
+    assert!(
+        logged.contains("node")
+            && logged.contains("refused")
+            && logged.contains("--allow-node-role"),
+        "{logged}"
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    let refusal = Refusal::from(err);
+    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = refusal.to_string();
+    assert!(
+        !body.contains("--allow-node-role"),
+        "pods need not know: {body}"
+    );
+}
+
+#[tokio::test]
+async fn node_role_is_used_with_allow_node_role() {
+    assert_no_ambient_aws_credentials();
+    let moto = Moto::start();
+    let imds = CountingImds::start(&moto).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher = StsFetcher::new(StsSettings {
+        allow_node_role: true,
+        ..node_role_settings(&moto, &imds, tmp.path())
+    })
+    .await;
+
+    let creds = fetcher
+        .fetch(
+            &pod(),
+            &assoc(&format!("arn:aws:iam::{ACCOUNT}:role/my-role")),
+        )
+        .await
+        .expect("AssumeRole signed with the node role from IMDS");
+
+    assert!(imds.requests() > 0, "IMDS was not asked");
+    assert!(caller_arn(&moto, &creds)
+        .await
+        .contains(":assumed-role/my-role/eks-"));
 }

@@ -5,7 +5,8 @@
 //!   chained target role sees them too), then optionally `AssumeRole` of the
 //!   target role with the first role's credentials (role chaining).
 //! * IRSA associations: `AssumeRoleWithWebIdentity` with the pod's own projected
-//!   token, read from the kubelet's volume directory on this node. That call is
+//!   token, read from the IRSA webhook's volume (`aws-iam-token`, audience
+//!   `sts.amazonaws.com`) in the kubelet's directory on this node. That call is
 //!   unsigned (aws-sdk-sts resolves it with the no-auth scheme), so it works even
 //!   when the agent itself has no AWS credentials.
 //!
@@ -25,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::operation::RequestId;
 
 use crate::credentials::types::{account_id_from_arn, Credentials, Secret};
 use crate::model::{Association, AssumeMode, PodInfo};
@@ -35,17 +38,15 @@ pub mod error;
 pub mod session;
 pub mod web_identity;
 
-pub use error::StsError;
+pub use client_config::NodeRoleRefused;
+pub use error::{ErrorChain, StsError};
 pub use session::{
     session_duration_secs, session_name, session_tags, CHAINED_SESSION_SECS, DEFAULT_SESSION_SECS,
     SESSION_NAME_MAX, WEB_IDENTITY_SESSION_SECS,
 };
-pub use web_identity::{read_web_identity_token, IRSA_VOLUME_PREFIX};
+pub use web_identity::{read_web_identity_token, IRSA_AUDIENCE, IRSA_VOLUME};
 
-use client_config::{
-    chain_without_container_credentials, chained_config, points_at_pod_identity_agent,
-    retry_config, timeout_config,
-};
+use client_config::{agent_credentials_chain, chained_config, retry_config, timeout_config};
 use session::{ONE_HOUR_SECS, STS_MAX_SECS, STS_MIN_SECS};
 
 /// Roles remembered as capped at 1 h (see [`StsFetcher`]); bounded so a stream of
@@ -72,6 +73,13 @@ pub struct StsSettings {
     /// Attempts per STS operation (SDK standard retry mode, which also keeps a
     /// retry budget so an STS outage is not amplified).
     pub max_attempts: u32,
+    /// May the agent use the node's instance-profile role (IMDS) as its own AWS
+    /// identity (`--allow-node-role`)? Every pod role must then trust the node
+    /// role, and whatever on the node reaches IMDS could assume them all.
+    pub allow_node_role: bool,
+    /// IMDS endpoint override for the node role (tests point it at a local IMDS);
+    /// `None`: the SDK's (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else 169.254.169.254).
+    pub imds_endpoint: Option<String>,
 }
 
 impl Default for StsSettings {
@@ -84,6 +92,8 @@ impl Default for StsSettings {
             call_timeout: Duration::from_secs(5),
             web_identity_token_dir: PathBuf::from("/var/lib/kubelet/pods"),
             max_attempts: 3,
+            allow_node_role: false,
+            imds_endpoint: None,
         }
     }
 }
@@ -138,35 +148,10 @@ enum Hop<'a> {
 }
 
 impl StsFetcher {
-    /// Client using the agent's own credentials from aws-config's default chain
-    /// (environment, profile, web identity, container, IMDS), with the region and
-    /// endpoint of `settings`.
+    /// Client using the agent's own credentials (see [`agent_sdk_config`]), with
+    /// the region and endpoint of `settings`.
     pub async fn new(settings: StsSettings) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeout_config(&settings))
-            .retry_config(retry_config(&settings));
-        if !settings.region.is_empty() {
-            loader = loader.region(Region::new(settings.region.clone()));
-        }
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        // Invariant 3: if the agent's own pod was given Pod Identity variables, the
-        // default chain would ask the credentials address, i.e. this agent.
-        if let Ok(uri) = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
-            if points_at_pod_identity_agent(&uri) {
-                tracing::warn!(
-                    uri,
-                    "AWS_CONTAINER_CREDENTIALS_FULL_URI points at the pod identity address; \
-                     the agent ignores it and takes its own credentials from the environment, \
-                     profile, web identity or IMDS"
-                );
-                let region =
-                    (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
-                loader = loader.credentials_provider(chain_without_container_credentials(region));
-            }
-        }
-        let sdk_config = loader.load().await;
+        let sdk_config = agent_sdk_config(&settings).await;
         Self::with_sdk_config(settings, &sdk_config)
     }
 
@@ -298,7 +283,7 @@ impl StsFetcher {
     ) -> Result<Credentials, StsError> {
         // Bounded to [900, 43200] before this point, so the cast cannot wrap.
         let duration = i32::try_from(secs.clamp(STS_MIN_SECS, STS_MAX_SECS)).unwrap_or(3600);
-        let (creds, user) = match hop {
+        let (creds, user, request_id) = match hop {
             Hop::AssumeRole {
                 tags,
                 via,
@@ -319,7 +304,8 @@ impl StsFetcher {
                         .value(value)
                         .build()
                         .map_err(|e| StsError::Construction {
-                            message: e.to_string(),
+                            request_id: error::generate_request_id(),
+                            source: Box::new(e),
                         })?;
                     req = req.tags(tag).transitive_tag_keys(*key);
                 }
@@ -333,7 +319,8 @@ impl StsFetcher {
                     }
                 }
                 .map_err(StsError::from_sdk)?;
-                (out.credentials, out.assumed_role_user)
+                let request_id = out.request_id().map(str::to_owned);
+                (out.credentials, out.assumed_role_user, request_id)
             }
             Hop::WebIdentity { token, policy } => {
                 let out = self
@@ -347,10 +334,11 @@ impl StsFetcher {
                     .send()
                     .await
                     .map_err(StsError::from_sdk)?;
-                (out.credentials, out.assumed_role_user)
+                let request_id = out.request_id().map(str::to_owned);
+                (out.credentials, out.assumed_role_user, request_id)
             }
         };
-        let creds = convert(creds, user)?;
+        let creds = convert(creds, user, request_id)?;
         tracing::debug!(
             role,
             session,
@@ -360,6 +348,39 @@ impl StsFetcher {
         );
         Ok(creds)
     }
+}
+
+/// The agent's own AWS identity, for any AWS client it builds: the region of
+/// `settings` (else aws-config's), and credentials from the environment, a
+/// profile, a web identity token (IRSA for the agent's own service account) or a
+/// container provider that is not this agent; the node's instance-profile role
+/// (IMDS) only with `settings.allow_node_role`. Nothing STS-specific: the STS
+/// endpoint, timeouts and retries are applied by [`StsFetcher::with_sdk_config`].
+pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
+    let region = (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
+    let provider_config = match &region {
+        Some(r) => ProviderConfig::without_region().with_region(Some(r.clone())),
+        None => ProviderConfig::with_default_region().await,
+    };
+    if settings.allow_node_role {
+        tracing::warn!(
+            "--allow-node-role: the node's instance-profile role may sign sts:AssumeRole; \
+             every pod role must trust it, and anything on the node that reaches IMDS \
+             can assume them"
+        );
+    } else {
+        tracing::info!(
+            "the agent's own AWS credentials come from the environment, a profile, a web \
+             identity token (IRSA) or a container provider; the node role (IMDS) is \
+             refused without --allow-node-role"
+        );
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .credentials_provider(agent_credentials_chain(settings, &provider_config));
+    if let Some(region) = region {
+        loader = loader.region(region);
+    }
+    loader.load().await
 }
 
 impl Fetch for StsFetcher {
@@ -375,13 +396,21 @@ impl Fetch for StsFetcher {
 fn convert(
     creds: Option<aws_sdk_sts::types::Credentials>,
     user: Option<aws_sdk_sts::types::AssumedRoleUser>,
+    request_id: Option<String>,
 ) -> Result<Credentials, StsError> {
+    let request_id = || {
+        request_id
+            .clone()
+            .unwrap_or_else(error::generate_request_id)
+    };
     let creds = creds.ok_or_else(|| StsError::InvalidResponse {
-        message: "response has no Credentials".into(),
+        request_id: request_id(),
+        source: "response has no Credentials".into(),
     })?;
     let expiration =
         SystemTime::try_from(*creds.expiration()).map_err(|e| StsError::InvalidResponse {
-            message: format!("Expiration out of range: {e}"),
+            request_id: request_id(),
+            source: format!("Expiration out of range: {e}").into(),
         })?;
     let assumed_role_arn = user.map(|u| u.arn).unwrap_or_default();
     Ok(Credentials {

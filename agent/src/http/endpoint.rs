@@ -108,15 +108,7 @@ impl<F: Fetch> Service<F> {
         }
         let assoc = self.resolver.association(&resolved.pod)?;
         access.association = Some(assoc.clone());
-        let (creds, outcome) =
-            self.cache
-                .get(&resolved.pod, &assoc)
-                .await
-                .map_err(|e| Refusal::Credentials {
-                    status: e.http_status(),
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                })?;
+        let (creds, outcome) = self.cache.get(&resolved.pod, &assoc).await?;
         access.cache = Some(outcome);
         access.access_key_id = Some(creds.access_key_id.clone());
         access.assumed_role_arn = Some(creds.assumed_role_arn.clone());
@@ -166,9 +158,7 @@ impl<F: Fetch> Service<F> {
             Err(refusal) => {
                 access.reason = Some(refusal.code().to_owned());
                 access.message = Some(refusal.to_string());
-                let status = StatusCode::from_u16(refusal.status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                text(status, &refusal.to_string())
+                text(refusal.status(), &refusal.to_string())
             }
         };
         access.status = resp.status().as_u16();
@@ -187,7 +177,7 @@ impl<F: Fetch> Handler for Service<F> {
     fn unattributed(&self, peer: std::net::SocketAddr, _local: std::net::SocketAddr) {
         self.sink.record(&Access {
             peer: Some(peer),
-            status: 403,
+            status: Refusal::Unattributed.status().as_u16(),
             reason: Some(Refusal::Unattributed.code().to_owned()),
             message: Some(Refusal::Unattributed.to_string()),
             ..Access::default()
@@ -238,15 +228,19 @@ mod tests {
         }
     }
 
-    struct Fixture {
+    struct Fixture<F: Fetch = FakeSts> {
         _dir: tempfile::TempDir,
         pod_cgroup: u64,
         host_cgroup: u64,
-        svc: Service<FakeSts>,
+        svc: Service<F>,
         pods: PodStore,
     }
 
     fn fixture(cross_check: bool) -> Fixture {
+        fixture_with(cross_check, FakeSts)
+    }
+
+    fn fixture_with<F: Fetch>(cross_check: bool, fetcher: F) -> Fixture<F> {
         let dir = tempfile::tempdir().unwrap();
         let pod_dir = dir.path().join(format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope",
@@ -285,7 +279,7 @@ mod tests {
         let svc = Service::new(
             settings,
             resolver,
-            CredentialCache::new(FakeSts, CacheSettings::default()),
+            CredentialCache::new(fetcher, CacheSettings::default()),
             Arc::new(TracingSink),
         );
         Fixture {
@@ -339,8 +333,8 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    async fn call(
-        f: &Fixture,
+    async fn call<F: Fetch>(
+        f: &Fixture<F>,
         cgroup: Option<u64>,
         host: &str,
         token: Option<&str>,
@@ -427,5 +421,118 @@ mod tests {
             (s, b.as_str()),
             (400, "Service account token cannot be empty\n")
         );
+    }
+
+    /// A fetcher that fails as told.
+    struct FailingSts(fn() -> StsError);
+    impl Fetch for FailingSts {
+        async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
+            Err((self.0)())
+        }
+    }
+
+    /// `[<id>]: (<code>): <message>, fault: <fault>` plus newline; returns the id.
+    fn stock_upstream_form<'a>(body: &'a str, code: &str, fault: &str) -> &'a str {
+        let rest = body
+            .strip_prefix('[')
+            .unwrap_or_else(|| panic!("no request id in {body:?}"));
+        let (id, rest) = rest
+            .split_once("]: ")
+            .unwrap_or_else(|| panic!("no request id in {body:?}"));
+        assert!(!id.is_empty(), "empty request id in {body:?}");
+        assert!(
+            rest.starts_with(&format!("({code}): ")),
+            "want code {code} in {body:?}"
+        );
+        assert!(
+            rest.ends_with(&format!(", fault: {fault}\n")),
+            "want fault {fault} in {body:?}"
+        );
+        id
+    }
+
+    #[tokio::test]
+    async fn sts_service_errors_reach_pods_in_the_stock_short_form() {
+        let f = fixture_with(
+            false,
+            FailingSts(|| StsError::Service {
+                code: "AccessDenied".into(),
+                message: "not authorized to perform sts:AssumeRole".into(),
+                request_id: Some("req-9".into()),
+                status: 403,
+            }),
+        );
+        f.pods.upsert(pod("app"));
+        let (s, b, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(s, 400);
+        assert_eq!(
+            b,
+            "[req-9]: (AccessDenied): not authorized to perform sts:AssumeRole, fault: client\n"
+        );
+        assert_eq!(a.reason.as_deref(), Some("AccessDenied"));
+
+        // No request id from STS: the pod still gets one to quote.
+        let f = fixture_with(
+            false,
+            FailingSts(|| StsError::Service {
+                code: "InternalFailure".into(),
+                message: "oops".into(),
+                request_id: None,
+                status: 500,
+            }),
+        );
+        f.pods.upsert(pod("app"));
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(s, 500);
+        stock_upstream_form(&b, "InternalFailure", "server");
+        assert!(
+            b.ends_with("(InternalFailure): oops, fault: server\n"),
+            "{b}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_reach_pods_without_the_sdk_error_chain() {
+        // A real STS client against a closed port: the SDK's error chain names
+        // the address and the OS error; the pod gets neither.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new("AKIAAGENT", "secret", None, None, "t"),
+                ),
+            )
+            .build();
+        let fetcher = crate::credentials::StsFetcher::with_sdk_config(
+            crate::credentials::sts::StsSettings {
+                endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+                region: "us-east-1".into(),
+                max_attempts: 1,
+                call_timeout: Duration::from_secs(3),
+                ..Default::default()
+            },
+            &sdk,
+        );
+        let f = fixture_with(false, fetcher);
+        f.pods.upsert(pod("app"));
+        let (s, b, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(s, 503, "{b}");
+        let id = stock_upstream_form(&b, "Dispatch", "server").to_owned();
+        for leak in [
+            "127.0.0.1",
+            &port.to_string(),
+            "os error",
+            "dispatch failure",
+            "io error",
+        ] {
+            assert!(!b.contains(leak), "{leak:?} leaked into {b:?}");
+        }
+        assert!(b.len() < 200, "{b}");
+        // The audit record carries what the pod saw, id included.
+        assert_eq!(a.message.as_deref(), Some(b.trim_end()));
+        assert!(a.message.unwrap().contains(&id));
     }
 }

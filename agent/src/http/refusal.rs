@@ -1,7 +1,15 @@
-//! Why a caller gets no credentials, and the status and body each reason gets.
+//! Why a caller gets no credentials, and the one place that decides the HTTP
+//! status and body each reason gets. The error types of the other modules carry
+//! codes and classifications (`is_retryable`, `is_throttling`, ...), never HTTP
+//! statuses: the mapping to what the SDKs see lives here.
+
+use hyper::StatusCode;
 
 use crate::{
-    attribution::cgroup::CgroupError, http::token, sources::associations::AssociationError,
+    attribution::cgroup::CgroupError,
+    credentials::{cache::CacheError, sts::StsError},
+    http::token,
+    sources::associations::AssociationError,
 };
 
 /// Why a caller gets no credentials. Each maps to a status and a plain-text body.
@@ -51,30 +59,58 @@ pub enum Refusal {
     /// The caller is over its request rate.
     #[error("Too Many Requests")]
     Throttled,
-    /// STS (or the cache) could not produce credentials.
-    #[error("{message}")]
+    /// STS (or the cache) could not produce credentials. `body` is what the pod
+    /// reads (see [`Refusal::credentials`]); the error, with its chain, is the
+    /// source, for the log.
+    #[error("{body}")]
     Credentials {
-        status: u16,
-        code: String,
-        message: String,
+        #[source]
+        error: CacheError,
+        body: String,
     },
 }
 
+impl From<CacheError> for Refusal {
+    fn from(e: CacheError) -> Self {
+        Refusal::credentials(e)
+    }
+}
+
+impl From<StsError> for Refusal {
+    fn from(e: StsError) -> Self {
+        Refusal::credentials(CacheError::Sts(std::sync::Arc::new(e)))
+    }
+}
+
 impl Refusal {
-    pub fn status(&self) -> u16 {
+    /// No credentials for the pod because of `error`. The body is the stock
+    /// agent's short upstream form, `[<request id>]: (<code>): <message>, fault:
+    /// client|server`: STS's own code, message and request id for an error STS
+    /// answered; a fixed message and the agent's generated request id when STS
+    /// could not be asked (timeout, unreachable, unusable answer). The SDK's error
+    /// chain never reaches the pod; the cache logs it with the same request id.
+    pub fn credentials(error: CacheError) -> Self {
+        let body = credentials_body(&error);
+        Refusal::Credentials { error, body }
+    }
+
+    /// The status the caller gets.
+    pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Unattributed
             | Refusal::InvalidHost { .. }
             | Refusal::NotAPod { .. }
-            | Refusal::Ambiguous(_) => 403,
-            Refusal::LookupFailed | Refusal::Cgroup(_) => 500,
+            | Refusal::Ambiguous(_) => StatusCode::FORBIDDEN,
+            Refusal::LookupFailed | Refusal::Cgroup(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // Retryable: the cgroup index or the pod watch may be a moment behind.
-            Refusal::CgroupNotFound { .. } | Refusal::UnknownPod { .. } => 503,
-            Refusal::NoAssociation { .. } => 404,
-            Refusal::BadAssociation(_) => 400,
-            Refusal::Token(e) => e.http_status(),
-            Refusal::Throttled => 429,
-            Refusal::Credentials { status, .. } => *status,
+            Refusal::CgroupNotFound { .. } | Refusal::UnknownPod { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::NoAssociation { .. } => StatusCode::NOT_FOUND,
+            Refusal::BadAssociation(_) => StatusCode::BAD_REQUEST,
+            Refusal::Token(e) => token_status(e),
+            Refusal::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Credentials { error, .. } => credentials_status(error),
         }
     }
 
@@ -94,7 +130,356 @@ impl Refusal {
             Refusal::Token(token::TokenError::PodMismatch { .. }) => "TokenPodMismatch",
             Refusal::Token(_) => "BadToken",
             Refusal::Throttled => "Throttled",
-            Refusal::Credentials { code, .. } => code,
+            Refusal::Credentials { error, .. } => error.code(),
         }
+    }
+}
+
+/// As the stock agent: a token naming another pod is forbidden, any other bad
+/// token is a bad request.
+fn token_status(e: &token::TokenError) -> StatusCode {
+    match e {
+        token::TokenError::PodMismatch { .. } => StatusCode::FORBIDDEN,
+        token::TokenError::Empty
+        | token::TokenError::Unparseable(_)
+        | token::TokenError::Claims(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn credentials_body(e: &CacheError) -> String {
+    let CacheError::Sts(e) = e else {
+        // Local and fixed: too-short credentials, an aborted fetch.
+        return e.to_string();
+    };
+    let id = || {
+        e.request_id().map_or_else(
+            crate::credentials::sts::error::generate_request_id,
+            str::to_owned,
+        )
+    };
+    let upstream = |code: &str, message: &str, fault: &str| {
+        format!("[{}]: ({code}): {message}, fault: {fault}", id())
+    };
+    match &**e {
+        StsError::Service { code, message, .. } => upstream(
+            code,
+            message,
+            if e.is_server_fault() {
+                "server"
+            } else {
+                "client"
+            },
+        ),
+        StsError::Timeout { .. } => {
+            upstream(e.code(), "the agent's call to STS timed out", "server")
+        }
+        StsError::Dispatch { .. } => upstream(e.code(), "the agent could not reach STS", "server"),
+        StsError::InvalidResponse { .. } => upstream(
+            e.code(),
+            "STS sent a response the agent cannot use",
+            "server",
+        ),
+        StsError::Construction { .. } => upstream(
+            e.code(),
+            "the agent could not build the STS request",
+            "server",
+        ),
+        // Why (the node role refused, a broken IRSA token of the agent's) is for
+        // the operator, in the log.
+        StsError::AgentCredentials { .. } => upstream(
+            e.code(),
+            "the agent has no usable AWS credentials of its own",
+            "server",
+        ),
+        // Not upstream errors: the agent's own short messages.
+        StsError::WebIdentityTokenMissing { .. }
+        | StsError::WebIdentityTokenInvalid { .. }
+        | StsError::WebIdentityTokenRead { .. } => e.to_string(),
+    }
+}
+
+fn credentials_status(e: &CacheError) -> StatusCode {
+    match e {
+        CacheError::Sts(e) => sts_status(e),
+        CacheError::ShortLived { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        CacheError::FetchAborted => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// 4xx is final for the Rust SDK (it never retries it), 5xx makes SDKs retry, so
+/// only transient trouble gets 5xx. Final STS errors answer 400 as the stock agent
+/// does for AccessDenied, ExpiredToken, InvalidParameter...; a pod without a token
+/// answers 404 like EKS's ResourceNotFound (nothing to assume with).
+fn sts_status(e: &StsError) -> StatusCode {
+    match e {
+        StsError::Service { status, .. } => {
+            if e.is_throttling() {
+                StatusCode::TOO_MANY_REQUESTS
+            } else if e.is_not_found() {
+                StatusCode::NOT_FOUND
+            } else if *status == 503 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else if *status >= 500 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else if e.is_transient() {
+                // e.g. IDPCommunicationError, sent with a 400.
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            }
+        }
+        StsError::Timeout { .. }
+        | StsError::Dispatch { .. }
+        | StsError::AgentCredentials { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StsError::InvalidResponse { .. } | StsError::Construction { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        StsError::WebIdentityTokenMissing { .. } => StatusCode::NOT_FOUND,
+        // Final, like the stock agent's token claim validations.
+        StsError::WebIdentityTokenInvalid { .. } => StatusCode::BAD_REQUEST,
+        StsError::WebIdentityTokenRead { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{cache::CacheError, sts::StsError};
+    use hyper::StatusCode;
+    use std::{sync::Arc, time::Duration};
+
+    fn service(code: &str, status: u16) -> StsError {
+        StsError::Service {
+            code: code.into(),
+            message: "msg".into(),
+            request_id: Some("req-1".into()),
+            status,
+        }
+    }
+
+    #[test]
+    fn credential_errors_get_their_statuses_here() {
+        let cases = [
+            (service("AccessDenied", 403), StatusCode::BAD_REQUEST),
+            (
+                service("InvalidParameterValue", 400),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                service("ExpiredTokenException", 400),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                service("MalformedPolicyDocument", 400),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                service("RegionDisabledException", 403),
+                StatusCode::BAD_REQUEST,
+            ),
+            (service("ValidationError", 400), StatusCode::BAD_REQUEST),
+            (service("Throttling", 400), StatusCode::TOO_MANY_REQUESTS),
+            (service("Whatever", 429), StatusCode::TOO_MANY_REQUESTS),
+            (service("ResourceNotFound", 400), StatusCode::NOT_FOUND),
+            (service("NoSuchEntity", 404), StatusCode::NOT_FOUND),
+            (
+                service("IDPCommunicationError", 400),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                service("InternalFailure", 500),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                service("ServiceUnavailable", 503),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (service("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                StsError::AgentCredentials {
+                    request_id: "id".into(),
+                    source: "no credentials".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                StsError::WebIdentityTokenMissing { path: "/x".into() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                StsError::WebIdentityTokenInvalid {
+                    path: "/x".into(),
+                    reason: "its audience (aud) is not sts.amazonaws.com",
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                StsError::WebIdentityTokenRead {
+                    path: "/x".into(),
+                    source: std::io::Error::other("boom"),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (err, status) in cases {
+            let shown = err.to_string();
+            assert_eq!(Refusal::from(err).status(), status, "{shown}");
+        }
+        let short = CacheError::ShortLived {
+            remaining: Duration::from_secs(60),
+            min_remaining: Duration::from_secs(900),
+        };
+        assert_eq!(
+            Refusal::from(short).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            Refusal::from(CacheError::FetchAborted).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let r = Refusal::from(CacheError::Sts(Arc::new(service("Throttling", 400))));
+        assert_eq!(
+            (r.status(), r.code()),
+            (StatusCode::TOO_MANY_REQUESTS, "Throttling")
+        );
+    }
+
+    #[test]
+    fn token_errors_get_their_statuses_here() {
+        let mismatch = token::TokenError::PodMismatch {
+            token_pod: "a".into(),
+            kernel_pod: "b".into(),
+        };
+        assert_eq!(Refusal::Token(mismatch).status(), StatusCode::FORBIDDEN);
+        for e in [
+            token::TokenError::Empty,
+            token::TokenError::Unparseable("x"),
+            token::TokenError::Claims("y"),
+        ] {
+            assert_eq!(Refusal::Token(e).status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn other_refusals_keep_their_statuses() {
+        let cases = [
+            (Refusal::Unattributed, StatusCode::FORBIDDEN),
+            (Refusal::LookupFailed, StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                Refusal::InvalidHost {
+                    addr4: "a".into(),
+                    addr6: "b".into(),
+                    host: "c".into(),
+                },
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Refusal::CgroupNotFound { cgroup_id: 1 },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (Refusal::NotAPod { path: "/".into() }, StatusCode::FORBIDDEN),
+            (
+                Refusal::UnknownPod { uid: "u".into() },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Refusal::NoAssociation {
+                    namespace: "n".into(),
+                    service_account: "s".into(),
+                    pod: "p".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (Refusal::Throttled, StatusCode::TOO_MANY_REQUESTS),
+        ];
+        for (r, status) in cases {
+            assert_eq!(r.status(), status, "{r}");
+        }
+    }
+
+    #[test]
+    fn credential_bodies_are_the_short_upstream_form_without_causes() {
+        let chain = || -> crate::credentials::sts::error::BoxError {
+            "dispatch failure: io error: tcp connect error 10.0.0.7:443: Connection refused (os error 111)".into()
+        };
+        let cases = [
+            (
+                StsError::Timeout {
+                    request_id: "id-1".into(),
+                    source: chain(),
+                },
+                "[id-1]: (Timeout): the agent's call to STS timed out, fault: server",
+            ),
+            (
+                StsError::Dispatch {
+                    request_id: "id-2".into(),
+                    source: chain(),
+                },
+                "[id-2]: (Dispatch): the agent could not reach STS, fault: server",
+            ),
+            (
+                StsError::InvalidResponse {
+                    request_id: "id-3".into(),
+                    source: chain(),
+                },
+                "[id-3]: (InvalidResponse): STS sent a response the agent cannot use, fault: server",
+            ),
+            (
+                StsError::Construction {
+                    request_id: "id-4".into(),
+                    source: chain(),
+                },
+                "[id-4]: (Construction): the agent could not build the STS request, fault: server",
+            ),
+            (
+                StsError::AgentCredentials {
+                    request_id: "id-5".into(),
+                    source: "node role refused: --allow-node-role".into(),
+                },
+                "[id-5]: (AgentCredentials): the agent has no usable AWS credentials of its own, fault: server",
+            ),
+            (
+                service("AccessDenied", 403),
+                "[req-1]: (AccessDenied): msg, fault: client",
+            ),
+            (
+                service("InternalFailure", 500),
+                "[req-1]: (InternalFailure): msg, fault: server",
+            ),
+            (
+                StsError::WebIdentityTokenRead {
+                    path: "/p/token".into(),
+                    source: std::io::Error::other("secret detail"),
+                },
+                "cannot read web identity token /p/token",
+            ),
+        ];
+        for (err, body) in cases {
+            let r = Refusal::from(err);
+            assert_eq!(r.to_string(), body);
+            // The cause stays reachable for the log.
+            if !body.starts_with("[req-1]") {
+                assert!(std::error::Error::source(&r).is_some(), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_request_id_is_generated_once_per_refusal() {
+        let r = Refusal::from(StsError::Service {
+            code: "InternalFailure".into(),
+            message: "oops".into(),
+            request_id: None,
+            status: 500,
+        });
+        let body = r.to_string();
+        assert_eq!(body, r.to_string(), "stable across displays");
+        let id = body
+            .strip_prefix('[')
+            .and_then(|b| b.split_once(']'))
+            .map(|(id, _)| id)
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{body}");
+        assert!(body.ends_with("]: (InternalFailure): oops, fault: server"));
     }
 }

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Why a token was refused by the cross-check.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// No or empty `Authorization` header (status 400, as the stock agent).
+    /// No or empty `Authorization` header (the stock agent answers 400).
     #[error("Service account token cannot be empty")]
     Empty,
     /// Not three dot-separated base64url parts with a JSON payload (400).
@@ -28,15 +28,6 @@ pub enum TokenError {
         /// Pod UID from the kernel's attribution.
         kernel_pod: String,
     },
-}
-
-impl TokenError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            TokenError::PodMismatch { .. } => 403,
-            _ => 400,
-        }
-    }
 }
 
 /// Pod claims of a projected service account token.
@@ -137,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn other_pods_token_is_refused_with_403() {
+    fn other_pods_token_is_a_pod_mismatch() {
         let t = fake_pod_token(
             "ns",
             "sa",
@@ -147,11 +138,10 @@ mod tests {
         );
         let e = cross_check(Some(&t), UID, now()).unwrap_err();
         assert!(matches!(e, TokenError::PodMismatch { .. }));
-        assert_eq!(e.http_status(), 403);
     }
 
     #[test]
-    fn bad_tokens_are_400_with_stock_messages() {
+    fn bad_tokens_have_stock_messages() {
         assert_eq!(
             cross_check(None, UID, now()).unwrap_err().to_string(),
             "Service account token cannot be empty"
@@ -160,7 +150,6 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("Service account token cannot be parsed"));
-        assert_eq!(e.http_status(), 400);
         let expired = fake_pod_token("ns", "sa", "p", UID, 1_700_000_000);
         let e = cross_check(Some(&expired), UID, now()).unwrap_err();
         assert!(e

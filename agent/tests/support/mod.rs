@@ -357,7 +357,7 @@ impl Scenario {
             &dir.path().join("kubelet"),
             UIDS[4],
             "aws-iam-token",
-            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDppcnNhLXNhIn0.c2ln",
+            "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RzLmFtYXpvbmF3cy5jb20iXSwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6aXJzYS1zYSJ9.c2ln",
         );
         write_json(&dir.path().join("pods.json"), &json!({"pods": pods}));
         write_json(

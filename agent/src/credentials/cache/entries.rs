@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::{CacheError, CacheSettings, Clock, Counters};
-use crate::credentials::sts::Fetch;
+use crate::credentials::sts::{ErrorChain, Fetch};
 use crate::credentials::types::Credentials;
 use crate::model::{Association, AssumeMode, PodInfo};
 
@@ -261,7 +261,8 @@ impl<F: Fetch> Inner<F> {
                 pod = %entry.pod.name,
                 role_arn = %entry.assoc.effective_role_arn(),
                 code = e.code(),
-                error = %e,
+                request_id = e.request_id(),
+                error = %ErrorChain(e),
                 final_error,
                 "credential fetch failed"
             );

@@ -50,21 +50,20 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    /// Status for the pod's SDK (see [`StsError::http_status`]).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            CacheError::Sts(e) => e.http_status(),
-            CacheError::ShortLived { .. } => 500,
-            CacheError::FetchAborted => 503,
-        }
-    }
-
     /// Whether asking again may help.
     pub fn is_retryable(&self) -> bool {
         match self {
             CacheError::Sts(e) => e.is_retryable(),
             CacheError::ShortLived { .. } => false,
             CacheError::FetchAborted => true,
+        }
+    }
+
+    /// STS's (or the agent's generated) request id of the failed call, if one was made.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CacheError::Sts(e) => e.request_id(),
+            CacheError::ShortLived { .. } | CacheError::FetchAborted => None,
         }
     }
 

@@ -1,12 +1,15 @@
 //! How the agent's STS client is configured: timeouts and retries from
-//! [`StsSettings`], the agent's own credentials chain without the container provider
-//! (which would ask this agent), and the override signing a chained hop.
+//! [`StsSettings`], the agent's own credentials chain (never the container provider
+//! pointing at this agent), and the override signing a chained hop.
 
 use std::time::Duration;
 
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::Region;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{future, ProvideCredentials};
 
 use super::StsSettings;
 use crate::credentials::types::Credentials;
@@ -30,36 +33,104 @@ pub(super) fn points_at_pod_identity_agent(uri: &str) -> bool {
         .any(|h| h.eq_ignore_ascii_case(host))
 }
 
-/// aws-config's default chain minus the container (ECS / Pod Identity) provider.
-pub(super) fn chain_without_container_credentials(
-    region: Option<Region>,
-) -> aws_config::meta::credentials::CredentialsProviderChain {
+/// Why the agent has no credentials when only the node role is left.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no AWS credentials for the agent from the environment, a profile, a web identity \
+     token (IRSA) or a container provider, and the node's instance-profile role (IMDS) \
+     is refused: give the agent its own role (IRSA, see docs/deploy.md), or run it with \
+     --allow-node-role to use the node role (every pod role must then trust the node \
+     role, and anything on the node that reaches IMDS can assume them)"
+)]
+pub struct NodeRoleRefused;
+
+/// Last link of the chain without the node role: fails with [`NodeRoleRefused`]
+/// instead of asking IMDS.
+#[derive(Debug)]
+struct RefuseNodeRole;
+
+impl ProvideCredentials for RefuseNodeRole {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(Err(CredentialsError::invalid_configuration(
+            NodeRoleRefused,
+        )))
+    }
+}
+
+/// The agent's own AWS credentials: aws-config's default chain (environment,
+/// profile, web identity token, container, IMDS), except
+///
+/// * the container provider when it points at the pod identity address: that
+///   would ask this agent (invariant 3);
+/// * IMDS, the node's instance-profile role, unless `settings.allow_node_role`:
+///   with it every pod role would have to trust the node role, and anything on
+///   the node that reaches IMDS (a hostNetwork pod) could assume them all.
+///   Without it the chain ends in [`NodeRoleRefused`], which names the flag.
+pub(super) fn agent_credentials_chain(
+    settings: &StsSettings,
+    conf: &ProviderConfig,
+) -> CredentialsProviderChain {
+    use aws_config::ecs::EcsCredentialsProvider;
     use aws_config::environment::EnvironmentVariableCredentialsProvider;
     use aws_config::imds::credentials::ImdsCredentialsProvider;
     use aws_config::profile::ProfileFileCredentialsProvider;
-    use aws_config::provider_config::ProviderConfig;
     use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 
-    let conf = ProviderConfig::default().with_region(region);
-    aws_config::meta::credentials::CredentialsProviderChain::first_try(
+    let mut chain = CredentialsProviderChain::first_try(
         "Environment",
         EnvironmentVariableCredentialsProvider::new(),
     )
     .or_else(
         "Profile",
         ProfileFileCredentialsProvider::builder()
-            .configure(&conf)
+            .configure(conf)
             .build(),
     )
     .or_else(
         "WebIdentityToken",
         WebIdentityTokenCredentialsProvider::builder()
-            .configure(&conf)
+            .configure(conf)
             .build(),
-    )
-    .or_else(
+    );
+    match std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+        Ok(uri) if points_at_pod_identity_agent(&uri) => {
+            tracing::warn!(
+                uri,
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI points at the pod identity address; \
+                 the agent ignores it and takes its own credentials from the environment, \
+                 profile or web identity token"
+            );
+        }
+        _ => {
+            chain = chain.or_else(
+                "EcsContainer",
+                EcsCredentialsProvider::builder().configure(conf).build(),
+            );
+        }
+    }
+    if !settings.allow_node_role {
+        return chain.or_else("NodeRoleRefused", RefuseNodeRole);
+    }
+    let mut imds = aws_config::imds::Client::builder().configure(conf);
+    if let Some(url) = &settings.imds_endpoint {
+        match imds.endpoint(url) {
+            Ok(b) => imds = b,
+            Err(error) => {
+                // Fail closed: no node role from an IMDS nobody meant.
+                tracing::error!(url, %error, "invalid IMDS endpoint; not using IMDS");
+                return chain.or_else("NodeRoleRefused", RefuseNodeRole);
+            }
+        }
+    }
+    chain.or_else(
         "Ec2InstanceMetadata",
-        ImdsCredentialsProvider::builder().configure(&conf).build(),
+        ImdsCredentialsProvider::builder()
+            .configure(conf)
+            .imds_client(imds.build())
+            .build(),
     )
 }
 

@@ -1,6 +1,7 @@
 use super::*;
-use crate::credentials::sts::fixtures::{pod, write_token};
+use crate::credentials::sts::fixtures::{irsa_token, pod, write_token};
 use std::path::Path;
+use std::time::Duration;
 
 #[tokio::test]
 async fn new_loads_the_default_chain_without_network() {
@@ -167,8 +168,8 @@ mod fake_sts {
 use fake_sts::FakeSts;
 use std::sync::Arc;
 
-fn fetcher_for(fake: &FakeSts, token_dir: &Path) -> StsFetcher {
-    let sdk = SdkConfig::builder()
+fn sdk_with_agent_keys() -> SdkConfig {
+    SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .credentials_provider(
             aws_credential_types::provider::SharedCredentialsProvider::new(
@@ -181,7 +182,11 @@ fn fetcher_for(fake: &FakeSts, token_dir: &Path) -> StsFetcher {
                 ),
             ),
         )
-        .build();
+        .build()
+}
+
+fn fetcher_for(fake: &FakeSts, token_dir: &Path) -> StsFetcher {
+    let sdk = sdk_with_agent_keys();
     let settings = StsSettings {
         endpoint_url: Some(fake.url.clone()),
         region: "us-east-1".into(),
@@ -307,7 +312,8 @@ async fn web_identity_call_is_unsigned_and_carries_the_token() {
     let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
     let tmp = tempfile::tempdir().unwrap();
     let p = pod();
-    write_token(tmp.path(), &p.uid, "aws-iam-token", "header.payload.sig\n");
+    let token = irsa_token("system:serviceaccount:team-a:web");
+    write_token(tmp.path(), &p.uid, "aws-iam-token", &format!("{token}\n"));
     let mut a = role("irsa");
     a.mode = AssumeMode::WebIdentity;
     let creds = fetcher_for(&fake, tmp.path()).fetch(&p, &a).await.unwrap();
@@ -315,7 +321,7 @@ async fn web_identity_call_is_unsigned_and_carries_the_token() {
     let req = &fake.requests()[0];
     assert_eq!(req.action(), "AssumeRoleWithWebIdentity");
     assert_eq!(req.authorization, None);
-    assert_eq!(req.param("WebIdentityToken"), Some("header.payload.sig"));
+    assert_eq!(req.param("WebIdentityToken"), Some(token.as_str()));
     assert_eq!(req.param("DurationSeconds"), Some("3600"));
 }
 
@@ -344,21 +350,21 @@ async fn service_errors_keep_code_request_id_and_class() {
         err.to_string(),
         "[req-1]: (AccessDenied): not authorized to perform sts:AssumeRole, fault: client"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (400, false));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (false, false));
 
     let err = fetcher.fetch(&pod(), &role("throttled")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "[req-2]: (Throttling): Rate exceeded, fault: client"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (429, true));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (true, true));
 
     let err = fetcher.fetch(&pod(), &role("broken")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "[req-3]: (InternalFailure): oops, fault: server"
     );
-    assert_eq!((err.http_status(), err.is_retryable()), (500, true));
+    assert_eq!((err.is_throttling(), err.is_retryable()), (false, true));
 }
 
 #[tokio::test]
@@ -386,4 +392,110 @@ async fn role_with_short_max_session_duration_falls_back_to_one_hour() {
         .map(|r| r.param("DurationSeconds").unwrap_or("").to_owned())
         .collect();
     assert_eq!(durations, ["21600", "3600", "3600"]);
+}
+
+/// Every message of the error's source chain, joined (what the log shows).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+fn fetcher_at(url: String, call_timeout: Duration) -> StsFetcher {
+    let fake = FakeSts {
+        url,
+        requests: Default::default(),
+    };
+    let tmp = std::env::temp_dir();
+    let mut f = fetcher_for(&fake, &tmp);
+    f.settings.call_timeout = call_timeout;
+    StsFetcher::with_sdk_config(f.settings.clone(), &sdk_with_agent_keys())
+}
+
+#[tokio::test]
+async fn unreachable_sts_keeps_the_sdk_chain_as_source_not_in_its_message() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let err = fetcher_at(url, Duration::from_secs(3))
+        .fetch(&pod(), &role("r"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StsError::Dispatch { .. }), "{err:?}");
+    let shown = err.to_string();
+    for leak in [
+        "dispatch failure",
+        "os error",
+        "127.0.0.1",
+        "DispatchFailure",
+    ] {
+        assert!(!shown.contains(leak), "{leak:?} in {shown:?}");
+    }
+    let full = chain(&err);
+    assert!(full.contains("Connection refused"), "{full}");
+}
+
+#[tokio::test]
+async fn hanging_sts_is_a_timeout_with_the_sdk_chain_as_source() {
+    // Accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let err = fetcher_at(url, Duration::from_secs(1))
+        .fetch(&pod(), &role("r"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StsError::Timeout { .. }), "{err:?}");
+    let shown = err.to_string();
+    assert!(!shown.contains("timeout"), "{shown:?}");
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+    assert!(chain(&err).len() > shown.len());
+}
+
+#[tokio::test]
+async fn web_identity_sends_no_token_but_the_irsa_volumes_sts_token() {
+    let fake = FakeSts::start(Arc::new(fake_sts::success)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fetcher = fetcher_for(&fake, tmp.path());
+    let mut a = role("irsa");
+    a.mode = AssumeMode::WebIdentity;
+    let p = pod();
+
+    // An STS-audience token in a look-alike volume: not the webhook's.
+    write_token(
+        tmp.path(),
+        &p.uid,
+        "aws-iam-token-evil",
+        &irsa_token("system:serviceaccount:team-a:web"),
+    );
+    let err = fetcher.fetch(&p, &a).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenMissing { .. }),
+        "{err}"
+    );
+
+    // The webhook's volume, but a token for another audience.
+    let pod_identity_token = crate::credentials::sts::fixtures::jwt(serde_json::json!({
+        "aud": ["pods.eks.amazonaws.com"],
+        "sub": "system:serviceaccount:team-a:web",
+    }));
+    write_token(tmp.path(), &p.uid, "aws-iam-token", &pod_identity_token);
+    let err = fetcher.fetch(&p, &a).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenInvalid { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    assert!(fake.requests().is_empty(), "a token went to STS");
 }

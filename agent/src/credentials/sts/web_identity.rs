@@ -1,89 +1,93 @@
-//! IRSA: finding and reading the pod's projected service account token for AWS in
-//! the kubelet's pods directory on this node (never the API-server token).
+//! IRSA: the pod's projected token for STS, read from the kubelet's pods
+//! directory on this node.
+//!
+//! Only the volume the EKS pod identity (IRSA) webhook adds is used: `aws-iam-token`
+//! (mounted in the pod at `/var/run/secrets/eks.amazonaws.com/serviceaccount`,
+//! audience `sts.amazonaws.com`). A pod can project service account tokens of any
+//! audience under any volume name; none of those is ever sent to STS, and neither
+//! is a token in the IRSA volume whose `aud` claim does not name STS. The claims
+//! are decoded without checking the signature: STS does that.
 
 use std::path::Path;
 
 use super::StsError;
 use crate::credentials::types::Secret;
 
-/// Volume name the EKS IRSA webhook gives the projected token.
-pub const IRSA_VOLUME_PREFIX: &str = "aws-iam-token";
-/// Volume Kubernetes injects into every pod with the API-server token. Never sent
-/// to STS: it is a credential for the API server, not for AWS.
-const KUBE_API_ACCESS_PREFIX: &str = "kube-api-access-";
+/// The projected volume the EKS IRSA webhook adds to the pod: the only one read.
+pub const IRSA_VOLUME: &str = "aws-iam-token";
+/// The file in it.
+const IRSA_TOKEN_FILE: &str = "token";
+/// The audience the webhook requests, and the one required in `aud`.
+pub const IRSA_AUDIENCE: &str = "sts.amazonaws.com";
 
-/// Finds the pod's projected AWS token on this node and reads it.
-///
-/// Looks at `<pods_dir>/<uid>/volumes/kubernetes.io~projected/<volume>/token`.
-/// A pod has several projected volumes with a `token` file: Kubernetes's own
-/// `kube-api-access-*` (API-server audience) is never used; a volume whose name
-/// starts with `aws-iam-token` (the EKS webhook's name) wins; otherwise the first
-/// remaining volume by name, so the choice is deterministic.
+/// Reads the pod's IRSA token on this node:
+/// `<pods_dir>/<uid>/volumes/kubernetes.io~projected/aws-iam-token/token`, and
+/// only if it is a JWT whose `aud` contains `sts.amazonaws.com`.
 pub async fn read_web_identity_token(pods_dir: &Path, pod_uid: &str) -> Result<Secret, StsError> {
     let valid_uid = !pod_uid.is_empty()
         && pod_uid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    let projected = pods_dir
+    let volume = pods_dir
         .join(if valid_uid { pod_uid } else { "_invalid_uid_" })
-        .join("volumes/kubernetes.io~projected");
-    let missing = || StsError::WebIdentityTokenMissing {
-        path: projected.clone(),
-    };
+        .join("volumes/kubernetes.io~projected")
+        .join(IRSA_VOLUME);
     if !valid_uid {
-        return Err(missing());
+        return Err(StsError::WebIdentityTokenMissing { path: volume });
     }
-    let mut dir = match tokio::fs::read_dir(&projected).await {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(source) => {
-            return Err(StsError::WebIdentityTokenRead {
-                path: projected,
-                source,
-            })
+    let path = volume.join(IRSA_TOKEN_FILE);
+    // kubelet writes `token` as a symlink into `..data/`; reading follows it.
+    let token = match tokio::fs::read_to_string(&path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StsError::WebIdentityTokenMissing { path: volume })
         }
+        Err(source) => return Err(StsError::WebIdentityTokenRead { path, source }),
     };
-    let mut candidates = Vec::new();
-    loop {
-        match dir.next_entry().await {
-            Ok(Some(entry)) => {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(KUBE_API_ACCESS_PREFIX) {
-                    continue;
-                }
-                // kubelet writes `token` as a symlink into `..data/`; metadata follows it.
-                let is_file = tokio::fs::metadata(entry.path().join("token"))
-                    .await
-                    .is_ok_and(|m| m.is_file());
-                if is_file {
-                    candidates.push(name);
-                }
-            }
-            Ok(None) => break,
-            Err(source) => {
-                return Err(StsError::WebIdentityTokenRead {
-                    path: projected,
-                    source,
-                })
-            }
-        }
-    }
-    candidates.sort_by_key(|name| (!name.starts_with(IRSA_VOLUME_PREFIX), name.clone()));
-    let Some(volume) = candidates.first() else {
-        return Err(missing());
-    };
-    let path = projected.join(volume).join("token");
-    let token = tokio::fs::read_to_string(&path).await.map_err(|source| {
-        StsError::WebIdentityTokenRead {
-            path: path.clone(),
-            source,
-        }
-    })?;
     let token = token.trim();
     if token.is_empty() {
         return Err(StsError::WebIdentityTokenMissing { path });
     }
+    if let Err(reason) = check_audience(token) {
+        return Err(StsError::WebIdentityTokenInvalid { path, reason });
+    }
     Ok(Secret::new(token))
+}
+
+/// Whether the JWT's `aud` (a string or a list) contains [`IRSA_AUDIENCE`].
+fn check_audience(token: &str) -> Result<(), &'static str> {
+    let mut parts = token.split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a JWT (want header.payload.signature)");
+    };
+    // base64url without padding → standard alphabet with padding.
+    let mut b64: String = payload
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !b64.len().is_multiple_of(4) {
+        b64.push('=');
+    }
+    let bytes =
+        aws_smithy_types::base64::decode(&b64).map_err(|_| "JWT payload is not base64url")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| "JWT payload is not JSON")?;
+    let for_sts = match &claims["aud"] {
+        serde_json::Value::String(aud) => aud == IRSA_AUDIENCE,
+        serde_json::Value::Array(auds) => auds.iter().any(|a| a == IRSA_AUDIENCE),
+        _ => false,
+    };
+    if for_sts {
+        Ok(())
+    } else {
+        Err("its audience (aud) is not sts.amazonaws.com")
+    }
 }
 
 #[cfg(test)]

@@ -1,42 +1,87 @@
 use super::*;
-use crate::credentials::sts::fixtures::{pod, write_token};
+use crate::credentials::sts::fixtures::{irsa_token, jwt, pod, write_token};
 
 #[tokio::test]
-async fn token_prefers_aws_iam_token_and_skips_kube_api_access() {
+async fn token_comes_from_the_irsa_volume() {
     let tmp = tempfile::tempdir().unwrap();
     let uid = pod().uid;
+    let irsa = irsa_token("system:serviceaccount:team-a:web");
     write_token(
         tmp.path(),
         &uid,
         "kube-api-access-abcde",
         "api-server-token",
     );
-    write_token(tmp.path(), &uid, "a-custom-token", "custom");
-    write_token(tmp.path(), &uid, "aws-iam-token", "irsa-token\n");
+    write_token(tmp.path(), &uid, "a-custom-token", &irsa_token("custom"));
+    write_token(tmp.path(), &uid, "aws-iam-token", &format!("{irsa}\n"));
     let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
-    assert_eq!(t.expose(), "irsa-token");
+    assert_eq!(t.expose(), irsa);
 }
 
 #[tokio::test]
-async fn token_falls_back_to_other_projected_volume() {
+async fn other_projected_volumes_are_never_used() {
     let tmp = tempfile::tempdir().unwrap();
     let uid = pod().uid;
-    write_token(
-        tmp.path(),
-        &uid,
+    // STS-audience tokens, but not in the IRSA webhook's volume: a pod can
+    // project any token it likes under any name.
+    for volume in [
+        "aws-iam-token-evil",
+        "aws-iam-token2",
+        "my-token",
         "kube-api-access-abcde",
-        "api-server-token",
-    );
-    write_token(tmp.path(), &uid, "zz-token", "zz");
-    write_token(tmp.path(), &uid, "my-token", "mine");
+    ] {
+        write_token(tmp.path(), &uid, volume, &irsa_token(volume));
+    }
     std::fs::create_dir_all(
         tmp.path()
             .join(&uid)
-            .join("volumes/kubernetes.io~projected/no-token-here"),
+            .join("volumes/kubernetes.io~projected/aws-iam-token"),
     )
     .unwrap();
-    let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
-    assert_eq!(t.expose(), "mine");
+    let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
+    assert!(
+        matches!(err, StsError::WebIdentityTokenMissing { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn irsa_volume_token_must_be_for_sts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uid = pod().uid;
+    let refused = [
+        // Another audience: the EKS Pod Identity token, or the API server's.
+        jwt(serde_json::json!({"aud": ["pods.eks.amazonaws.com"], "sub": "x"})),
+        jwt(serde_json::json!({"aud": "https://kubernetes.default.svc", "sub": "x"})),
+        jwt(serde_json::json!({"aud": ["sts.amazonaws.com.evil"], "sub": "x"})),
+        // No audience at all.
+        jwt(serde_json::json!({"sub": "x"})),
+        // Not a JWT.
+        "irsa-token".to_owned(),
+        "a.b.c".to_owned(),
+    ];
+    for token in refused {
+        write_token(tmp.path(), &uid, "aws-iam-token", &token);
+        let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
+        assert!(
+            matches!(err, StsError::WebIdentityTokenInvalid { .. }),
+            "{token}: {err}"
+        );
+        assert!(!err.is_retryable());
+        // The token itself never goes into the error.
+        assert!(!err.to_string().contains(&token), "{err}");
+    }
+    // `aud` may be a string or a list containing STS among others.
+    for aud in [
+        serde_json::json!("sts.amazonaws.com"),
+        serde_json::json!(["other", "sts.amazonaws.com"]),
+    ] {
+        let token = jwt(serde_json::json!({"aud": aud, "sub": "x"}));
+        write_token(tmp.path(), &uid, "aws-iam-token", &token);
+        let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
+        assert_eq!(t.expose(), token);
+    }
 }
 
 #[tokio::test]
