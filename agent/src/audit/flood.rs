@@ -223,5 +223,4 @@ impl FloodControl {
 }
 
 #[cfg(test)]
-#[path = "flood_tests.rs"]
 mod tests;

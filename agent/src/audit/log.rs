@@ -674,5 +674,4 @@ pub async fn run_kernel_events(reader: crate::kernel::EventReader, log: Arc<Audi
 }
 
 #[cfg(test)]
-#[path = "log_tests.rs"]
 mod tests;

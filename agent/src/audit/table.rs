@@ -154,5 +154,4 @@ pub fn print_table(
 }
 
 #[cfg(test)]
-#[path = "table_tests.rs"]
 mod tests;
