@@ -3,11 +3,13 @@
 //!
 //! * [`access`]: the per-request record and where it goes.
 //! * [`log`]: the audit log: kernel events joined with accesses into ECS JSON lines.
+//! * `ecs`: the JSON shape of each record.
 //! * [`flood`]: what callers can make it write: capped fields, per-source summaries.
 //! * [`writer`]: where the lines go: stdout, or a size-bounded file with rotation.
 //! * [`table`]: the `audit` subcommand: the log's lines, filtered, as a table.
 
 pub mod access;
+mod ecs;
 pub mod flood;
 pub mod log;
 pub mod table;

@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::audit::flood::SUMMARY_INTERVAL;
 use crate::audit::test_support::{access, wait_written};
 
 fn read_lines(path: &Path) -> Vec<Value> {
