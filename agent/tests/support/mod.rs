@@ -8,6 +8,9 @@
 //!   loopback), for `kube_standin.rs`.
 //! * [`eks_api`]: a **stand-in** for the EKS API (in-process, on loopback), for
 //!   `eks_standin.rs`.
+//! * [`eks_auth_api`]: a **stand-in** for EKS Auth (`AssumeRoleForPodIdentity`,
+//!   in-process, on loopback, backed by moto's IAM and STS), and the test's
+//!   service-account token signer, for `eks_auth_standin.rs`.
 //!
 //! Fakes of the agent's own parts (STS behind `Fetch`, pod and association
 //! builders, pod tokens) are in `pod_identity_agent::testing`, shared with the unit
@@ -15,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod eks_api;
+pub mod eks_auth_api;
 pub mod kube_api;
 
 use std::convert::Infallible;
