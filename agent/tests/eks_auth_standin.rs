@@ -23,6 +23,7 @@ use pod_identity_agent::credentials::eks_auth::{
     EksAuthClient, EksAuthError, EksAuthSettings, ErrorKind, Fault, TokenError,
 };
 use pod_identity_agent::credentials::types::Credentials;
+use pod_identity_agent::http::refusal::eks_auth_status;
 use pod_identity_agent::model::PodInfo;
 use serde_json::{json, Value};
 use support::eks_auth_api::{
@@ -233,7 +234,7 @@ fn assert_service_error(err: &EksAuthError, kind: ErrorKind, status: u16, reques
     assert_eq!(*k, kind, "{err}");
     assert_eq!(Some(code.as_str()), kind.code());
     assert_eq!(*s, status);
-    assert_eq!(err.http_status(), status);
+    assert_eq!(eks_auth_status(err).as_u16(), status);
     assert_eq!(rid.as_deref(), Some(request_id));
     let fault = if status >= 500 {
         Fault::Server
@@ -438,7 +439,7 @@ async fn tokens_eks_auth_cannot_verify_are_refused() {
             matches!(err, EksAuthError::Token(TokenError::Claims(_))),
             "{err:?}"
         );
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(eks_auth_status(&err).as_u16(), 400);
         assert_eq!(err.pod_body(), local_body);
         assert_eq!(w.api.arrivals(), before, "refused locally, nothing sent");
 
@@ -546,7 +547,7 @@ async fn a_slow_eks_auth_times_out_inside_the_sdks_budget() {
         took >= Duration::from_millis(1400) && took < Duration::from_millis(2000),
         "took {took:?}"
     );
-    assert_eq!(err.http_status(), 503);
+    assert_eq!(eks_auth_status(&err).as_u16(), 503);
     assert!(err.is_retryable());
     assert!(
         err.pod_body().starts_with("EKS Auth call timed out: "),
@@ -579,11 +580,11 @@ async fn another_pods_token_is_refused_before_any_upstream_call() {
             UIDS[1], UIDS[0]
         )
     );
-    assert_eq!(err.http_status(), 403);
+    assert_eq!(eks_auth_status(&err).as_u16(), 403);
     for token in [None, Some(""), Some("not a jwt")] {
         let err = w.client.fetch(&caller, token).await.unwrap_err();
         assert!(matches!(err, EksAuthError::Token(_)), "{err:?}");
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(eks_auth_status(&err).as_u16(), 400);
     }
     assert_eq!(w.api.arrivals(), 0, "nothing reached EKS Auth");
 
@@ -612,7 +613,7 @@ async fn another_pods_token_is_refused_before_any_upstream_call() {
         matches!(err, EksAuthError::SubjectMismatch { .. }),
         "{err:?}"
     );
-    assert_eq!(err.http_status(), 403);
+    assert_eq!(eks_auth_status(&err).as_u16(), 403);
 }
 
 #[test]

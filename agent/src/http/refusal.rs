@@ -7,6 +7,7 @@ use hyper::StatusCode;
 
 use crate::{
     attribution::cgroup::CgroupError,
+    credentials::eks_auth::EksAuthError,
     credentials::{cache::CacheError, sts::StsError},
     http::token,
     sources::associations::AssociationError,
@@ -135,9 +136,32 @@ impl Refusal {
     }
 }
 
+/// The status a pod gets for an EKS Auth failure.
+/// Status for the pod. EKS Auth's own status is passed through, as the stock
+/// agent does (AccessDenied 400, ResourceNotFound 404, Throttling 429, ...);
+/// trouble reaching it is a 503 (both botocore and the Rust SDK retry 5xx);
+/// the token check's refusals are 400, or 403 for another pod's token.
+pub fn eks_auth_status(e: &EksAuthError) -> StatusCode {
+    let code = match e {
+        EksAuthError::Token(e) => return token_status(e),
+        EksAuthError::Service { status, kind, .. } => {
+            if *status >= 400 {
+                *status
+            } else {
+                // An error document with a success status: trust the model.
+                kind.modeled_status().unwrap_or(500)
+            }
+        }
+        EksAuthError::Timeout { .. } | EksAuthError::Dispatch { .. } => 503,
+        EksAuthError::InvalidResponse { .. } | EksAuthError::Construction { .. } => 500,
+        EksAuthError::SubjectMismatch { .. } => 403,
+    };
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// As the stock agent: a token naming another pod is forbidden, any other bad
 /// token is a bad request.
-fn token_status(e: &token::TokenError) -> StatusCode {
+pub fn token_status(e: &token::TokenError) -> StatusCode {
     match e {
         token::TokenError::PodMismatch { .. } => StatusCode::FORBIDDEN,
         token::TokenError::Empty

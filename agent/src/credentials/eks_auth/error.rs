@@ -309,27 +309,6 @@ impl EksAuthError {
         }
     }
 
-    /// Status for the pod. EKS Auth's own status is passed through, as the stock
-    /// agent does (AccessDenied 400, ResourceNotFound 404, Throttling 429, ...);
-    /// trouble reaching it is a 503 (both botocore and the Rust SDK retry 5xx);
-    /// the token check's refusals are 400, or 403 for another pod's token.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            EksAuthError::Token(e) => e.http_status(),
-            EksAuthError::Service { status, kind, .. } => {
-                if *status >= 400 {
-                    *status
-                } else {
-                    // An error document with a success status: trust the model.
-                    kind.modeled_status().unwrap_or(500)
-                }
-            }
-            EksAuthError::Timeout { .. } | EksAuthError::Dispatch { .. } => 503,
-            EksAuthError::InvalidResponse { .. } | EksAuthError::Construction { .. } => 500,
-            EksAuthError::SubjectMismatch { .. } => 403,
-        }
-    }
-
     /// Whether asking again later may succeed (a cache keeps serving still-valid
     /// credentials meanwhile).
     pub fn is_retryable(&self) -> bool {
@@ -389,6 +368,7 @@ impl EksAuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::refusal::eks_auth_status;
     use aws_sdk_eksauth::types::error as model;
     use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::error::ErrorMetadata;
@@ -463,7 +443,7 @@ mod tests {
                 Some("5e8f0c1a-0000-4000-8000-00000000abcd")
             );
             assert_eq!(*s, status);
-            assert_eq!(e.http_status(), status);
+            assert_eq!(eks_auth_status(&e).as_u16(), status);
             assert_eq!(e.kind(), Some(kind));
             assert_eq!(e.code(), kind.code().unwrap());
             let fault = if status >= 500 { "server" } else { "client" };
@@ -502,13 +482,13 @@ mod tests {
         }
         let token = EksAuthError::from(TokenError::Empty);
         assert!(!token.is_retryable() && !token.is_irrecoverable());
-        assert_eq!(token.http_status(), 400);
+        assert_eq!(eks_auth_status(&token).as_u16(), 400);
         assert_eq!(token.pod_body(), "Service account token cannot be empty");
         let mismatch = EksAuthError::from(TokenError::PodMismatch {
             token_pod: "a".into(),
             kernel_pod: "b".into(),
         });
-        assert_eq!(mismatch.http_status(), 403);
+        assert_eq!(eks_auth_status(&mismatch).as_u16(), 403);
         assert_eq!(mismatch.code(), "PodMismatch");
     }
 
@@ -517,7 +497,7 @@ mod tests {
         let e = EksAuthError::from_sdk(service_failure(ErrorKind::Unmodeled, 502));
         assert_eq!(e.kind(), Some(ErrorKind::Unmodeled));
         assert_eq!(e.code(), "SomethingNewException");
-        assert_eq!(e.http_status(), 502);
+        assert_eq!(eks_auth_status(&e).as_u16(), 502);
         assert!(e.is_retryable());
         assert_eq!(
             e.pod_body(),

@@ -122,6 +122,7 @@ fn payload(token: &str) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::refusal::token_status;
     use crate::testing::fake_pod_token;
     use serde_json::json;
 
@@ -204,7 +205,7 @@ mod tests {
                 kernel_pod: UID.into()
             }
         );
-        assert_eq!(e.http_status(), 403);
+        assert_eq!(token_status(&e).as_u16(), 403);
     }
 
     #[test]
@@ -252,7 +253,7 @@ mod tests {
         for (token, want) in cases {
             let e = check_pod_token(token.as_deref(), UID, now()).unwrap_err();
             assert!(e.to_string().starts_with(want), "{token:?}: {e}");
-            assert_eq!(e.http_status(), 400, "{e}");
+            assert_eq!(token_status(&e).as_u16(), 400, "{e}");
         }
     }
 }

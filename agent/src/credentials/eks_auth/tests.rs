@@ -8,6 +8,7 @@ use aws_sdk_eksauth::types::{
 use aws_smithy_types::DateTime;
 
 use super::*;
+use crate::http::refusal::eks_auth_status;
 use crate::testing::{self, fake_pod_token};
 
 const NOW: u64 = 1_800_000_000;
@@ -118,7 +119,7 @@ fn half_made_answers_are_refused() {
             matches!(&e, EksAuthError::InvalidResponse { message, .. } if message.contains(want)),
             "{want}: {e:?}"
         );
-        assert_eq!(e.http_status(), 500);
+        assert_eq!(eks_auth_status(&e).as_u16(), 500);
         assert!(e.is_retryable());
     }
 }
@@ -181,7 +182,7 @@ async fn refused_tokens_never_leave_the_node() {
         matches!(e, EksAuthError::Token(TokenError::PodMismatch { .. })),
         "{e:?}"
     );
-    assert_eq!(e.http_status(), 403);
+    assert_eq!(eks_auth_status(&e).as_u16(), 403);
     let e = client.fetch(&pod, None).await.unwrap_err();
     assert_eq!(e.pod_body(), "Service account token cannot be empty");
 
@@ -189,7 +190,7 @@ async fn refused_tokens_never_leave_the_node() {
     let own = fake_pod_token("default", "s3-sa", "s3-pod", &pod.uid, exp);
     let e = client.fetch(&pod, Some(&own)).await.unwrap_err();
     assert!(matches!(e, EksAuthError::Dispatch { .. }), "{e:?}");
-    assert_eq!(e.http_status(), 503);
+    assert_eq!(eks_auth_status(&e).as_u16(), 503);
     assert!(e.is_retryable());
     assert!(
         e.pod_body().starts_with("EKS Auth could not be reached: "),
