@@ -12,9 +12,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -29,80 +26,8 @@ use serde_json::{json, Value};
 use support::eks_auth_api::{
     self, EksAuthApi, Failure, PodTokenClaims, TokenIssuer, ACCOUNT, AUDIENCE, CLUSTER, REGION,
 };
+use support::moto::Moto;
 use support::UIDS;
-
-/// A `moto_server` child process on loopback, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    log: tempfile::NamedTempFile,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().expect("temp file for moto's log");
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.reopen().expect("reopen log")))
-            .stderr(Stdio::from(log.reopen().expect("reopen log")))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `moto_server` ({e}). These tests need moto's IAM and STS: \
-                     install it with `pip install 'moto[server]'` and make sure \
-                     `moto_server` is on PATH"
-                )
-            });
-        let mut moto = Moto { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!(
-                    "moto_server exited early ({status}); its output:\n{}",
-                    std::fs::read_to_string(moto.log.path()).unwrap_or_default()
-                );
-            }
-            if http_answers(moto.port) {
-                return moto;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("moto_server did not answer on 127.0.0.1:{port} within 60 s");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Whether something answers HTTP on the port (moto is up, not just listening).
-fn http_answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    matches!(s.read(&mut buf), Ok(n) if n >= 5 && buf.starts_with(b"HTTP/"))
-}
 
 /// One test's world: moto, the cluster's token signer, the EKS Auth stand-in and
 /// the agent's client pointed at it.

@@ -8,10 +8,7 @@
 //! aws-sdk-sts signs `GetCallerIdentity` with them, and moto answers with the
 //! assumed-role ARN it issued them for.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,115 +16,18 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use hyper::StatusCode;
+mod support;
+
 use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, CredentialCache};
 use pod_identity_agent::credentials::sts::{ErrorChain, StsError, StsFetcher, StsSettings};
 use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::http::Refusal;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
 use pod_identity_agent::testing::{self, write_projected_token};
+use support::moto::Moto;
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";
-
-/// A `moto_server` child process, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    _log: tempfile::NamedTempFile,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().expect("temp file for moto's log");
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.reopen().expect("reopen log")))
-            .stderr(Stdio::from(log.reopen().expect("reopen log")))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `moto_server` ({e}). These tests need moto's STS: \
-                     install it with `pip install 'moto[server]'` and make sure \
-                     `moto_server` is on PATH"
-                )
-            });
-        let mut moto = Moto {
-            child,
-            port,
-            _log: log,
-        };
-        moto.wait_ready();
-        moto
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "moto_server exited early ({status}); its output:\n{}",
-                    std::fs::read_to_string(self._log.path()).unwrap_or_default()
-                );
-            }
-            if http_answers(self.port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "moto_server did not answer on 127.0.0.1:{} within 60 s",
-            self.port
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server and waits until the port refuses connections.
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "port {} still open after kill",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Whether something answers HTTP on the port (moto is up, not just listening).
-fn http_answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    matches!(s.read(&mut buf), Ok(n) if n >= 5 && buf.starts_with(b"HTTP/"))
-}
 
 /// SDK config with static agent credentials (moto accepts any).
 fn agent_sdk_config(endpoint: &str) -> SdkConfig {

@@ -20,6 +20,7 @@
 pub mod eks_api;
 pub mod eks_auth_api;
 pub mod kube_api;
+pub mod moto;
 
 use std::convert::Infallible;
 use std::future::Future;
