@@ -122,10 +122,7 @@ pub fn run() -> Result<(), String> {
     // Benchmark the agent as shipped: release build (agent/build.rs embeds the eBPF
     // object built by build-ebpf, as for the debug build).
     crate::run(crate::cargo().args(["build", "--release", "-p", "pod-identity-agent"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::root().join("target"));
-    let agent = target.join("release/pod-identity-agent");
+    let agent = crate::target_dir().join("release/pod-identity-agent");
     let work = std::env::temp_dir().join(format!("pia-bench-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(io_err(format!("mkdir {}", work.display())))?;
     // Removed on drop, also when a testnode helper panics.

@@ -94,8 +94,7 @@ fn step(s: &str) {
 }
 
 pub fn run() -> Result<(), String> {
-    let root = crate::root();
-    let agent = root.join("target/debug/pod-identity-agent");
+    let agent = crate::target_dir().join("debug/pod-identity-agent");
     let work = std::env::temp_dir().join(format!("pia-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
     let result = demo(&agent, &work);

@@ -26,6 +26,13 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` at the root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Run a command, echoing it; error text names the command.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: $ {}", show(cmd));

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{root, run, show};
+use crate::{root, run, show, target_dir};
 
 /// Kubernetes version the manifests are validated against.
 pub const KUBERNETES_VERSION: &str = "1.33.0";
@@ -270,12 +270,6 @@ fn admission_policies(files: &[PathBuf]) -> Result<(), String> {
 }
 
 // === checkov ===
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
 
 /// checkov's own virtualenv (its boto3 pin conflicts with the tests' boto3).
 fn checkov_bin() -> Result<PathBuf, String> {
