@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::credentials::{Credentials, Fetch, Secret, StsError};
-use crate::model::{Association, PodInfo};
+use crate::model::{Association, PodInfo, PodUid};
 
 /// The pod UID the builders use (a real UUID shape).
 pub const POD_UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -22,15 +22,21 @@ pub const FAKE_ACCOUNT: &str = "111122223333";
 
 // === pods and associations ===
 
+/// `uid` as a [`PodUid`]; panics if it is not one (test data).
+pub fn pod_uid(uid: &str) -> PodUid {
+    PodUid::parse(uid).unwrap_or_else(|e| panic!("test pod UID: {e}"))
+}
+
 /// Pod `namespace/name` running as `service_account`, with UID [`POD_UID`];
 /// change the rest with struct update syntax (`PodInfo { uid, ..pod(…) }`).
 pub fn pod(namespace: &str, name: &str, service_account: &str) -> PodInfo {
     PodInfo {
-        uid: POD_UID.to_owned(),
+        uid: pod_uid(POD_UID),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         service_account: service_account.to_owned(),
-        ..PodInfo::default()
+        service_account_annotations: Default::default(),
+        host_network: false,
     }
 }
 
@@ -220,9 +226,9 @@ pub fn fake_pod_token(
 
 /// A projected service account token where the kubelet puts it:
 /// `<kubelet_pods>/<uid>/volumes/kubernetes.io~projected/<volume>/token`.
-pub fn write_projected_token(kubelet_pods: &Path, uid: &str, volume: &str, token: &str) {
+pub fn write_projected_token(kubelet_pods: &Path, uid: &PodUid, volume: &str, token: &str) {
     let dir = kubelet_pods
-        .join(uid)
+        .join(uid.as_str())
         .join("volumes/kubernetes.io~projected")
         .join(volume);
     std::fs::create_dir_all(&dir).unwrap();

@@ -14,17 +14,18 @@ use crate::{
     attribution::{cgroup, Resolver},
     credentials::{CredentialCache, Fetch},
     kernel::VerdictSink,
+    model::PodUid,
 };
 
 /// State carried between rescans.
 #[derive(Default)]
 pub struct Lifecycle {
     /// cgroup id → pod UID (`None`: not a pod, or unparseable).
-    cgroups: HashMap<u64, Option<String>>,
+    cgroups: HashMap<u64, Option<PodUid>>,
     /// Verdicts written to the kernel, to write only changes.
     verdicts: HashMap<u64, u32>,
     /// Pods whose credentials were prefetched already.
-    prefetched: HashSet<String>,
+    prefetched: HashSet<PodUid>,
 }
 
 impl Lifecycle {
@@ -69,11 +70,7 @@ impl Lifecycle {
         let mut gone_pods = 0;
         for id in &gone {
             if let Some(Some(uid)) = self.cgroups.remove(id) {
-                if !self
-                    .cgroups
-                    .values()
-                    .any(|u| u.as_deref() == Some(uid.as_str()))
-                {
+                if !self.cgroups.values().any(|u| u.as_ref() == Some(&uid)) {
                     let n = cache.evict_pod(&uid);
                     self.prefetched.remove(&uid);
                     gone_pods += 1;
@@ -88,7 +85,7 @@ impl Lifecycle {
         }
         let mut appeared_pods = 0;
         // Prefetch for pods whose cgroups are new and whose pod and association are known.
-        let uids: HashSet<String> = self.cgroups.values().flatten().cloned().collect();
+        let uids: HashSet<PodUid> = self.cgroups.values().flatten().cloned().collect();
         for uid in uids {
             if self.prefetched.contains(&uid) {
                 continue;
@@ -214,11 +211,8 @@ mod tests {
 
     fn pod(uid: &str, sa: &str) -> PodInfo {
         PodInfo {
-            uid: uid.into(),
-            namespace: "ns".into(),
-            name: sa.into(),
-            service_account: sa.into(),
-            ..Default::default()
+            uid: crate::testing::pod_uid(uid),
+            ..crate::testing::pod("ns", sa, sa)
         }
     }
 

@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use crate::{
     attribution::Caller,
     audit::{Access, AuditLog},
-    model::{Association, PodInfo, Source},
+    model::{Association, Source},
 };
 
 fn caller() -> Caller {
@@ -26,13 +26,7 @@ fn caller() -> Caller {
 pub(super) fn access() -> Access {
     Access {
         caller: Some(caller()),
-        pod: Some(PodInfo {
-            uid: "u".into(),
-            namespace: "ns".into(),
-            name: "web".into(),
-            service_account: "sa".into(),
-            ..Default::default()
-        }),
+        pod: Some(crate::testing::pod("ns", "web", "sa")),
         association: Some(Association {
             role_arn: "arn:aws:iam::123456789012:role/r".into(),
             source: Source::File,

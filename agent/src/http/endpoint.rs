@@ -293,11 +293,8 @@ mod tests {
 
     fn pod(sa: &str) -> PodInfo {
         PodInfo {
-            uid: UID.into(),
-            namespace: "ns".into(),
-            name: "web".into(),
-            service_account: sa.into(),
-            ..Default::default()
+            uid: crate::testing::pod_uid(UID),
+            ..crate::testing::pod("ns", "web", sa)
         }
     }
 

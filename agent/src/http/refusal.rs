@@ -9,6 +9,7 @@ use crate::{
     attribution::cgroup::CgroupError,
     credentials::{cache::CacheError, sts::StsError},
     http::token,
+    model::PodUid,
     sources::associations::AssociationError,
 };
 
@@ -42,7 +43,7 @@ pub enum Refusal {
     Cgroup(Box<CgroupError>),
     /// The pod directory does not know the pod (yet).
     #[error("Pod {uid} is not known to the agent yet; retry")]
-    UnknownPod { uid: String },
+    UnknownPod { uid: PodUid },
     /// No association for the pod's service account.
     #[error("No Pod Identity association for service account {namespace}/{service_account} (pod {namespace}/{pod})")]
     NoAssociation {
@@ -348,7 +349,7 @@ mod tests {
     fn token_errors_get_their_statuses_here() {
         let mismatch = token::TokenError::PodMismatch {
             token_pod: "a".into(),
-            kernel_pod: "b".into(),
+            kernel_pod: crate::testing::pod_uid(crate::testing::POD_UID),
         };
         assert_eq!(Refusal::Token(mismatch).status(), StatusCode::FORBIDDEN);
         for e in [
@@ -379,7 +380,9 @@ mod tests {
             ),
             (Refusal::NotAPod { path: "/".into() }, StatusCode::FORBIDDEN),
             (
-                Refusal::UnknownPod { uid: "u".into() },
+                Refusal::UnknownPod {
+                    uid: crate::testing::pod_uid(crate::testing::POD_UID),
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (

@@ -385,13 +385,7 @@ mod tests {
     }
 
     fn pod(ns: &str, sa: &str) -> PodInfo {
-        PodInfo {
-            uid: "2c48913c-b29f-11e7-9350-020968147796".to_owned(),
-            namespace: ns.to_owned(),
-            name: "p".to_owned(),
-            service_account: sa.to_owned(),
-            ..PodInfo::default()
-        }
+        crate::testing::pod(ns, "p", sa)
     }
 
     fn irsa_pod(ns: &str, sa: &str, arn: &str) -> PodInfo {

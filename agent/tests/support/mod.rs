@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 pub use pod_identity_agent::testing::write_json;
-use pod_identity_agent::testing::{fake_pod_token, write_projected_token};
+use pod_identity_agent::testing::{fake_pod_token, pod_uid, write_projected_token};
 use serde_json::{json, Value};
 use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 
@@ -355,7 +355,7 @@ impl Scenario {
         // IRSA: the projected token where the kubelet puts it.
         write_projected_token(
             &dir.path().join("kubelet"),
-            UIDS[4],
+            &pod_uid(UIDS[4]),
             "aws-iam-token",
             "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RzLmFtYXpvbmF3cy5jb20iXSwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6aXJzYS1zYSJ9.c2ln",
         );

@@ -96,13 +96,12 @@ fn denied() -> StsError {
     }
 }
 
+/// Pod `name` (at most 6 bytes), with a UID of its own.
 fn pod(name: &str) -> PodInfo {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
     PodInfo {
-        uid: format!("uid-{name}"),
-        namespace: "ns".into(),
-        name: name.into(),
-        service_account: "sa".into(),
-        ..Default::default()
+        uid: crate::testing::pod_uid(&format!("00000000-0000-4000-8000-{hex:0>12}")),
+        ..crate::testing::pod("ns", name, "sa")
     }
 }
 
@@ -393,7 +392,12 @@ async fn evict_pod_drops_only_that_pod() {
     assert_eq!(cache.get(&b, &assoc()).await.unwrap().1, CacheOutcome::Hit);
     assert_eq!(cache.get(&a, &assoc()).await.unwrap().1, CacheOutcome::Miss);
     assert_eq!(cache.fetcher().calls(), 3);
-    assert_eq!(cache.evict_pod("no-such-pod"), 0);
+    assert_eq!(
+        cache.evict_pod(&crate::testing::pod_uid(
+            "00000000-0000-4000-8000-000000000000"
+        )),
+        0
+    );
 }
 
 #[tokio::test]

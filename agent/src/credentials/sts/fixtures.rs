@@ -2,21 +2,18 @@
 
 use std::path::Path;
 
-use crate::model::PodInfo;
+use crate::model::{PodInfo, PodUid};
 
 pub(super) fn pod() -> PodInfo {
     PodInfo {
-        uid: "2c48913c-b29f-11e7-9350-020968147796".into(),
-        namespace: "team-a".into(),
-        name: "web-7d4b9c8f6-x2x9z".into(),
-        service_account: "web".into(),
-        ..Default::default()
+        uid: crate::testing::pod_uid("2c48913c-b29f-11e7-9350-020968147796"),
+        ..crate::testing::pod("team-a", "web-7d4b9c8f6-x2x9z", "web")
     }
 }
 
-pub(super) fn write_token(root: &Path, uid: &str, volume: &str, token: &str) {
+pub(super) fn write_token(root: &Path, uid: &PodUid, volume: &str, token: &str) {
     let dir = root
-        .join(uid)
+        .join(uid.as_str())
         .join("volumes/kubernetes.io~projected")
         .join(volume);
     std::fs::create_dir_all(&dir).unwrap();

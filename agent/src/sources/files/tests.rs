@@ -2,6 +2,7 @@
 
 mod pods_file {
     use super::super::*;
+    use crate::testing::pod_uid;
 
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "daa5c7ee-3484-4533-af39-3591564fd03e";
@@ -49,24 +50,34 @@ mod pods_file {
             matches!(load_pods_file(&missing), Err(PodError::Io { path, .. }) if path == missing)
         );
 
-        for (text, want) in [
-            ("{", "invalid JSON"),
-            (r#"{"pods": [{"uid": "x"}]}"#, "invalid JSON"), // missing fields
-            (r#"{"pod": []}"#, "invalid JSON"),              // typo in the key
-        ] {
-            let path = write(tmp.path(), "bad.json", text);
-            let err = load_pods_file(&path).unwrap_err();
-            assert!(matches!(err, PodError::Parse { .. }), "{text}: {err}");
-            assert!(err.to_string().contains(want) && err.to_string().contains("bad.json"));
-        }
-
         let entry = |uid: &str, ns: &str, name: &str, sa: &str| {
             format!(
                 r#"{{"uid": "{uid}", "namespace": "{ns}", "name": "{name}", "serviceAccount": "{sa}"}}"#
             )
         };
+        let pods_file = |entry: String| format!(r#"{{"pods": [{entry}]}}"#);
+        for (text, want) in [
+            ("{".to_owned(), "invalid JSON"),
+            (r#"{"pods": [{"uid": "x"}]}"#.to_owned(), "invalid JSON"), // missing fields
+            (r#"{"pod": []}"#.to_owned(), "invalid JSON"),              // typo in the key
+            // A UID is checked as it is read (`PodUid`), at its line and column.
+            (
+                pods_file(entry("", "ns", "n", "sa")),
+                "invalid JSON: pod UID is empty at line 1",
+            ),
+            (
+                pods_file(entry("not-a-uuid", "ns", "n", "sa")),
+                "invalid JSON: pod UID \"not-a-uuid\" is not a UUID (8-4-4-4-12 hex digits) at line 1",
+            ),
+        ] {
+            let path = write(tmp.path(), "bad.json", &text);
+            let err = load_pods_file(&path).unwrap_err();
+            assert!(matches!(err, PodError::Parse { .. }), "{text}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(want) && msg.contains("bad.json"), "{msg}");
+        }
+
         for (pods, want) in [
-            (vec![entry("", "ns", "n", "sa")], "pods[0].uid is empty"),
             (
                 vec![entry(UID_A, "", "n", "sa")],
                 "pods[0].namespace is empty",
@@ -75,10 +86,6 @@ mod pods_file {
             (
                 vec![entry(UID_A, "ns", "n", "")],
                 "pods[0].serviceAccount is empty",
-            ),
-            (
-                vec![entry("not-a-uuid", "ns", "n", "sa")],
-                "pods[0].uid \"not-a-uuid\" (ns/n) is not a UUID",
             ),
             (
                 vec![
@@ -125,12 +132,13 @@ mod pods_file {
             Duration::from_millis(10),
         ));
 
-        eventually(&store, |s| s.is_synced() && s.get(UID_A).is_some()).await;
+        let (uid_a, uid_b) = (pod_uid(UID_A), pod_uid(UID_B));
+        eventually(&store, |s| s.is_synced() && s.get(&uid_a).is_some()).await;
 
         // Broken edit: the previous snapshot stays.
         std::fs::write(&path, "{ not json").unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.get(UID_A).unwrap().name, "a");
+        assert_eq!(store.get(&uid_a).unwrap().name, "a");
         assert_eq!(store.len(), 1);
 
         // Fixed edit (atomic replace, as ConfigMap updates do): reloaded.
@@ -139,7 +147,10 @@ mod pods_file {
         );
         let tmp_file = write(tmp.path(), "pods.json.new", &two);
         std::fs::rename(&tmp_file, &path).unwrap();
-        eventually(&store, |s| s.get(UID_B).is_some() && s.get(UID_A).is_none()).await;
+        eventually(&store, |s| {
+            s.get(&uid_b).is_some() && s.get(&uid_a).is_none()
+        })
+        .await;
 
         assert!(!task.is_finished());
         task.abort();
@@ -167,13 +178,7 @@ mod associations_file {
     const ROLE_C: &str = "arn:aws-cn:iam::210987654321:role/c";
 
     fn pod(ns: &str, sa: &str) -> PodInfo {
-        PodInfo {
-            uid: "2c48913c-b29f-11e7-9350-020968147796".to_owned(),
-            namespace: ns.to_owned(),
-            name: "p".to_owned(),
-            service_account: sa.to_owned(),
-            ..PodInfo::default()
-        }
+        crate::testing::pod(ns, "p", sa)
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {

@@ -34,7 +34,7 @@ async fn other_projected_volumes_are_never_used() {
     }
     std::fs::create_dir_all(
         tmp.path()
-            .join(&uid)
+            .join(uid.as_str())
             .join("volumes/kubernetes.io~projected/aws-iam-token"),
     )
     .unwrap();
@@ -106,14 +106,18 @@ async fn token_missing() {
         matches!(err, StsError::WebIdentityTokenMissing { .. }),
         "{err}"
     );
-    // Path traversal in a uid is refused.
-    let err = read_web_identity_token(tmp.path(), "../etc")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StsError::WebIdentityTokenMissing { .. }),
-        "{err}"
-    );
+    // Path traversal in a uid is refused: no `PodUid` holds one.
+    for traversal in [
+        "../etc",
+        "..",
+        "/etc",
+        "2c48913c-b29f-11e7-9350-020968147796/..",
+    ] {
+        assert!(
+            crate::model::PodUid::parse(traversal).is_err(),
+            "{traversal}"
+        );
+    }
     // Empty token.
     write_token(tmp.path(), &uid, "aws-iam-token", "\n");
     let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
