@@ -13,7 +13,10 @@ use crate::{
     sources::associations::AssociationError,
 };
 
-/// Why a caller gets no credentials. Each maps to a status and a plain-text body.
+/// Why a caller gets no credentials. Each maps to a status and a plain-text body
+/// (the `Display` text). A variant with a cause holds it as its `#[source]`, for
+/// the log; where the body names the cause too (the stock agent's bodies do),
+/// its text is also formatted in.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// No kernel record for the connection.
@@ -37,10 +40,10 @@ pub enum Refusal {
     NotAPod { path: String },
     /// The cgroup path could not be attributed safely.
     #[error("Access Denied. The caller's cgroup cannot be attributed to one pod: {0}")]
-    Ambiguous(Box<CgroupError>),
+    Ambiguous(#[source] Box<CgroupError>),
     /// Other cgroup index failure.
     #[error("Internal error resolving the caller's cgroup: {0}")]
-    Cgroup(Box<CgroupError>),
+    Cgroup(#[source] Box<CgroupError>),
     /// The pod directory does not know the pod (yet).
     #[error("Pod {uid} is not known to the agent yet; retry")]
     UnknownPod { uid: PodUid },
@@ -53,7 +56,7 @@ pub enum Refusal {
     },
     /// An association exists but is unusable.
     #[error("Invalid Pod Identity association: {0}")]
-    BadAssociation(Box<AssociationError>),
+    BadAssociation(#[source] Box<AssociationError>),
     /// Token cross-check failed.
     #[error("{0}")]
     Token(token::TokenError),
@@ -396,6 +399,42 @@ mod tests {
             (Refusal::Throttled, StatusCode::TOO_MANY_REQUESTS),
         ];
         for (r, status) in cases {
+            assert_eq!(r.status(), status, "{r}");
+        }
+
+        // A cause is the source (for the log) and, as before, named in the body.
+        let with_causes = [
+            (
+                Refusal::Ambiguous(Box::new(CgroupError::MalformedPodSegment {
+                    path: "/kubepods/besteffort/podx".into(),
+                    segment: "podx".into(),
+                })),
+                StatusCode::FORBIDDEN,
+                "Access Denied. The caller's cgroup cannot be attributed to one pod: ",
+            ),
+            (
+                Refusal::Cgroup(Box::new(CgroupError::TooLarge {
+                    root: "/sys/fs/cgroup".into(),
+                    limit: 1,
+                })),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error resolving the caller's cgroup: ",
+            ),
+            (
+                Refusal::BadAssociation(Box::new(AssociationError::InvalidRoleArn {
+                    origin: crate::model::Source::File,
+                    namespace: "n".into(),
+                    service_account: "s".into(),
+                    field: "roleArn".into(),
+                    arn: "x".into(),
+                })),
+                StatusCode::BAD_REQUEST,
+                "Invalid Pod Identity association: ",
+            ),
+        ];
+        for (r, status, body) in with_causes {
+            let cause = std::error::Error::source(&r).expect("a source").to_string();
+            assert_eq!(r.to_string(), format!("{body}{cause}"));
             assert_eq!(r.status(), status, "{r}");
         }
     }

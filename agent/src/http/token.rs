@@ -10,19 +10,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::PodUid;
 
-/// Why a token was refused by the cross-check.
+/// Why a token was refused by the cross-check. The messages are the stock
+/// agent's; the statuses are decided with every other refusal's in
+/// [`http::refusal`](crate::http::refusal).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// No or empty `Authorization` header (the stock agent answers 400).
+    /// No or empty `Authorization` header.
     #[error("Service account token cannot be empty")]
     Empty,
-    /// Not three dot-separated base64url parts with a JSON payload (400).
+    /// Not three dot-separated base64url parts with a JSON payload.
     #[error("Service account token cannot be parsed: {0}")]
     Unparseable(&'static str),
-    /// `exp` in the past or `nbf` in the future (400).
+    /// `exp` in the past or `nbf` in the future.
     #[error("Service account token failed basic claim validations: {0}")]
     Claims(&'static str),
-    /// The token names another pod than the kernel says is calling (403).
+    /// The token names another pod than the kernel says is calling.
     #[error("Service account token belongs to pod {token_pod}, but the connection comes from pod {kernel_pod}")]
     PodMismatch {
         /// Pod UID in the token, as it is there.
