@@ -249,56 +249,48 @@ fn sts_status(e: &StsError) -> StatusCode {
 mod tests {
     use super::*;
     use crate::credentials::{cache::CacheError, sts::StsError};
+    use crate::testing::sts_error;
     use hyper::StatusCode;
     use std::{sync::Arc, time::Duration};
-
-    fn service(code: &str, status: u16) -> StsError {
-        StsError::Service {
-            code: code.into(),
-            message: "msg".into(),
-            request_id: Some("req-1".into()),
-            status,
-        }
-    }
 
     #[test]
     fn credential_errors_get_their_statuses_here() {
         let cases = [
-            (service("AccessDenied", 403), StatusCode::BAD_REQUEST),
+            (sts_error("AccessDenied", 403), StatusCode::BAD_REQUEST),
             (
-                service("InvalidParameterValue", 400),
+                sts_error("InvalidParameterValue", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("ExpiredTokenException", 400),
+                sts_error("ExpiredTokenException", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("MalformedPolicyDocument", 400),
+                sts_error("MalformedPolicyDocument", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("RegionDisabledException", 403),
+                sts_error("RegionDisabledException", 403),
                 StatusCode::BAD_REQUEST,
             ),
-            (service("ValidationError", 400), StatusCode::BAD_REQUEST),
-            (service("Throttling", 400), StatusCode::TOO_MANY_REQUESTS),
-            (service("Whatever", 429), StatusCode::TOO_MANY_REQUESTS),
-            (service("ResourceNotFound", 400), StatusCode::NOT_FOUND),
-            (service("NoSuchEntity", 404), StatusCode::NOT_FOUND),
+            (sts_error("ValidationError", 400), StatusCode::BAD_REQUEST),
+            (sts_error("Throttling", 400), StatusCode::TOO_MANY_REQUESTS),
+            (sts_error("Whatever", 429), StatusCode::TOO_MANY_REQUESTS),
+            (sts_error("ResourceNotFound", 400), StatusCode::NOT_FOUND),
+            (sts_error("NoSuchEntity", 404), StatusCode::NOT_FOUND),
             (
-                service("IDPCommunicationError", 400),
+                sts_error("IDPCommunicationError", 400),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                service("InternalFailure", 500),
+                sts_error("InternalFailure", 500),
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
             (
-                service("ServiceUnavailable", 503),
+                sts_error("ServiceUnavailable", 503),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
-            (service("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
+            (sts_error("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
             (
                 StsError::AgentCredentials {
                     request_id: "id".into(),
@@ -341,7 +333,7 @@ mod tests {
             Refusal::from(CacheError::FetchAborted).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let r = Refusal::from(CacheError::Sts(Arc::new(service("Throttling", 400))));
+        let r = Refusal::from(CacheError::Sts(Arc::new(sts_error("Throttling", 400))));
         assert_eq!(
             (r.status(), r.code()),
             (StatusCode::TOO_MANY_REQUESTS, "Throttling")
@@ -481,11 +473,11 @@ mod tests {
                 "[id-5]: (AgentCredentials): the agent has no usable AWS credentials of its own, fault: server",
             ),
             (
-                service("AccessDenied", 403),
+                sts_error("AccessDenied", 403),
                 "[req-1]: (AccessDenied): msg, fault: client",
             ),
             (
-                service("InternalFailure", 500),
+                sts_error("InternalFailure", 500),
                 "[req-1]: (InternalFailure): msg, fault: server",
             ),
             (

@@ -306,6 +306,25 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
 }
 
+/// The agent's log without terminal colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 // === the credentials scenario ===
 
 pub const PROBE: &str = "127.0.0.1:2711";

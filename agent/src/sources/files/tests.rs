@@ -2,7 +2,7 @@
 
 mod pods_file {
     use super::super::*;
-    use crate::testing::pod_uid;
+    use crate::testing::{eventually, pod_uid};
 
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "daa5c7ee-3484-4533-af39-3591564fd03e";
@@ -108,16 +108,6 @@ mod pods_file {
         }
     }
 
-    async fn eventually(store: &PodStore, what: impl Fn(&PodStore) -> bool) {
-        for _ in 0..200 {
-            if what(store) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("condition not reached; store: {store:?}");
-    }
-
     #[tokio::test]
     async fn watch_reloads_and_survives_a_broken_file() {
         let tmp = tempfile::tempdir().unwrap();
@@ -133,7 +123,10 @@ mod pods_file {
         ));
 
         let (uid_a, uid_b) = (pod_uid(UID_A), pod_uid(UID_B));
-        eventually(&store, |s| s.is_synced() && s.get(&uid_a).is_some()).await;
+        let loaded = eventually(Duration::from_secs(2), || {
+            store.is_synced() && store.get(&uid_a).is_some()
+        });
+        assert!(loaded.await, "store: {store:?}");
 
         // Broken edit: the previous snapshot stays.
         std::fs::write(&path, "{ not json").unwrap();
@@ -147,10 +140,10 @@ mod pods_file {
         );
         let tmp_file = write(tmp.path(), "pods.json.new", &two);
         std::fs::rename(&tmp_file, &path).unwrap();
-        eventually(&store, |s| {
-            s.get(&uid_b).is_some() && s.get(&uid_a).is_none()
-        })
-        .await;
+        let reloaded = eventually(Duration::from_secs(2), || {
+            store.get(&uid_b).is_some() && store.get(&uid_a).is_none()
+        });
+        assert!(reloaded.await, "store: {store:?}");
 
         assert!(!task.is_finished());
         task.abort();
@@ -176,10 +169,6 @@ mod associations_file {
     const ROLE_A: &str = "arn:aws:iam::123456789012:role/a";
     const ROLE_B: &str = "arn:aws:iam::123456789012:role/service-role/b";
     const ROLE_C: &str = "arn:aws-cn:iam::210987654321:role/c";
-
-    fn pod(ns: &str, sa: &str) -> PodInfo {
-        crate::testing::pod(ns, "p", sa)
-    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("associations.json");
@@ -218,7 +207,7 @@ mod associations_file {
         store.replace_source(Source::File, assocs).unwrap();
         assert_eq!(
             store
-                .resolve(&pod("team-b", "etl"))
+                .resolve(&crate::testing::pod("team-b", "p", "etl"))
                 .unwrap()
                 .session_duration_secs,
             Some(3600)

@@ -130,6 +130,21 @@ enum DirEvent {
 }
 
 impl PodDirectory {
+    /// Nothing listed yet, nothing published.
+    fn new(node: String, store: PodStore, status: KubeStatus) -> Self {
+        PodDirectory {
+            node,
+            store,
+            status,
+            pods: HashMap::new(),
+            sas: HashMap::new(),
+            pod_buf: None,
+            sa_buf: None,
+            pods_listed: false,
+            sas_listed: false,
+        }
+    }
+
     fn published(&self) -> bool {
         self.pods_listed && self.sas_listed
     }
@@ -291,17 +306,7 @@ pub(super) async fn run_pod_directory(
         pods.map(|e| DirEvent::Pod(Box::new(e))),
         sas.map(|e| DirEvent::Sa(Box::new(e))),
     );
-    let mut dir = PodDirectory {
-        node,
-        store,
-        status,
-        pods: HashMap::new(),
-        sas: HashMap::new(),
-        pod_buf: None,
-        sa_buf: None,
-        pods_listed: false,
-        sas_listed: false,
-    };
+    let mut dir = PodDirectory::new(node, store, status);
     while let Some(event) = events.next().await {
         dir.handle(event);
     }
@@ -409,17 +414,7 @@ mod tests {
     #[test]
     fn service_account_annotations_are_filtered_at_ingestion() {
         const ROLE: &str = "arn:aws:iam::123456789012:role/web";
-        let mut dir = PodDirectory {
-            node: "node-a".into(),
-            store: PodStore::new(),
-            status: KubeStatus::default(),
-            pods: HashMap::new(),
-            sas: HashMap::new(),
-            pod_buf: None,
-            sa_buf: None,
-            pods_listed: false,
-            sas_listed: false,
-        };
+        let mut dir = PodDirectory::new("node-a".into(), PodStore::new(), KubeStatus::default());
         let pod: Pod = serde_json::from_value(pod_json("node-a")).unwrap();
         let uid = pod_uid(&pod).unwrap();
         dir.handle(DirEvent::Pod(Box::new(Event::Init)));
