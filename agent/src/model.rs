@@ -7,12 +7,103 @@ use std::collections::BTreeMap;
 /// Annotation on a ServiceAccount that asks for IRSA (AssumeRoleWithWebIdentity).
 pub const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 
+/// A pod's UID (`metadata.uid`) in canonical form: the UUID shape (8-4-4-4-12 hex
+/// digits), lowercase, `-` separators.
+///
+/// Only [`PodUid::parse`] makes one (`FromStr` and `Deserialize` go through it), so
+/// the UIDs from cgroup paths (systemd writes `_` for `-`), the pods file and the
+/// API compare, hash and name directories alike, and none can hold a path
+/// separator. Serialised as the plain string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PodUid(String);
+
+/// Why a string is not a pod UID.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodUidError {
+    #[error("pod UID is empty")]
+    Empty,
+    #[error("pod UID {0:?} is not a UUID (8-4-4-4-12 hex digits)")]
+    NotAUuid(String),
+}
+
+impl PodUid {
+    /// The canonical UID (lowercase, `-` separators) from the forms found in cgroup
+    /// paths and the API (`_` is systemd's escape for `-`, hex digits in either
+    /// case); anything but the UUID shape 8-4-4-4-12 is refused.
+    pub fn parse(raw: &str) -> Result<Self, PodUidError> {
+        const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
+        if raw.is_empty() {
+            return Err(PodUidError::Empty);
+        }
+        let not_a_uuid = || PodUidError::NotAUuid(raw.to_owned());
+        let mut parts = raw.split(['-', '_']);
+        for len in GROUPS {
+            let part = parts.next().ok_or_else(not_a_uuid)?;
+            if part.len() != len || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(not_a_uuid());
+            }
+        }
+        if parts.next().is_some() {
+            return Err(not_a_uuid());
+        }
+        Ok(PodUid(raw.to_ascii_lowercase().replace('_', "-")))
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PodUid {
+    type Err = PodUidError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PodUid::parse(s)
+    }
+}
+
+impl std::fmt::Display for PodUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for PodUid {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Compares the canonical text with `other` as it is (no canonicalisation of
+/// `other`).
+impl PartialEq<str> for PodUid {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// As `PartialEq<str>`.
+impl PartialEq<&str> for PodUid {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PodUid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <String as serde::Deserialize>::deserialize(deserializer)?;
+        PodUid::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A pod, as the pod directory (file or Kubernetes) knows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodInfo {
-    /// `metadata.uid`, canonical form with dashes.
-    pub uid: String,
+    /// `metadata.uid`.
+    pub uid: PodUid,
     pub namespace: String,
     pub name: String,
     /// `spec.serviceAccountName`.

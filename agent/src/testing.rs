@@ -1,6 +1,6 @@
-//! What the tests share: fake upstreams (STS behind [`Fetch`]), pod and association
-//! builders, [`eventually`], unsigned pod tokens and the files the kubelet and the
-//! file sources read.
+//! What the tests share: fake upstreams (STS behind [`Fetch`]), pod, association
+//! and caller builders, a [`Resolver`] over a stand-in cgroupfs, [`eventually`],
+//! unsigned pod tokens and the files the kubelet and the file sources read.
 //!
 //! Compiled for the unit tests (`cfg(test)`) and, with the `testing` feature, for
 //! the integration tests (`agent/tests/` get the feature through the crate's
@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::attribution::{cgroup::CgroupIndex, Caller, Resolver};
 use crate::credentials::{Credentials, Fetch, Secret, StsError};
-use crate::model::{Association, PodInfo};
+use crate::model::{Association, PodInfo, PodUid};
+use crate::sources::{associations::AssociationStore, pods::PodStore};
 
 /// The pod UID the builders use (a real UUID shape).
 pub const POD_UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -22,15 +24,21 @@ pub const FAKE_ACCOUNT: &str = "111122223333";
 
 // === pods and associations ===
 
+/// `uid` as a [`PodUid`]; panics if it is not one (test data).
+pub fn pod_uid(uid: &str) -> PodUid {
+    PodUid::parse(uid).unwrap_or_else(|e| panic!("test pod UID: {e}"))
+}
+
 /// Pod `namespace/name` running as `service_account`, with UID [`POD_UID`];
 /// change the rest with struct update syntax (`PodInfo { uid, ..pod(…) }`).
 pub fn pod(namespace: &str, name: &str, service_account: &str) -> PodInfo {
     PodInfo {
-        uid: POD_UID.to_owned(),
+        uid: pod_uid(POD_UID),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         service_account: service_account.to_owned(),
-        ..PodInfo::default()
+        service_account_annotations: Default::default(),
+        host_network: false,
     }
 }
 
@@ -43,8 +51,8 @@ pub fn with_irsa_role(mut pod: PodInfo, role_arn: &str) -> PodInfo {
     pod
 }
 
-/// Pod Identity association of `namespace/service_account` with `role_arn`, no
-/// source; change the rest with struct update syntax.
+/// Pod Identity association of `namespace/service_account` with `role_arn`, source
+/// `file` (the default); change the rest with struct update syntax.
 pub fn association(namespace: &str, service_account: &str, role_arn: &str) -> Association {
     Association {
         namespace: namespace.to_owned(),
@@ -61,6 +69,45 @@ pub fn pod_cgroup_dir(root: &Path, uid: &str) -> PathBuf {
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
         uid.replace('-', "_")
     ))
+}
+
+/// A caller in cgroup `cgroup_id` (pid 1, `python3`, root) that connected to the
+/// credentials address, as the kernel reports it.
+pub fn caller(cgroup_id: u64) -> Caller {
+    Caller {
+        cgroup_id,
+        pid: 1,
+        tid: 1,
+        uid: 0,
+        gid: 0,
+        comm: "python3".into(),
+        netns_cookie: 1,
+        socket_cookie: 1,
+        original_destination: "169.254.170.23:80".parse().unwrap(),
+        connect_ktime_ns: 0,
+    }
+}
+
+/// A [`Resolver`] over `cgroup_root`, a temp directory tree standing in for
+/// cgroupfs (cgroup ids are directory inodes either way; make pod cgroups with
+/// [`pod_cgroup_dir`]), with stores of its own: no pods, `file_assocs` as the
+/// `file` source.
+pub fn resolver(
+    cgroup_root: &Path,
+    unknown_pod_wait: Duration,
+    file_assocs: Vec<Association>,
+) -> Resolver {
+    let assocs = AssociationStore::new();
+    assocs
+        .replace_source(crate::model::Source::File, file_assocs)
+        .expect("valid test associations");
+    Resolver {
+        index: Arc::new(CgroupIndex::new(cgroup_root.to_owned(), Duration::ZERO)),
+        pods: PodStore::new(),
+        assocs,
+        unknown_pod_wait,
+        cgroup_prefix: String::new(),
+    }
 }
 
 // === fake upstreams ===
@@ -146,6 +193,17 @@ impl Fetch for FailingSts {
     }
 }
 
+/// An error STS answered: `code` with HTTP `status`, message `msg`, request id
+/// `req-1`.
+pub fn sts_error(code: &str, status: u16) -> StsError {
+    StsError::Service {
+        code: code.into(),
+        message: "msg".into(),
+        request_id: Some("req-1".into()),
+        status,
+    }
+}
+
 /// STS throttling the agent (`Throttling`, sent with a 400; retryable).
 pub fn throttled() -> StsError {
     StsError::Service {
@@ -186,6 +244,18 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 // === files ===
 
+/// An unsigned JWT with these claims (header `RS256`, a placeholder signature).
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    let enc = |v: &serde_json::Value| {
+        aws_smithy_types::base64::encode(v.to_string())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    let header = serde_json::json!({"alg": "RS256", "kid": "test"});
+    format!("{}.{}.c2lnbmF0dXJl", enc(&header), enc(claims))
+}
+
 /// An unsigned token with pod claims, shaped like the kubelet's projected
 /// service account tokens (the signature is a placeholder).
 pub fn fake_pod_token(
@@ -195,14 +265,7 @@ pub fn fake_pod_token(
     pod_uid: &str,
     exp: u64,
 ) -> String {
-    let enc = |v: &serde_json::Value| {
-        aws_smithy_types::base64::encode(v.to_string())
-            .trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    };
-    let header = serde_json::json!({"alg": "RS256", "kid": "test"});
-    let payload = serde_json::json!({
+    unsigned_jwt(&serde_json::json!({
         "aud": ["pods.eks.amazonaws.com"],
         "exp": exp,
         "iat": exp.saturating_sub(86400),
@@ -214,15 +277,14 @@ pub fn fake_pod_token(
         },
         "nbf": exp.saturating_sub(86400),
         "sub": format!("system:serviceaccount:{namespace}:{sa}")
-    });
-    format!("{}.{}.c2lnbmF0dXJl", enc(&header), enc(&payload))
+    }))
 }
 
 /// A projected service account token where the kubelet puts it:
 /// `<kubelet_pods>/<uid>/volumes/kubernetes.io~projected/<volume>/token`.
-pub fn write_projected_token(kubelet_pods: &Path, uid: &str, volume: &str, token: &str) {
+pub fn write_projected_token(kubelet_pods: &Path, uid: &PodUid, volume: &str, token: &str) {
     let dir = kubelet_pods
-        .join(uid)
+        .join(uid.as_str())
         .join("volumes/kubernetes.io~projected")
         .join(volume);
     std::fs::create_dir_all(&dir).unwrap();

@@ -273,22 +273,3 @@ fn the_agent_never_redirects_its_own_connections() {
     );
     drop(agent_cg);
 }
-
-/// The agent's log without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}

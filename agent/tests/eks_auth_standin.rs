@@ -22,6 +22,7 @@ use pod_identity_agent::credentials::eks_auth::{
 use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::http::refusal::eks_auth_status;
 use pod_identity_agent::model::PodInfo;
+use pod_identity_agent::testing;
 use serde_json::{json, Value};
 use support::eks_auth_api::{
     self, EksAuthApi, Failure, PodTokenClaims, TokenIssuer, ACCOUNT, AUDIENCE, CLUSTER, REGION,
@@ -89,8 +90,12 @@ impl World {
 
     /// A valid token of `pod`.
     fn token(&self, pod: &PodInfo) -> String {
-        self.issuer
-            .pod_token(&pod.namespace, &pod.service_account, &pod.name, &pod.uid)
+        self.issuer.pod_token(
+            &pod.namespace,
+            &pod.service_account,
+            &pod.name,
+            pod.uid.as_str(),
+        )
     }
 
     /// The request id of the stand-in's last answer.
@@ -108,11 +113,8 @@ impl World {
 /// Pod `default/<name>` running as `sa`, as the kernel attributes it.
 fn pod(name: &str, sa: &str, uid: &str) -> PodInfo {
     PodInfo {
-        uid: uid.into(),
-        namespace: "default".into(),
-        name: name.into(),
-        service_account: sa.into(),
-        ..PodInfo::default()
+        uid: testing::pod_uid(uid),
+        ..testing::pod("default", name, sa)
     }
 }
 
@@ -307,7 +309,12 @@ async fn tokens_eks_auth_cannot_verify_are_refused() {
     let w = World::new().await;
     w.associated_role().await;
     let pod = s3_pod();
-    let claims = PodTokenClaims::new(&pod.namespace, &pod.service_account, &pod.name, &pod.uid);
+    let claims = PodTokenClaims::new(
+        &pod.namespace,
+        &pod.service_account,
+        &pod.name,
+        pod.uid.as_str(),
+    );
 
     // Signed by another key: under its own key id, or claiming the cluster's.
     let forger = TokenIssuer::generate();
@@ -527,7 +534,7 @@ async fn another_pods_token_is_refused_before_any_upstream_call() {
     // And an answer for another service account than the pod's is not served.
     let role = format!("arn:aws:iam::{ACCOUNT}:role/s3-role");
     w.api.associate("default", "other-sa", &role);
-    let mut claims = PodTokenClaims::new("default", "other-sa", &caller.name, &caller.uid);
+    let mut claims = PodTokenClaims::new("default", "other-sa", &caller.name, caller.uid.as_str());
     claims.service_account_uid = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6".into();
     let err = w
         .client

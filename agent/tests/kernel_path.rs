@@ -370,23 +370,6 @@ fn served_pids(log: &str, status: u16) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A second agent started against the same pins (a rolling update with
 /// `maxSurge`, a manual second run) takes the listening sockets over from the
 /// serving one: pods' requests get 200 before, during and after, and once the

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use hyper::Method;
 use pod_identity_agent::model::AssumeMode;
-use pod_identity_agent::model::Source;
+use pod_identity_agent::model::{PodInfo, Source};
 use pod_identity_agent::sources::associations::AssociationStore;
 use pod_identity_agent::sources::kubernetes::{
     ClusterAccess, KubeSettings, KubeSources, KubeStatus,
 };
 use pod_identity_agent::sources::pods::PodStore;
+use pod_identity_agent::testing::pod_uid;
 use serde_json::json;
 use support::eventually;
 use support::kube_api::{node, pia, pod, service_account, ApiServer, Res};
@@ -37,6 +38,13 @@ struct Agent {
     assocs: AssociationStore,
     status: KubeStatus,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// The pod with this UID in the agent's pod directory, if there.
+    fn pod(&self, uid: &str) -> Option<PodInfo> {
+        self.pods.get(&pod_uid(uid))
+    }
 }
 
 impl Drop for Agent {
@@ -123,7 +131,7 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
     eventually("pods synced", || agent.pods.is_synced()).await;
     assert!(agent.status.is_ready());
 
-    let web = agent.pods.get(UID_WEB).expect("pod on this node");
+    let web = agent.pod(UID_WEB).expect("pod on this node");
     assert_eq!(
         (
             web.namespace.as_str(),
@@ -150,10 +158,10 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
             .contains_key("kubectl.kubernetes.io/last-applied-configuration"),
         "large, unused annotation dropped"
     );
-    let hostnet = agent.pods.get(UID_HOSTNET).expect("hostNetwork pod");
+    let hostnet = agent.pod(UID_HOSTNET).expect("hostNetwork pod");
     assert!(hostnet.host_network);
     assert!(hostnet.service_account_annotations.is_empty());
-    assert!(agent.pods.get(UID_OTHER_NODE).is_none(), "other node's pod");
+    assert!(agent.pod(UID_OTHER_NODE).is_none(), "other node's pod");
     assert_eq!(agent.pods.len(), 2);
 
     // The IRSA annotation resolves (no explicit association exists).
@@ -191,7 +199,10 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
     // A new pod: unknown until the watch reports it; lookup's wait covers the lag.
     let lookup = {
         let pods = agent.pods.clone();
-        tokio::spawn(async move { pods.lookup(UID_LATE, Duration::from_secs(10)).await })
+        tokio::spawn(async move {
+            pods.lookup(&pod_uid(UID_LATE), Duration::from_secs(10))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     api.apply(
@@ -218,7 +229,7 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
     );
     eventually("new annotation on both pods", || {
         [UID_WEB, UID_LATE].iter().all(|uid| {
-            agent.pods.get(uid).and_then(|p| {
+            agent.pod(uid).and_then(|p| {
                 p.service_account_annotations
                     .get("eks.amazonaws.com/role-arn")
                     .cloned()
@@ -229,8 +240,8 @@ async fn pods_of_this_node_land_in_the_store_and_follow_the_watch() {
 
     // A deleted pod disappears.
     api.delete(Res::Pods, "shop", "web-6d5f8");
-    eventually("deleted pod gone", || agent.pods.get(UID_WEB).is_none()).await;
-    assert!(agent.pods.get(UID_LATE).is_some());
+    eventually("deleted pod gone", || agent.pod(UID_WEB).is_none()).await;
+    assert!(agent.pod(UID_LATE).is_some());
     // One list each: the watch carried everything since.
     assert_eq!(api.lists(Res::Pods), 1);
 }
@@ -253,29 +264,26 @@ async fn watch_error_event_forces_a_relist() {
     // Not confirmed by the watch: not in the store, however long we wait. Never a guess.
     let err = agent
         .pods
-        .lookup(UID_LATE, Duration::from_millis(300))
+        .lookup(&pod_uid(UID_LATE), Duration::from_millis(300))
         .await
         .unwrap_err();
     assert!(err.to_string().contains(UID_LATE), "{err}");
-    assert!(agent.pods.get(UID_WEB).is_some(), "old state until resync");
+    assert!(agent.pod(UID_WEB).is_some(), "old state until resync");
 
     // The server expires the watch (ERROR 410 Expired event); the agent re-lists.
     api.expire_watches();
     eventually("re-listed pods", || {
-        agent.pods.get(UID_LATE).is_some() && agent.pods.get(UID_WEB).is_none()
+        agent.pod(UID_LATE).is_some() && agent.pod(UID_WEB).is_none()
     })
     .await;
-    assert!(agent.pods.get(UID_HOSTNET).is_some());
+    assert!(agent.pod(UID_HOSTNET).is_some());
     // One re-list, then a watch from its resourceVersion holds: no list loop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.lists(Res::Pods), 2);
 
     // And the new watch delivers events again.
     api.delete(Res::Pods, "kube-system", "node-exporter-q8z7x");
-    eventually("deleted after resync", || {
-        agent.pods.get(UID_HOSTNET).is_none()
-    })
-    .await;
+    eventually("deleted after resync", || agent.pod(UID_HOSTNET).is_none()).await;
 }
 
 #[tokio::test]
@@ -294,10 +302,7 @@ async fn http_410_at_watch_start_forces_a_relist() {
     );
     api.gone_next_watches(Res::Pods, 1);
     api.close_watches();
-    eventually("re-listed after HTTP 410", || {
-        agent.pods.get(UID_LATE).is_some()
-    })
-    .await;
+    eventually("re-listed after HTTP 410", || agent.pod(UID_LATE).is_some()).await;
     assert!(api.lists(Res::Pods) >= 2);
     let gone_then_list = api
         .requests(Res::Pods)
@@ -323,7 +328,7 @@ async fn nothing_is_published_until_service_accounts_are_listed() {
     }
     eventually("synced after SA list recovered", || agent.pods.is_synced()).await;
     assert!(api.lists(Res::ServiceAccounts) >= 4);
-    let web = agent.pods.get(UID_WEB).unwrap();
+    let web = agent.pod(UID_WEB).unwrap();
     assert_eq!(
         web.service_account_annotations
             .get("eks.amazonaws.com/role-arn")
@@ -365,14 +370,14 @@ async fn crd_associations_land_in_the_store() {
     assert!(agent.status.associations_synced());
     assert_eq!(agent.assocs.source_len(Source::Crd), 2);
 
-    let web = agent.pods.get(UID_WEB).unwrap();
+    let web = agent.pod(UID_WEB).unwrap();
     let a = agent.assocs.resolve(&web).unwrap();
     // The explicit association beats the SA's IRSA annotation.
     assert_eq!(
         (a.source.as_str(), a.mode, a.role_arn.as_str()),
         ("crd", AssumeMode::PodIdentity, ROLE_WRITER)
     );
-    let exporter = agent.pods.get(UID_HOSTNET).unwrap();
+    let exporter = agent.pod(UID_HOSTNET).unwrap();
     let a = agent.assocs.resolve(&exporter).unwrap();
     assert_eq!(a.target_role_arn.as_deref(), Some(ROLE_TARGET));
     assert!(a.disable_session_tags);
@@ -531,7 +536,7 @@ async fn a_taint_that_cannot_be_removed_does_not_stop_the_sources() {
         pod("shop", "web-late1", UID_LATE, NODE, "web", false),
     );
     eventually("pod after the taint failure", || {
-        agent.pods.get(UID_LATE).is_some()
+        agent.pod(UID_LATE).is_some()
     })
     .await;
 }

@@ -232,7 +232,7 @@ async fn web_identity_uses_the_pods_projected_token_without_agent_credentials() 
 
     // Another pod on the node without a token: final 404-class error, no STS call needed.
     let mut other = pod();
-    other.uid = "0b0c5f0e-0000-4000-8000-000000000000".into();
+    other.uid = testing::pod_uid("0b0c5f0e-0000-4000-8000-000000000000");
     let err = fetcher.fetch(&other, &a).await.unwrap_err();
     assert!(
         matches!(err, StsError::WebIdentityTokenMissing { .. }),

@@ -23,6 +23,8 @@
 
 use std::path::PathBuf;
 
+use crate::model::PodUid;
+
 mod index;
 mod mount;
 mod pod_path;
@@ -43,9 +45,9 @@ pub enum CgroupError {
         /// The cgroup path, as given.
         path: String,
         /// Pod UID of the outer pod segment.
-        first: String,
+        first: PodUid,
         /// Pod UID of the inner pod segment.
-        second: String,
+        second: PodUid,
     },
     /// A segment under `kubepods` looks like (or should be) a pod segment but does
     /// not carry a valid pod UID.

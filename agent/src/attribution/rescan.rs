@@ -14,17 +14,18 @@ use crate::{
     attribution::{cgroup, Resolver},
     credentials::{CredentialCache, Fetch},
     kernel::VerdictSink,
+    model::PodUid,
 };
 
 /// State carried between rescans.
 #[derive(Default)]
 pub struct Lifecycle {
     /// cgroup id → pod UID (`None`: not a pod, or unparseable).
-    cgroups: HashMap<u64, Option<String>>,
+    cgroups: HashMap<u64, Option<PodUid>>,
     /// Verdicts written to the kernel, to write only changes.
     verdicts: HashMap<u64, u32>,
     /// Pods whose credentials were prefetched already.
-    prefetched: HashSet<String>,
+    prefetched: HashSet<PodUid>,
 }
 
 impl Lifecycle {
@@ -69,11 +70,7 @@ impl Lifecycle {
         let mut gone_pods = 0;
         for id in &gone {
             if let Some(Some(uid)) = self.cgroups.remove(id) {
-                if !self
-                    .cgroups
-                    .values()
-                    .any(|u| u.as_deref() == Some(uid.as_str()))
-                {
+                if !self.cgroups.values().any(|u| u.as_ref() == Some(&uid)) {
                     let n = cache.evict_pod(&uid);
                     self.prefetched.remove(&uid);
                     gone_pods += 1;
@@ -88,7 +85,7 @@ impl Lifecycle {
         }
         let mut appeared_pods = 0;
         // Prefetch for pods whose cgroups are new and whose pod and association are known.
-        let uids: HashSet<String> = self.cgroups.values().flatten().cloned().collect();
+        let uids: HashSet<PodUid> = self.cgroups.values().flatten().cloned().collect();
         for uid in uids {
             if self.prefetched.contains(&uid) {
                 continue;
@@ -160,38 +157,14 @@ mod tests {
     //! A temp directory tree stands in for cgroupfs (ids are inodes either way).
     use super::*;
     use crate::{
-        attribution::cgroup::CgroupIndex,
-        credentials::{CacheSettings, Credentials, Secret, StsError},
-        model::{Association, PodInfo, Source},
-        sources::{associations::AssociationStore, pods::PodStore},
+        credentials::CacheSettings,
+        model::PodInfo,
+        testing::{self, pod_cgroup_dir, pod_uid, CountingSts},
     };
-    use std::{
-        os::unix::fs::MetadataExt,
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Mutex,
-        },
-        time::SystemTime,
-    };
+    use std::{os::unix::fs::MetadataExt, sync::Mutex};
 
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
-
-    #[derive(Clone, Default)]
-    struct CountingSts(Arc<AtomicUsize>);
-    impl Fetch for CountingSts {
-        async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(Credentials {
-                access_key_id: "ASIAFAKE".into(),
-                secret_access_key: Secret::new("s"),
-                session_token: Secret::new("t"),
-                expiration: SystemTime::now() + Duration::from_secs(21600),
-                account_id: None,
-                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-            })
-        }
-    }
 
     #[derive(Default)]
     struct Verdicts(Mutex<HashMap<u64, u32>>);
@@ -205,72 +178,37 @@ mod tests {
         }
     }
 
-    fn pod_dir(root: &std::path::Path, uid: &str) -> std::path::PathBuf {
-        root.join(format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-            uid.replace('-', "_")
-        ))
-    }
-
-    fn pod(uid: &str, sa: &str) -> PodInfo {
-        PodInfo {
-            uid: uid.into(),
-            namespace: "ns".into(),
-            name: sa.into(),
-            service_account: sa.into(),
-            ..Default::default()
-        }
-    }
-
     #[tokio::test]
     async fn prefetches_new_pods_evicts_gone_ones_and_keeps_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("system.slice/sshd.service");
         std::fs::create_dir_all(&host).unwrap();
-        let a = pod_dir(dir.path(), UID_A);
+        let a = pod_cgroup_dir(dir.path(), UID_A);
         std::fs::create_dir_all(&a).unwrap();
-        let b = pod_dir(dir.path(), UID_B);
+        let b = pod_cgroup_dir(dir.path(), UID_B);
         std::fs::create_dir_all(&b).unwrap();
 
-        let pods = PodStore::new();
-        pods.upsert(pod(UID_A, "app"));
-        pods.upsert(pod(UID_B, "no-role"));
-        let assocs = AssociationStore::new();
-        assocs
-            .replace_source(
-                Source::File,
-                vec![Association {
-                    namespace: "ns".into(),
-                    service_account: "app".into(),
-                    role_arn: "arn:aws:iam::111122223333:role/app".into(),
-                    source: Source::File,
-                    ..Default::default()
-                }],
-            )
-            .unwrap();
-        let resolver = Resolver {
-            index: Arc::new(CgroupIndex::new(dir.path().to_owned(), Duration::ZERO)),
-            pods,
-            assocs,
-            unknown_pod_wait: Duration::ZERO,
-            cgroup_prefix: String::new(),
-        };
+        let app = testing::association("ns", "app", "arn:aws:iam::111122223333:role/app");
+        let resolver = testing::resolver(dir.path(), Duration::ZERO, vec![app]);
+        resolver.pods.upsert(PodInfo {
+            uid: pod_uid(UID_A),
+            ..testing::pod("ns", "app", "app")
+        });
+        resolver.pods.upsert(PodInfo {
+            uid: pod_uid(UID_B),
+            ..testing::pod("ns", "no-role", "no-role")
+        });
         let sts = CountingSts::default();
         let cache = CredentialCache::new(sts.clone(), CacheSettings::default());
         let verdicts = Verdicts::default();
         let mut lc = Lifecycle::default();
 
         lc.tick(&resolver, &cache, Some(&verdicts)).await;
-        for _ in 0..100 {
-            if sts.0.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            sts.0.load(Ordering::SeqCst),
-            1,
-            "pod A prefetched, pod B has no association"
+        let prefetched = testing::eventually(Duration::from_secs(1), || sts.calls() == 1).await;
+        assert!(
+            prefetched && sts.calls() == 1,
+            "pod A prefetched, pod B has no association: {} calls",
+            sts.calls()
         );
         assert_eq!(cache.len(), 1);
         let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
@@ -282,7 +220,7 @@ mod tests {
         }
         // A second tick changes nothing and fetches nothing.
         lc.tick(&resolver, &cache, Some(&verdicts)).await;
-        assert_eq!(sts.0.load(Ordering::SeqCst), 1);
+        assert_eq!(sts.calls(), 1);
 
         // Pod A's cgroup goes away: its credentials are dropped (no renewals for
         // dead pods) and its verdict removed.

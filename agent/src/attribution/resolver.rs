@@ -48,9 +48,14 @@ impl Resolver {
             .await
             .map_err(|e| match e {
                 PodError::UnknownPod { uid } => Refusal::UnknownPod { uid },
-                other => Refusal::UnknownPod {
-                    uid: format!("{} ({other})", pod_cgroup.pod_uid),
-                },
+                // `lookup` fails with nothing else (the others are the pods file's);
+                // should it, the pod is not known either.
+                other => {
+                    tracing::warn!(pod_uid = %pod_cgroup.pod_uid, error = %other, "pod lookup failed");
+                    Refusal::UnknownPod {
+                        uid: pod_cgroup.pod_uid.clone(),
+                    }
+                }
             })?;
         Ok(Resolved {
             cgroup_path: path,

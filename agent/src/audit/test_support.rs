@@ -1,11 +1,12 @@
-//! Records shared by the audit tests.
+//! Records and logs shared by the audit tests.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{path::Path, sync::atomic::Ordering, time::Duration};
 
 use crate::{
     attribution::Caller,
-    audit::{Access, AuditLog},
-    model::{Association, PodInfo, Source},
+    audit::{Access, AuditLog, Target},
+    model::{Association, Source},
+    testing,
 };
 
 fn caller() -> Caller {
@@ -26,17 +27,10 @@ fn caller() -> Caller {
 pub(super) fn access() -> Access {
     Access {
         caller: Some(caller()),
-        pod: Some(PodInfo {
-            uid: "u".into(),
-            namespace: "ns".into(),
-            name: "web".into(),
-            service_account: "sa".into(),
-            ..Default::default()
-        }),
+        pod: Some(testing::pod("ns", "web", "sa")),
         association: Some(Association {
-            role_arn: "arn:aws:iam::123456789012:role/r".into(),
             source: Source::File,
-            ..Default::default()
+            ..testing::association("ns", "sa", "arn:aws:iam::123456789012:role/r")
         }),
         access_key_id: Some("ASIAEXAMPLE".into()),
         assumed_role_arn: Some("arn:aws:sts::123456789012:assumed-role/r/eks-c-web-x".into()),
@@ -44,6 +38,15 @@ pub(super) fn access() -> Access {
         path: "/v1/credentials".into(),
         method: "GET".into(),
         ..Default::default()
+    }
+}
+
+/// The file `path`, rotated at `max_bytes`, keeping `keep` old files.
+pub(super) fn file_target(path: &Path, max_bytes: u64, keep: u32) -> Target {
+    Target::File {
+        path: path.to_owned(),
+        max_bytes,
+        keep,
     }
 }
 

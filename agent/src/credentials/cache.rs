@@ -60,7 +60,7 @@ use std::time::SystemTime;
 
 use crate::credentials::sts::Fetch;
 use crate::credentials::types::Credentials;
-use crate::model::{Association, PodInfo};
+use crate::model::{Association, PodInfo, PodUid};
 
 mod entries;
 pub mod outcome;
@@ -181,10 +181,10 @@ impl<F: Fetch> CredentialCache<F> {
     }
 
     /// Drops every entry of the pod (its cgroup is gone). Returns how many.
-    pub fn evict_pod(&self, pod_uid: &str) -> usize {
+    pub fn evict_pod(&self, pod_uid: &PodUid) -> usize {
         let mut entries = lock(&self.inner.entries);
         let before = entries.len();
-        entries.retain(|key, _| key.pod_uid != pod_uid);
+        entries.retain(|key, _| key.pod_uid != *pod_uid);
         let evicted = before - entries.len();
         self.inner
             .stats

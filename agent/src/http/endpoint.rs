@@ -195,38 +195,15 @@ mod tests {
     //! (cgroup ids are directory inodes either way) and a fake STS.
     use super::*;
     use crate::{
-        attribution::cgroup::CgroupIndex,
         audit::TracingSink,
-        credentials::{CacheSettings, Credentials, Secret, StsError},
-        model::{Association, PodInfo, Source},
-        sources::{associations::AssociationStore, pods::PodStore},
+        credentials::{CacheSettings, StsError},
+        sources::pods::PodStore,
+        testing::{self, FailingSts, FakeSts, POD_UID},
     };
     use std::os::unix::fs::MetadataExt;
     use std::time::Duration;
 
-    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const CID: &str = "4b3c0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b";
-
-    struct FakeSts;
-    impl Fetch for FakeSts {
-        async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
-            Ok(Credentials {
-                access_key_id: "ASIAFAKE".into(),
-                secret_access_key: Secret::new("secret"),
-                session_token: Secret::new("token"),
-                expiration: SystemTime::now() + Duration::from_secs(6 * 3600),
-                account_id: Some("111122223333".into()),
-                assumed_role_arn: format!(
-                    "{}/{}",
-                    assoc
-                        .role_arn
-                        .replace(":iam::", ":sts::")
-                        .replace(":role/", ":assumed-role/"),
-                    pod.name
-                ),
-            })
-        }
-    }
 
     struct Fixture<F: Fetch = FakeSts> {
         _dir: tempfile::TempDir,
@@ -242,34 +219,14 @@ mod tests {
 
     fn fixture_with<F: Fetch>(cross_check: bool, fetcher: F) -> Fixture<F> {
         let dir = tempfile::tempdir().unwrap();
-        let pod_dir = dir.path().join(format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope",
-            UID.replace('-', "_")
-        ));
+        let pod_dir = testing::pod_cgroup_dir(dir.path(), POD_UID)
+            .join(format!("cri-containerd-{CID}.scope"));
         let host_dir = dir.path().join("system.slice/sshd.service");
         std::fs::create_dir_all(&pod_dir).unwrap();
         std::fs::create_dir_all(&host_dir).unwrap();
-        let pods = PodStore::new();
-        let assocs = AssociationStore::new();
-        let resolver = Resolver {
-            index: Arc::new(CgroupIndex::new(dir.path().to_owned(), Duration::ZERO)),
-            pods: pods.clone(),
-            assocs: assocs.clone(),
-            unknown_pod_wait: Duration::from_millis(50),
-            cgroup_prefix: String::new(),
-        };
-        assocs
-            .replace_source(
-                Source::File,
-                vec![Association {
-                    namespace: "ns".into(),
-                    service_account: "app".into(),
-                    role_arn: "arn:aws:iam::111122223333:role/app".into(),
-                    source: Source::File,
-                    ..Default::default()
-                }],
-            )
-            .unwrap();
+        let app = testing::association("ns", "app", "arn:aws:iam::111122223333:role/app");
+        let resolver = testing::resolver(dir.path(), Duration::from_millis(50), vec![app]);
+        let pods = resolver.pods.clone();
         let settings = ServiceSettings {
             cred_addr4: "169.254.170.23".into(),
             cred_addr6: "fd00:ec2::23".into(),
@@ -291,35 +248,16 @@ mod tests {
         }
     }
 
-    fn pod(sa: &str) -> PodInfo {
-        PodInfo {
-            uid: UID.into(),
-            namespace: "ns".into(),
-            name: "web".into(),
-            service_account: sa.into(),
-            ..Default::default()
-        }
+    /// Pod `ns/web` ([`POD_UID`], in the fixture's pod cgroup) running as `sa`.
+    fn pod(sa: &str) -> crate::model::PodInfo {
+        testing::pod("ns", "web", sa)
     }
 
     fn ctx(cgroup_id: Option<u64>) -> RequestContext {
         RequestContext {
             peer: "169.254.200.2:40000".parse().unwrap(),
             local: "169.254.199.1:2710".parse().unwrap(),
-            caller: match cgroup_id {
-                Some(id) => Ok(Caller {
-                    cgroup_id: id,
-                    pid: 1,
-                    tid: 1,
-                    uid: 0,
-                    gid: 0,
-                    comm: "python3".into(),
-                    netns_cookie: 1,
-                    socket_cookie: 1,
-                    original_destination: "169.254.170.23:80".parse().unwrap(),
-                    connect_ktime_ns: 0,
-                }),
-                None => Err(Unattributed::NoRecord),
-            },
+            caller: cgroup_id.map(testing::caller).ok_or(Unattributed::NoRecord),
         }
     }
 
@@ -400,8 +338,8 @@ mod tests {
             .unwrap()
             .as_secs()
             + 3600;
-        let mine = crate::testing::fake_pod_token("ns", "app", "web", UID, exp);
-        let theirs = crate::testing::fake_pod_token(
+        let mine = testing::fake_pod_token("ns", "app", "web", POD_UID, exp);
+        let theirs = testing::fake_pod_token(
             "ns",
             "app",
             "db",
@@ -421,14 +359,6 @@ mod tests {
             (s, b.as_str()),
             (400, "Service account token cannot be empty\n")
         );
-    }
-
-    /// A fetcher that fails as told.
-    struct FailingSts(fn() -> StsError);
-    impl Fetch for FailingSts {
-        async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
-            Err((self.0)())
-        }
     }
 
     /// `[<id>]: (<code>): <message>, fault: <fault>` plus newline; returns the id.
@@ -455,7 +385,7 @@ mod tests {
     async fn sts_service_errors_reach_pods_in_the_stock_short_form() {
         let f = fixture_with(
             false,
-            FailingSts(|| StsError::Service {
+            FailingSts::new(|| StsError::Service {
                 code: "AccessDenied".into(),
                 message: "not authorized to perform sts:AssumeRole".into(),
                 request_id: Some("req-9".into()),
@@ -474,7 +404,7 @@ mod tests {
         // No request id from STS: the pod still gets one to quote.
         let f = fixture_with(
             false,
-            FailingSts(|| StsError::Service {
+            FailingSts::new(|| StsError::Service {
                 code: "InternalFailure".into(),
                 message: "oops".into(),
                 request_id: None,

@@ -10,10 +10,14 @@ use crate::{
     credentials::eks_auth::EksAuthError,
     credentials::{cache::CacheError, sts::StsError},
     http::token,
+    model::PodUid,
     sources::associations::AssociationError,
 };
 
-/// Why a caller gets no credentials. Each maps to a status and a plain-text body.
+/// Why a caller gets no credentials. Each maps to a status and a plain-text body
+/// (the `Display` text). A variant with a cause holds it as its `#[source]`, for
+/// the log; where the body names the cause too (the stock agent's bodies do),
+/// its text is also formatted in.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// No kernel record for the connection.
@@ -37,13 +41,13 @@ pub enum Refusal {
     NotAPod { path: String },
     /// The cgroup path could not be attributed safely.
     #[error("Access Denied. The caller's cgroup cannot be attributed to one pod: {0}")]
-    Ambiguous(Box<CgroupError>),
+    Ambiguous(#[source] Box<CgroupError>),
     /// Other cgroup index failure.
     #[error("Internal error resolving the caller's cgroup: {0}")]
-    Cgroup(Box<CgroupError>),
+    Cgroup(#[source] Box<CgroupError>),
     /// The pod directory does not know the pod (yet).
     #[error("Pod {uid} is not known to the agent yet; retry")]
-    UnknownPod { uid: String },
+    UnknownPod { uid: PodUid },
     /// No association for the pod's service account.
     #[error("No Pod Identity association for service account {namespace}/{service_account} (pod {namespace}/{pod})")]
     NoAssociation {
@@ -53,7 +57,7 @@ pub enum Refusal {
     },
     /// An association exists but is unusable.
     #[error("Invalid Pod Identity association: {0}")]
-    BadAssociation(Box<AssociationError>),
+    BadAssociation(#[source] Box<AssociationError>),
     /// Token cross-check failed.
     #[error("{0}")]
     Token(token::TokenError),
@@ -269,56 +273,48 @@ fn sts_status(e: &StsError) -> StatusCode {
 mod tests {
     use super::*;
     use crate::credentials::{cache::CacheError, sts::StsError};
+    use crate::testing::sts_error;
     use hyper::StatusCode;
     use std::{sync::Arc, time::Duration};
-
-    fn service(code: &str, status: u16) -> StsError {
-        StsError::Service {
-            code: code.into(),
-            message: "msg".into(),
-            request_id: Some("req-1".into()),
-            status,
-        }
-    }
 
     #[test]
     fn credential_errors_get_their_statuses_here() {
         let cases = [
-            (service("AccessDenied", 403), StatusCode::BAD_REQUEST),
+            (sts_error("AccessDenied", 403), StatusCode::BAD_REQUEST),
             (
-                service("InvalidParameterValue", 400),
+                sts_error("InvalidParameterValue", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("ExpiredTokenException", 400),
+                sts_error("ExpiredTokenException", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("MalformedPolicyDocument", 400),
+                sts_error("MalformedPolicyDocument", 400),
                 StatusCode::BAD_REQUEST,
             ),
             (
-                service("RegionDisabledException", 403),
+                sts_error("RegionDisabledException", 403),
                 StatusCode::BAD_REQUEST,
             ),
-            (service("ValidationError", 400), StatusCode::BAD_REQUEST),
-            (service("Throttling", 400), StatusCode::TOO_MANY_REQUESTS),
-            (service("Whatever", 429), StatusCode::TOO_MANY_REQUESTS),
-            (service("ResourceNotFound", 400), StatusCode::NOT_FOUND),
-            (service("NoSuchEntity", 404), StatusCode::NOT_FOUND),
+            (sts_error("ValidationError", 400), StatusCode::BAD_REQUEST),
+            (sts_error("Throttling", 400), StatusCode::TOO_MANY_REQUESTS),
+            (sts_error("Whatever", 429), StatusCode::TOO_MANY_REQUESTS),
+            (sts_error("ResourceNotFound", 400), StatusCode::NOT_FOUND),
+            (sts_error("NoSuchEntity", 404), StatusCode::NOT_FOUND),
             (
-                service("IDPCommunicationError", 400),
+                sts_error("IDPCommunicationError", 400),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                service("InternalFailure", 500),
+                sts_error("InternalFailure", 500),
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
             (
-                service("ServiceUnavailable", 503),
+                sts_error("ServiceUnavailable", 503),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
-            (service("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
+            (sts_error("Unknown", 502), StatusCode::INTERNAL_SERVER_ERROR),
             (
                 StsError::AgentCredentials {
                     request_id: "id".into(),
@@ -361,7 +357,7 @@ mod tests {
             Refusal::from(CacheError::FetchAborted).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let r = Refusal::from(CacheError::Sts(Arc::new(service("Throttling", 400))));
+        let r = Refusal::from(CacheError::Sts(Arc::new(sts_error("Throttling", 400))));
         assert_eq!(
             (r.status(), r.code()),
             (StatusCode::TOO_MANY_REQUESTS, "Throttling")
@@ -372,7 +368,7 @@ mod tests {
     fn token_errors_get_their_statuses_here() {
         let mismatch = token::TokenError::PodMismatch {
             token_pod: "a".into(),
-            kernel_pod: "b".into(),
+            kernel_pod: crate::testing::pod_uid(crate::testing::POD_UID),
         };
         assert_eq!(Refusal::Token(mismatch).status(), StatusCode::FORBIDDEN);
         for e in [
@@ -403,7 +399,9 @@ mod tests {
             ),
             (Refusal::NotAPod { path: "/".into() }, StatusCode::FORBIDDEN),
             (
-                Refusal::UnknownPod { uid: "u".into() },
+                Refusal::UnknownPod {
+                    uid: crate::testing::pod_uid(crate::testing::POD_UID),
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
@@ -417,6 +415,42 @@ mod tests {
             (Refusal::Throttled, StatusCode::TOO_MANY_REQUESTS),
         ];
         for (r, status) in cases {
+            assert_eq!(r.status(), status, "{r}");
+        }
+
+        // A cause is the source (for the log) and, as before, named in the body.
+        let with_causes = [
+            (
+                Refusal::Ambiguous(Box::new(CgroupError::MalformedPodSegment {
+                    path: "/kubepods/besteffort/podx".into(),
+                    segment: "podx".into(),
+                })),
+                StatusCode::FORBIDDEN,
+                "Access Denied. The caller's cgroup cannot be attributed to one pod: ",
+            ),
+            (
+                Refusal::Cgroup(Box::new(CgroupError::TooLarge {
+                    root: "/sys/fs/cgroup".into(),
+                    limit: 1,
+                })),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error resolving the caller's cgroup: ",
+            ),
+            (
+                Refusal::BadAssociation(Box::new(AssociationError::InvalidRoleArn {
+                    origin: crate::model::Source::File,
+                    namespace: "n".into(),
+                    service_account: "s".into(),
+                    field: "roleArn".into(),
+                    arn: "x".into(),
+                })),
+                StatusCode::BAD_REQUEST,
+                "Invalid Pod Identity association: ",
+            ),
+        ];
+        for (r, status, body) in with_causes {
+            let cause = std::error::Error::source(&r).expect("a source").to_string();
+            assert_eq!(r.to_string(), format!("{body}{cause}"));
             assert_eq!(r.status(), status, "{r}");
         }
     }
@@ -463,11 +497,11 @@ mod tests {
                 "[id-5]: (AgentCredentials): the agent has no usable AWS credentials of its own, fault: server",
             ),
             (
-                service("AccessDenied", 403),
+                sts_error("AccessDenied", 403),
                 "[req-1]: (AccessDenied): msg, fault: client",
             ),
             (
-                service("InternalFailure", 500),
+                sts_error("InternalFailure", 500),
                 "[req-1]: (InternalFailure): msg, fault: server",
             ),
             (

@@ -8,25 +8,29 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Why a token was refused by the cross-check.
+use crate::model::PodUid;
+
+/// Why a token was refused by the cross-check. The messages are the stock
+/// agent's; the statuses are decided with every other refusal's in
+/// [`http::refusal`](crate::http::refusal).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// No or empty `Authorization` header (the stock agent answers 400).
+    /// No or empty `Authorization` header.
     #[error("Service account token cannot be empty")]
     Empty,
-    /// Not three dot-separated base64url parts with a JSON payload (400).
+    /// Not three dot-separated base64url parts with a JSON payload.
     #[error("Service account token cannot be parsed: {0}")]
     Unparseable(&'static str),
-    /// `exp` in the past or `nbf` in the future (400).
+    /// `exp` in the past or `nbf` in the future.
     #[error("Service account token failed basic claim validations: {0}")]
     Claims(&'static str),
-    /// The token names another pod than the kernel says is calling (403).
+    /// The token names another pod than the kernel says is calling.
     #[error("Service account token belongs to pod {token_pod}, but the connection comes from pod {kernel_pod}")]
     PodMismatch {
-        /// Pod UID in the token.
+        /// Pod UID in the token, as it is there.
         token_pod: String,
         /// Pod UID from the kernel's attribution.
-        kernel_pod: String,
+        kernel_pod: PodUid,
     },
 }
 
@@ -84,7 +88,7 @@ pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
 /// Cross-check a token against the pod the kernel attributed the call to.
 pub fn cross_check(
     token: Option<&str>,
-    kernel_pod_uid: &str,
+    kernel_pod_uid: &PodUid,
     now: SystemTime,
 ) -> Result<(), TokenError> {
     let claims = decode(token.unwrap_or(""))?;
@@ -99,10 +103,11 @@ pub fn cross_check(
         return Err(TokenError::Claims("token is not valid yet"));
     }
     match claims.pod_uid {
-        Some(uid) if uid == kernel_pod_uid => Ok(()),
+        // The API server writes UIDs canonical: the claim must be the same text.
+        Some(uid) if uid == kernel_pod_uid.as_str() => Ok(()),
         Some(uid) => Err(TokenError::PodMismatch {
             token_pod: uid,
-            kernel_pod: kernel_pod_uid.to_owned(),
+            kernel_pod: kernel_pod_uid.clone(),
         }),
         None => Err(TokenError::Claims("token has no kubernetes.io pod claim")),
     }
@@ -111,7 +116,7 @@ pub fn cross_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::fake_pod_token;
+    use crate::testing::{fake_pod_token, pod_uid};
     use std::time::Duration;
 
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -124,7 +129,7 @@ mod tests {
     fn matching_pod_passes() {
         let t = fake_pod_token("ns", "sa", "p", UID, 1_800_003_600);
         assert_eq!(decode(&t).unwrap().pod_uid.as_deref(), Some(UID));
-        cross_check(Some(&t), UID, now()).unwrap();
+        cross_check(Some(&t), &pod_uid(UID), now()).unwrap();
     }
 
     #[test]
@@ -136,22 +141,24 @@ mod tests {
             "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
             1_800_003_600,
         );
-        let e = cross_check(Some(&t), UID, now()).unwrap_err();
+        let e = cross_check(Some(&t), &pod_uid(UID), now()).unwrap_err();
         assert!(matches!(e, TokenError::PodMismatch { .. }));
     }
 
     #[test]
     fn bad_tokens_have_stock_messages() {
         assert_eq!(
-            cross_check(None, UID, now()).unwrap_err().to_string(),
+            cross_check(None, &pod_uid(UID), now())
+                .unwrap_err()
+                .to_string(),
             "Service account token cannot be empty"
         );
-        let e = cross_check(Some("abc"), UID, now()).unwrap_err();
+        let e = cross_check(Some("abc"), &pod_uid(UID), now()).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("Service account token cannot be parsed"));
         let expired = fake_pod_token("ns", "sa", "p", UID, 1_700_000_000);
-        let e = cross_check(Some(&expired), UID, now()).unwrap_err();
+        let e = cross_check(Some(&expired), &pod_uid(UID), now()).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("Service account token failed basic claim validations"));

@@ -370,35 +370,15 @@ impl AssociationStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, association, with_irsa_role};
 
     const ROLE_A: &str = "arn:aws:iam::123456789012:role/a";
     const ROLE_B: &str = "arn:aws:iam::123456789012:role/service-role/b";
     const ROLE_C: &str = "arn:aws-cn:iam::210987654321:role/c";
 
-    fn assoc(ns: &str, sa: &str, role: &str) -> Association {
-        Association {
-            namespace: ns.to_owned(),
-            service_account: sa.to_owned(),
-            role_arn: role.to_owned(),
-            ..Association::default()
-        }
-    }
-
+    /// Pod `ns/p` running as `sa`.
     fn pod(ns: &str, sa: &str) -> PodInfo {
-        PodInfo {
-            uid: "2c48913c-b29f-11e7-9350-020968147796".to_owned(),
-            namespace: ns.to_owned(),
-            name: "p".to_owned(),
-            service_account: sa.to_owned(),
-            ..PodInfo::default()
-        }
-    }
-
-    fn irsa_pod(ns: &str, sa: &str, arn: &str) -> PodInfo {
-        let mut p = pod(ns, sa);
-        p.service_account_annotations
-            .insert(IRSA_ROLE_ANNOTATION.to_owned(), arn.to_owned());
-        p
+        testing::pod(ns, "p", sa)
     }
 
     #[test]
@@ -438,7 +418,10 @@ mod tests {
         store
             .replace_source(
                 Source::File,
-                vec![assoc("ns", "sa", ROLE_A), assoc("ns", "only-file", ROLE_A)],
+                vec![
+                    association("ns", "sa", ROLE_A),
+                    association("ns", "only-file", ROLE_A),
+                ],
             )
             .unwrap();
         let got = store.resolve(&pod("ns", "sa")).unwrap();
@@ -448,12 +431,12 @@ mod tests {
         );
 
         store
-            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_B)])
+            .replace_source(Source::Eks, vec![association("ns", "sa", ROLE_B)])
             .unwrap();
         assert_eq!(store.resolve(&pod("ns", "sa")).unwrap().source, Source::Eks);
 
         store
-            .replace_source(Source::Crd, vec![assoc("ns", "sa", ROLE_C)])
+            .replace_source(Source::Crd, vec![association("ns", "sa", ROLE_C)])
             .unwrap();
         let got = store.resolve(&pod("ns", "sa")).unwrap();
         assert_eq!(
@@ -468,7 +451,9 @@ mod tests {
         );
 
         // An explicit association beats the IRSA annotation.
-        let got = store.resolve(&irsa_pod("ns", "sa", ROLE_B)).unwrap();
+        let got = store
+            .resolve(&with_irsa_role(pod("ns", "sa"), ROLE_B))
+            .unwrap();
         assert_eq!(got.source, Source::Crd);
 
         // Emptying a source hands the service account back to the next one.
@@ -482,7 +467,9 @@ mod tests {
     #[test]
     fn irsa_fallback_and_no_association() {
         let store = AssociationStore::new();
-        let got = store.resolve(&irsa_pod("ns", "sa", ROLE_B)).unwrap();
+        let got = store
+            .resolve(&with_irsa_role(pod("ns", "sa"), ROLE_B))
+            .unwrap();
         assert_eq!(got.mode, AssumeMode::WebIdentity);
         assert_eq!(got.source, Source::IrsaAnnotation);
         assert_eq!(got.role_arn, ROLE_B);
@@ -492,7 +479,7 @@ mod tests {
         );
 
         let err = store
-            .resolve(&irsa_pod("ns", "sa", "not-an-arn"))
+            .resolve(&with_irsa_role(pod("ns", "sa"), "not-an-arn"))
             .unwrap_err();
         assert!(
             matches!(&err, AssociationError::InvalidRoleArn { origin, arn, .. }
@@ -511,7 +498,7 @@ mod tests {
 
         // Same service account name in another namespace is another identity.
         store
-            .replace_source(Source::File, vec![assoc("a", "sa", ROLE_A)])
+            .replace_source(Source::File, vec![association("a", "sa", ROLE_A)])
             .unwrap();
         assert!(store.resolve(&pod("b", "sa")).is_err());
     }
@@ -520,15 +507,15 @@ mod tests {
     fn conflicts_within_a_source() {
         let store = AssociationStore::new();
         store
-            .replace_source(Source::File, vec![assoc("ns", "sa", ROLE_A)])
+            .replace_source(Source::File, vec![association("ns", "sa", ROLE_A)])
             .unwrap();
         let err = store
             .replace_source(
                 Source::File,
                 vec![
-                    assoc("ns", "sa", ROLE_B),
-                    assoc("ns", "other", ROLE_B),
-                    assoc("ns", "sa", ROLE_C),
+                    association("ns", "sa", ROLE_B),
+                    association("ns", "other", ROLE_B),
+                    association("ns", "sa", ROLE_C),
                 ],
             )
             .unwrap_err();
@@ -563,20 +550,23 @@ mod tests {
         store
             .replace_source(
                 Source::File,
-                vec![assoc("ns", "sa", ROLE_B), assoc("ns", "sa", ROLE_B)],
+                vec![
+                    association("ns", "sa", ROLE_B),
+                    association("ns", "sa", ROLE_B),
+                ],
             )
             .unwrap();
         assert_eq!(store.source_len(Source::File), 1);
-        let mut longer = assoc("ns", "sa", ROLE_B);
+        let mut longer = association("ns", "sa", ROLE_B);
         longer.session_duration_secs = Some(3600);
         assert!(matches!(
-            store.replace_source(Source::File, vec![assoc("ns", "sa", ROLE_B), longer]),
+            store.replace_source(Source::File, vec![association("ns", "sa", ROLE_B), longer]),
             Err(AssociationError::Conflict { .. })
         ));
 
         // The same service account in two sources is not a conflict (precedence).
         store
-            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_C)])
+            .replace_source(Source::Eks, vec![association("ns", "sa", ROLE_C)])
             .unwrap();
     }
 
@@ -584,13 +574,13 @@ mod tests {
     fn invalid_input_keeps_the_previous_set() {
         let store = AssociationStore::new();
         store
-            .replace_source(Source::Eks, vec![assoc("ns", "sa", ROLE_A)])
+            .replace_source(Source::Eks, vec![association("ns", "sa", ROLE_A)])
             .unwrap();
 
         let err = store
             .replace_source(
                 Source::Eks,
-                vec![assoc("ns", "sa", "arn:aws:iam::123:role/x")],
+                vec![association("ns", "sa", "arn:aws:iam::123:role/x")],
             )
             .unwrap_err();
         assert!(
@@ -599,14 +589,14 @@ mod tests {
         );
         assert!(err.to_string().contains("arn:aws:iam::123:role/x"));
 
-        let mut chained = assoc("ns", "sa", ROLE_B);
+        let mut chained = association("ns", "sa", ROLE_B);
         chained.target_role_arn = Some("arn:aws:iam::123456789012:user/u".to_owned());
         assert!(matches!(
             store.replace_source(Source::Eks, vec![chained]),
             Err(AssociationError::InvalidRoleArn { field, .. }) if field == "targetRoleArn"
         ));
 
-        let mut short = assoc("ns", "sa", ROLE_B);
+        let mut short = association("ns", "sa", ROLE_B);
         short.session_duration_secs = Some(1799);
         assert!(matches!(
             store.replace_source(Source::Eks, vec![short]),
@@ -614,7 +604,7 @@ mod tests {
         ));
 
         assert!(matches!(
-            store.replace_source(Source::Eks, vec![assoc("ns", "", ROLE_B)]),
+            store.replace_source(Source::Eks, vec![association("ns", "", ROLE_B)]),
             Err(AssociationError::EmptyField {
                 field: "serviceAccount",
                 index: 0,

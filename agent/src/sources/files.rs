@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::attribution::cgroup::canonical_pod_uid;
-use crate::model::{Association, AssumeMode, PodInfo};
+use crate::model::{Association, AssumeMode, PodInfo, PodUid};
 use crate::sources::pods::{PodError, PodStore};
 use crate::{
     model::Source,
@@ -34,8 +33,9 @@ struct PodsFile {
 /// `{"pods": [{"uid", "namespace", "name", "serviceAccount",
 /// "serviceAccountAnnotations": {…}, "hostNetwork": false}, …]}`.
 ///
-/// UIDs are canonicalised (lowercase, `-`) and must be UUIDs; namespace, name,
-/// service account must not be empty; a UID may appear only once.
+/// UIDs must be UUIDs and are canonicalised (lowercase, `-`) as they are read
+/// ([`PodUid`](crate::model::PodUid)); namespace, name, service account must not
+/// be empty; a UID may appear only once.
 pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
     let text = std::fs::read(path).map_err(|source| PodError::Io {
         path: path.to_path_buf(),
@@ -49,12 +49,10 @@ pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut pods = file.pods;
-    for i in 0..pods.len() {
-        let pod = &mut pods[i];
+    let mut seen: HashMap<&PodUid, usize> = HashMap::new();
+    let pods = file.pods;
+    for (i, pod) in pods.iter().enumerate() {
         for (field, value) in [
-            ("uid", &pod.uid),
             ("namespace", &pod.namespace),
             ("name", &pod.name),
             ("serviceAccount", &pod.service_account),
@@ -63,13 +61,6 @@ pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
                 return Err(invalid(format!("pods[{i}].{field} is empty")));
             }
         }
-        pod.uid = canonical_pod_uid(&pod.uid).ok_or_else(|| {
-            invalid(format!(
-                "pods[{i}].uid {:?} ({}/{}) is not a UUID",
-                pod.uid, pod.namespace, pod.name
-            ))
-        })?;
-        let pod = &pods[i];
         if let Some(&first) = seen.get(&pod.uid) {
             let other = &pods[first];
             return Err(invalid(format!(
@@ -77,7 +68,7 @@ pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
                 other.namespace, other.name, pod.namespace, pod.name, pod.uid
             )));
         }
-        seen.insert(pod.uid.clone(), i);
+        seen.insert(&pod.uid, i);
     }
     Ok(pods)
 }

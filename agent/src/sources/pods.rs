@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::model::PodInfo;
+use crate::model::{PodInfo, PodUid};
 
 // The pods file lives with the other file formats (`sources::files`); re-exported
 // here so callers keep their paths.
@@ -27,7 +27,7 @@ pub enum PodError {
     #[error("unknown pod uid {uid}")]
     UnknownPod {
         /// The UID asked for.
-        uid: String,
+        uid: PodUid,
     },
     /// Reading the pods file failed.
     #[error("{path}: {source}")]
@@ -55,13 +55,8 @@ pub enum PodError {
     },
 }
 
-/// Snapshot of all known pods, by canonical UID.
-pub type PodMap = HashMap<String, PodInfo>;
-
-/// Lookups accept either UID form (`_` from systemd paths) and any case.
-fn normalise_uid(uid: &str) -> String {
-    uid.to_ascii_lowercase().replace('_', "-")
-}
+/// Snapshot of all known pods, by UID.
+pub type PodMap = HashMap<PodUid, PodInfo>;
 
 struct Inner {
     tx: watch::Sender<PodMap>,
@@ -103,19 +98,12 @@ impl PodStore {
 
     /// Replace the whole snapshot (a full list from a source).
     pub fn replace_all(&self, pods: Vec<PodInfo>) {
-        let map: PodMap = pods
-            .into_iter()
-            .map(|mut pod| {
-                pod.uid = normalise_uid(&pod.uid);
-                (pod.uid.clone(), pod)
-            })
-            .collect();
+        let map: PodMap = pods.into_iter().map(|pod| (pod.uid.clone(), pod)).collect();
         self.inner.tx.send_replace(map);
     }
 
     /// Add or update one pod (a watch event).
-    pub fn upsert(&self, mut pod: PodInfo) {
-        pod.uid = normalise_uid(&pod.uid);
+    pub fn upsert(&self, pod: PodInfo) {
         self.inner.tx.send_if_modified(|map| {
             if map.get(&pod.uid) == Some(&pod) {
                 return false;
@@ -126,16 +114,15 @@ impl PodStore {
     }
 
     /// Forget one pod (a watch deletion).
-    pub fn remove(&self, uid: &str) {
-        let uid = normalise_uid(uid);
+    pub fn remove(&self, uid: &PodUid) {
         self.inner
             .tx
-            .send_if_modified(|map| map.remove(&uid).is_some());
+            .send_if_modified(|map| map.remove(uid).is_some());
     }
 
     /// The pod with this UID, if known now.
-    pub fn get(&self, uid: &str) -> Option<PodInfo> {
-        self.inner.tx.borrow().get(&normalise_uid(uid)).cloned()
+    pub fn get(&self, uid: &PodUid) -> Option<PodInfo> {
+        self.inner.tx.borrow().get(uid).cloned()
     }
 
     /// Number of known pods.
@@ -156,27 +143,24 @@ impl PodStore {
 
     /// The pod with this UID; if unknown, wait up to `wait` for an update that
     /// brings it (the Kubernetes watch can lag the pod's first connection).
-    pub async fn lookup(&self, uid: &str, wait: Duration) -> Result<PodInfo, PodError> {
-        let key = normalise_uid(uid);
+    pub async fn lookup(&self, uid: &PodUid, wait: Duration) -> Result<PodInfo, PodError> {
         // Subscribe before the first look, so an update between the look and the
         // wait is not missed.
         let mut rx = self.inner.tx.subscribe();
-        if let Some(pod) = rx.borrow_and_update().get(&key) {
+        if let Some(pod) = rx.borrow_and_update().get(uid) {
             return Ok(pod.clone());
         }
         let found = tokio::time::timeout(wait, async {
             // The sender lives in `self`, so `wait_for` cannot fail while we wait.
-            rx.wait_for(|map| map.contains_key(&key))
+            rx.wait_for(|map| map.contains_key(uid))
                 .await
                 .ok()
-                .and_then(|map| map.get(&key).cloned())
+                .and_then(|map| map.get(uid).cloned())
         })
         .await;
         match found {
             Ok(Some(pod)) => Ok(pod),
-            _ => Err(PodError::UnknownPod {
-                uid: uid.to_owned(),
-            }),
+            _ => Err(PodError::UnknownPod { uid: uid.clone() }),
         }
     }
 
@@ -195,16 +179,15 @@ impl PodStore {
 mod tests {
     use super::*;
 
+    use crate::testing::pod_uid;
+
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "daa5c7ee-3484-4533-af39-3591564fd03e";
 
     fn pod(uid: &str, name: &str) -> PodInfo {
         PodInfo {
-            uid: uid.to_owned(),
-            namespace: "default".to_owned(),
-            name: name.to_owned(),
-            service_account: "sa".to_owned(),
-            ..PodInfo::default()
+            uid: pod_uid(uid),
+            ..crate::testing::pod("default", name, "sa")
         }
     }
 
@@ -215,20 +198,20 @@ mod tests {
         store.replace_all(vec![pod(UID_A, "a")]);
         store.mark_synced();
         assert!(store.is_synced());
-        assert_eq!(store.get(UID_A).unwrap().name, "a");
+        assert_eq!(store.get(&pod_uid(UID_A)).unwrap().name, "a");
         // systemd form and upper case find the same pod
         let systemd = UID_A.replace('-', "_").to_uppercase();
-        assert_eq!(store.get(&systemd).unwrap().name, "a");
+        assert_eq!(store.get(&pod_uid(&systemd)).unwrap().name, "a");
         store.upsert(pod(UID_B, "b"));
         assert_eq!(store.len(), 2);
-        store.remove(UID_A);
-        assert!(store.get(UID_A).is_none());
+        store.remove(&pod_uid(UID_A));
+        assert!(store.get(&pod_uid(UID_A)).is_none());
         store.replace_all(vec![]);
         assert!(store.is_empty());
         // clones share the snapshot
         let clone = store.clone();
         clone.upsert(pod(UID_A, "a2"));
-        assert_eq!(store.get(UID_A).unwrap().name, "a2");
+        assert_eq!(store.get(&pod_uid(UID_A)).unwrap().name, "a2");
     }
 
     // Real (short) time: tokio's `test-util` (paused clock) is not a dev-dependency.
@@ -243,7 +226,10 @@ mod tests {
             writer.upsert(pod(UID_A, "late"));
         });
         let started = std::time::Instant::now();
-        let got = store.lookup(UID_A, Duration::from_secs(10)).await.unwrap();
+        let got = store
+            .lookup(&pod_uid(UID_A), Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(got.name, "late");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(60), "{waited:?}");
@@ -262,7 +248,7 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let err = store
-            .lookup(UID_A, Duration::from_millis(100))
+            .lookup(&pod_uid(UID_A), Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(matches!(&err, PodError::UnknownPod { uid } if uid == UID_A));
@@ -272,7 +258,11 @@ mod tests {
         // present: immediate, even with no wait
         store.upsert(pod(UID_A, "now"));
         assert_eq!(
-            store.lookup(UID_A, Duration::ZERO).await.unwrap().name,
+            store
+                .lookup(&pod_uid(UID_A), Duration::ZERO)
+                .await
+                .unwrap()
+                .name,
             "now"
         );
     }

@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 pub use pod_identity_agent::testing::write_json;
-use pod_identity_agent::testing::{fake_pod_token, write_projected_token};
+use pod_identity_agent::testing::{fake_pod_token, pod_uid, write_projected_token};
 use serde_json::{json, Value};
 use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 
@@ -311,6 +311,25 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
 }
 
+/// The agent's log without terminal colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 // === the credentials scenario ===
 
 pub const PROBE: &str = "127.0.0.1:2711";
@@ -360,7 +379,7 @@ impl Scenario {
         // IRSA: the projected token where the kubelet puts it.
         write_projected_token(
             &dir.path().join("kubelet"),
-            UIDS[4],
+            &pod_uid(UIDS[4]),
             "aws-iam-token",
             "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RzLmFtYXpvbmF3cy5jb20iXSwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6aXJzYS1zYSJ9.c2ln",
         );

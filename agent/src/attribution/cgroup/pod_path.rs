@@ -7,12 +7,13 @@
 //! views) are listed in the tests.
 
 use super::CgroupError;
+use crate::model::PodUid;
 
 /// Where a process sits, as far as its cgroup path tells.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodCgroup {
-    /// Pod UID, canonical form: lowercase, with dashes.
-    pub pod_uid: String,
+    /// Pod UID.
+    pub pod_uid: PodUid,
     /// Container id (64 lowercase hex digits); `None` for the pod-level cgroup itself
     /// or a runtime helper (e.g. CRI-O's conmon) that lives in the pod's cgroup.
     pub container_id: Option<String>,
@@ -20,20 +21,9 @@ pub struct PodCgroup {
 
 /// Canonical pod UID (lowercase, `-` separators) from the forms found in cgroup
 /// paths and the API (`_` is systemd's escape for `-`), or `None` if it is not a
-/// UUID (8-4-4-4-12 hex digits).
-pub fn canonical_pod_uid(raw: &str) -> Option<String> {
-    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
-    let mut parts = raw.split(['-', '_']);
-    for len in GROUPS {
-        let part = parts.next()?;
-        if part.len() != len || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(raw.to_ascii_lowercase().replace('_', "-"))
+/// UUID (8-4-4-4-12 hex digits). [`PodUid::parse`], without the reason.
+pub fn canonical_pod_uid(raw: &str) -> Option<PodUid> {
+    PodUid::parse(raw).ok()
 }
 
 /// Prefixes container runtimes put before the container id in systemd scope names.
@@ -56,8 +46,8 @@ enum Segment {
     KubepodsRoot,
     /// `burstable`, `besteffort`, `kubepods-burstable.slice`, ….
     Qos,
-    /// A pod-level cgroup, with the canonical UID.
-    Pod(String),
+    /// A pod-level cgroup, with its UID.
+    Pod(PodUid),
     /// Looks like a pod-level cgroup but the UID does not parse.
     MalformedPod,
     /// Anything else.
@@ -232,7 +222,7 @@ fn parse_cgroup_path(path: &str) -> Result<Option<PodCgroup>, CgroupError> {
     let mut in_kubepods = segs.first().is_some_and(|s| s == "..");
     // Index just past the last kubepods/QoS level seen, to check what sits below it.
     let mut below_kubepods: Option<usize> = None;
-    let mut pod: Option<(usize, String)> = None;
+    let mut pod: Option<(usize, PodUid)> = None;
 
     for (i, seg) in segs.iter().enumerate() {
         match classify(seg, in_kubepods) {

@@ -2,29 +2,14 @@ use std::path::Path;
 
 use super::*;
 use crate::audit::flood::SUMMARY_INTERVAL;
-use crate::audit::test_support::{access, wait_written};
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use crate::audit::test_support::{access, file_target, wait_written};
+use crate::testing::json_lines;
 
 #[test]
 fn access_record_uses_ecs_fields_and_joins_the_kernel_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let log = AuditLog::open(
-        Target::File {
-            path: path.clone(),
-            max_bytes: 1 << 20,
-            keep: 2,
-        },
-        "c",
-    )
-    .unwrap();
+    let log = AuditLog::open(file_target(&path, 1 << 20, 2), "c").unwrap();
     let mut ev = Identity {
         socket_cookie: 555,
         cgroup_id: 4242,
@@ -38,7 +23,7 @@ fn access_record_uses_ecs_fields_and_joins_the_kernel_event() {
     wait_written(&log, 1);
     // The event was joined: a sweep after the window writes nothing more.
     assert!(lock(&log.joins).pending.is_empty());
-    let lines = read_lines(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines.len(), 1);
     let v = &lines[0];
     assert_eq!(v["event"]["outcome"], "success");
@@ -53,15 +38,7 @@ fn access_record_uses_ecs_fields_and_joins_the_kernel_event() {
 fn denied_kernel_event_is_written_alone_and_late_events_are_not_duplicated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let log = AuditLog::open(
-        Target::File {
-            path: path.clone(),
-            max_bytes: 1 << 20,
-            keep: 2,
-        },
-        "c",
-    )
-    .unwrap();
+    let log = AuditLog::open(file_target(&path, 1 << 20, 2), "c").unwrap();
     log.kernel_event(Identity {
         socket_cookie: 1,
         action: action::DENIED,
@@ -76,7 +53,7 @@ fn denied_kernel_event_is_written_alone_and_late_events_are_not_duplicated() {
     });
     wait_written(&log, 2);
     assert!(lock(&log.joins).pending.is_empty());
-    let lines = read_lines(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["event"]["action"], "connect-denied");
 }
@@ -87,10 +64,10 @@ fn all_lines(path: &Path, keep: u32) -> Vec<Value> {
     for n in (1..=keep).rev() {
         let old = std::path::PathBuf::from(format!("{}.{n}", path.display()));
         if old.exists() {
-            lines.extend(read_lines(&old));
+            lines.extend(json_lines(&old));
         }
     }
-    lines.extend(read_lines(path));
+    lines.extend(json_lines(path));
     lines
 }
 
@@ -102,15 +79,7 @@ fn a_flood_of_refusals_does_not_rotate_earlier_records_away() {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let log = AuditLog::open(
-        Target::File {
-            path: path.clone(),
-            max_bytes: 256 * 1024,
-            keep: 1,
-        },
-        "c",
-    )
-    .unwrap();
+    let log = AuditLog::open(file_target(&path, 256 * 1024, 1), "c").unwrap();
     log.record(&access());
 
     let huge = format!("/{}", "a".repeat(60 * 1024));
@@ -210,11 +179,7 @@ fn a_flood_of_refusals_does_not_rotate_earlier_records_away() {
 fn the_writer_queue_is_bounded_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let target = Target::File {
-        path: path.clone(),
-        max_bytes: 1 << 20,
-        keep: 1,
-    };
+    let target = file_target(&path, 1 << 20, 1);
     // A bound smaller than any line: nothing may be queued.
     let log = AuditLog::open_with_queue(target, "c", JOIN_WINDOW, 64).unwrap();
     for _ in 0..10 {
@@ -228,16 +193,7 @@ fn the_writer_queue_is_bounded_in_bytes() {
 }
 
 fn open_file_log(path: &Path, window: Duration) -> Arc<AuditLog> {
-    AuditLog::open_with_window(
-        Target::File {
-            path: path.to_owned(),
-            max_bytes: 1 << 20,
-            keep: 1,
-        },
-        "c",
-        window,
-    )
-    .unwrap()
+    AuditLog::open_with_window(file_target(path, 1 << 20, 1), "c", window).unwrap()
 }
 
 fn redirected(cookie: u64) -> Identity {
@@ -269,7 +225,7 @@ fn an_accepted_connection_waits_for_its_request_beyond_the_join_window() {
     log.connection(555, ConnectionEvent::Closed);
     log.sweep_at(start + window * 3);
     assert!(log.flush(Duration::from_secs(10)));
-    let lines = read_lines(&path);
+    let lines = json_lines(&path);
     let actions: Vec<_> = lines.iter().map(|v| v["event"]["action"].clone()).collect();
     assert_eq!(
         actions,
@@ -312,11 +268,11 @@ fn connections_without_a_request_are_written_at_close_or_after_the_window() {
         c.sort();
         c
     };
-    assert_eq!(cookies(&read_lines(&path)), [1], "written at close");
+    assert_eq!(cookies(&json_lines(&path)), [1], "written at close");
     log.sweep_at(start + window * 2);
     assert!(log.flush(Duration::from_secs(10)));
-    assert_eq!(cookies(&read_lines(&path)), [1, 2], "after the window");
+    assert_eq!(cookies(&json_lines(&path)), [1, 2], "after the window");
     log.sweep_at(start + crate::http::listener::CONNECTION_LIFETIME + window * 2);
     assert!(log.flush(Duration::from_secs(10)));
-    assert_eq!(cookies(&read_lines(&path)), [1, 2, 3], "after the lifetime");
+    assert_eq!(cookies(&json_lines(&path)), [1, 2, 3], "after the lifetime");
 }

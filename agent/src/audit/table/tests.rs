@@ -1,20 +1,12 @@
 use super::*;
-use crate::audit::test_support::{access, wait_written};
-use crate::audit::{AccessSink, AuditLog, Target};
+use crate::audit::test_support::{access, file_target, wait_written};
+use crate::audit::{AccessSink, AuditLog};
 
 #[test]
 fn filter_and_table() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let log = AuditLog::open(
-        Target::File {
-            path: path.clone(),
-            max_bytes: 1 << 20,
-            keep: 1,
-        },
-        "c",
-    )
-    .unwrap();
+    let log = AuditLog::open(file_target(&path, 1 << 20, 1), "c").unwrap();
     log.record(&access());
     let mut refused = access();
     refused.status = 404;

@@ -1,20 +1,11 @@
-use super::*;
-use crate::audit::test_support::{access, wait_written};
+use crate::audit::test_support::{access, file_target, wait_written};
 use crate::audit::{AccessSink, AuditLog};
 
 #[test]
 fn rotation_bounds_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let log = AuditLog::open(
-        Target::File {
-            path: path.clone(),
-            max_bytes: 4096,
-            keep: 2,
-        },
-        "c",
-    )
-    .unwrap();
+    let log = AuditLog::open(file_target(&path, 4096, 2), "c").unwrap();
     for _ in 0..100 {
         log.record(&access());
     }

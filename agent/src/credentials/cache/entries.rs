@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use super::{CacheError, CacheSettings, Clock, Counters};
 use crate::credentials::sts::{ErrorChain, Fetch};
 use crate::credentials::types::Credentials;
-use crate::model::{Association, AssumeMode, PodInfo};
+use crate::model::{Association, AssumeMode, PodInfo, PodUid};
 
 /// What makes two requests want the same session.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Key {
-    pub(super) pod_uid: String,
+    pub(super) pod_uid: PodUid,
     role_arn: String,
     target_role_arn: Option<String>,
     mode: AssumeMode,

@@ -1,6 +1,7 @@
 use super::*;
 use crate::credentials::sts::StsError;
 use crate::credentials::types::Secret;
+use crate::testing::{self, access_denied, throttled};
 use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, UNIX_EPOCH};
@@ -78,41 +79,19 @@ impl Fetch for Fake {
     }
 }
 
-fn throttled() -> StsError {
-    StsError::Service {
-        code: "Throttling".into(),
-        message: "Rate exceeded".into(),
-        request_id: Some("r-1".into()),
-        status: 400,
-    }
-}
-
-fn denied() -> StsError {
-    StsError::Service {
-        code: "AccessDenied".into(),
-        message: "not authorized to perform sts:AssumeRole".into(),
-        request_id: Some("r-2".into()),
-        status: 403,
-    }
-}
-
+/// Pod `ns/<name>` (`name` at most 6 bytes) running as `sa`, with a UID of its
+/// own: pods of one service account never share a key.
 fn pod(name: &str) -> PodInfo {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
     PodInfo {
-        uid: format!("uid-{name}"),
-        namespace: "ns".into(),
-        name: name.into(),
-        service_account: "sa".into(),
-        ..Default::default()
+        uid: testing::pod_uid(&format!("00000000-0000-4000-8000-{hex:0>12}")),
+        ..testing::pod("ns", name, "sa")
     }
 }
 
+/// The association of `ns/sa`.
 fn assoc() -> Association {
-    Association {
-        namespace: "ns".into(),
-        service_account: "sa".into(),
-        role_arn: "arn:aws:iam::111122223333:role/r".into(),
-        ..Default::default()
-    }
+    testing::association("ns", "sa", "arn:aws:iam::111122223333:role/r")
 }
 
 fn setup(
@@ -136,16 +115,13 @@ fn setup(
 
 /// Waits (real time, briefly) until no fetch is in flight for the key.
 async fn settle(cache: &CredentialCache<Fake>, pod: &PodInfo, assoc: &Association) {
-    for _ in 0..400 {
-        if !cache
+    let idle = testing::eventually(Duration::from_secs(2), || {
+        !cache
             .probe(pod, assoc)
             .is_some_and(|(_, inflight)| inflight)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("fetch still in flight after 2 s");
+    })
+    .await;
+    assert!(idle, "fetch still in flight after 2 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +334,7 @@ async fn final_error_evicts_even_valid_credentials() {
     let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
     let (p, a) = (pod("a"), assoc());
     cache.get(&p, &a).await.unwrap();
-    cache.fetcher().set(Behavior::Fail(denied));
+    cache.fetcher().set(Behavior::Fail(access_denied));
     clock.advance(50 * MIN);
     let err = cache.get(&p, &a).await.unwrap_err();
     assert_eq!(err.code(), "AccessDenied");
@@ -373,7 +349,7 @@ async fn final_error_in_background_refresh_evicts() {
     let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
     let (p, a) = (pod("a"), assoc());
     cache.get(&p, &a).await.unwrap();
-    cache.fetcher().set(Behavior::Fail(denied));
+    cache.fetcher().set(Behavior::Fail(access_denied));
     clock.advance(31 * MIN);
     assert_eq!(cache.get(&p, &a).await.unwrap().1, CacheOutcome::Hit);
     settle(&cache, &p, &a).await;
@@ -393,7 +369,10 @@ async fn evict_pod_drops_only_that_pod() {
     assert_eq!(cache.get(&b, &assoc()).await.unwrap().1, CacheOutcome::Hit);
     assert_eq!(cache.get(&a, &assoc()).await.unwrap().1, CacheOutcome::Miss);
     assert_eq!(cache.fetcher().calls(), 3);
-    assert_eq!(cache.evict_pod("no-such-pod"), 0);
+    assert_eq!(
+        cache.evict_pod(&testing::pod_uid("00000000-0000-4000-8000-000000000000")),
+        0
+    );
 }
 
 #[tokio::test]

@@ -486,7 +486,7 @@ mod tests {
         assert_eq!(token.pod_body(), "Service account token cannot be empty");
         let mismatch = EksAuthError::from(TokenError::PodMismatch {
             token_pod: "a".into(),
-            kernel_pod: "b".into(),
+            kernel_pod: crate::testing::pod_uid("2c48913c-b29f-11e7-9350-020968147796"),
         });
         assert_eq!(eks_auth_status(&mismatch).as_u16(), 403);
         assert_eq!(mismatch.code(), "PodMismatch");

@@ -56,7 +56,7 @@ pub struct PodToken {
 ///   namespace or service account claim.
 pub fn check_pod_token(
     token: Option<&str>,
-    kernel_pod_uid: &str,
+    kernel_pod_uid: &crate::model::PodUid,
     now: SystemTime,
 ) -> Result<PodToken, TokenError> {
     let raw = token.map(str::trim).unwrap_or_default();
@@ -85,7 +85,7 @@ pub fn check_pod_token(
         namespace,
         service_account,
         pod_name,
-        pod_uid: kernel_pod_uid.to_owned(),
+        pod_uid: kernel_pod_uid.to_string(),
         expires_at: claims["exp"]
             .as_u64()
             .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
@@ -168,7 +168,12 @@ mod tests {
     #[test]
     fn the_calling_pods_token_passes_with_its_claims() {
         let t = fake_pod_token("default", "s3-sa", "s3-pod", UID, NOW + 3600);
-        let checked = check_pod_token(Some(&format!(" {t}\n")), UID, now()).unwrap();
+        let checked = check_pod_token(
+            Some(&format!(" {t}\n")),
+            &crate::testing::pod_uid(UID),
+            now(),
+        )
+        .unwrap();
         assert_eq!(checked.token.expose(), t);
         assert_eq!(checked.namespace, "default");
         assert_eq!(checked.service_account, "s3-sa");
@@ -182,13 +187,18 @@ mod tests {
         let dbg = format!("{checked:?}");
         assert!(!dbg.contains(&t[..20]), "{dbg}");
         // A string audience works as well as an array.
-        check_pod_token(Some(&jwt(&claims(json!(AUDIENCE)))), UID, now()).unwrap();
+        check_pod_token(
+            Some(&jwt(&claims(json!(AUDIENCE)))),
+            &crate::testing::pod_uid(UID),
+            now(),
+        )
+        .unwrap();
         check_pod_token(
             Some(&jwt(&claims(json!([
                 "https://kubernetes.default.svc",
                 AUDIENCE
             ])))),
-            UID,
+            &crate::testing::pod_uid(UID),
             now(),
         )
         .unwrap();
@@ -197,12 +207,12 @@ mod tests {
     #[test]
     fn another_pods_token_is_a_403() {
         let t = fake_pod_token("default", "s3-sa", "s3-pod", OTHER_UID, NOW + 3600);
-        let e = check_pod_token(Some(&t), UID, now()).unwrap_err();
+        let e = check_pod_token(Some(&t), &crate::testing::pod_uid(UID), now()).unwrap_err();
         assert_eq!(
             e,
             TokenError::PodMismatch {
                 token_pod: OTHER_UID.into(),
-                kernel_pod: UID.into()
+                kernel_pod: crate::testing::pod_uid(UID)
             }
         );
         assert_eq!(token_status(&e).as_u16(), 403);
@@ -251,7 +261,8 @@ mod tests {
             ),
         ];
         for (token, want) in cases {
-            let e = check_pod_token(token.as_deref(), UID, now()).unwrap_err();
+            let e = check_pod_token(token.as_deref(), &crate::testing::pod_uid(UID), now())
+                .unwrap_err();
             assert!(e.to_string().starts_with(want), "{token:?}: {e}");
             assert_eq!(token_status(&e).as_u16(), 400, "{e}");
         }

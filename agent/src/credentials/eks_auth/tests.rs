@@ -187,7 +187,7 @@ async fn refused_tokens_never_leave_the_node() {
     assert_eq!(e.pod_body(), "Service account token cannot be empty");
 
     // The pod's own token does go out (and fails to connect, retryably).
-    let own = fake_pod_token("default", "s3-sa", "s3-pod", &pod.uid, exp);
+    let own = fake_pod_token("default", "s3-sa", "s3-pod", pod.uid.as_str(), exp);
     let e = client.fetch(&pod, Some(&own)).await.unwrap_err();
     assert!(matches!(e, EksAuthError::Dispatch { .. }), "{e:?}");
     assert_eq!(eks_auth_status(&e).as_u16(), 503);

@@ -319,30 +319,22 @@ impl StsError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn service(code: &str, status: u16) -> StsError {
-        StsError::Service {
-            code: code.into(),
-            message: "msg".into(),
-            request_id: Some("req-1".into()),
-            status,
-        }
-    }
+    use crate::testing::sts_error;
 
     #[test]
     fn error_classification() {
         // (error, retryable, throttling, transient)
         let cases = [
-            (service("AccessDenied", 403), false, false, false),
-            (service("InvalidParameterValue", 400), false, false, false),
-            (service("ExpiredTokenException", 400), false, false, false),
-            (service("ValidationError", 400), false, false, false),
-            (service("Throttling", 400), true, true, false),
-            (service("Whatever", 429), true, true, false),
-            (service("IDPCommunicationError", 400), true, false, true),
-            (service("InternalFailure", 500), true, false, true),
-            (service("ServiceUnavailable", 503), true, false, true),
-            (service("Unknown", 502), true, false, false),
+            (sts_error("AccessDenied", 403), false, false, false),
+            (sts_error("InvalidParameterValue", 400), false, false, false),
+            (sts_error("ExpiredTokenException", 400), false, false, false),
+            (sts_error("ValidationError", 400), false, false, false),
+            (sts_error("Throttling", 400), true, true, false),
+            (sts_error("Whatever", 429), true, true, false),
+            (sts_error("IDPCommunicationError", 400), true, false, true),
+            (sts_error("InternalFailure", 500), true, false, true),
+            (sts_error("ServiceUnavailable", 503), true, false, true),
+            (sts_error("Unknown", 502), true, false, false),
             (
                 StsError::Timeout {
                     request_id: "id".into(),
@@ -400,22 +392,22 @@ mod tests {
             assert_eq!(err.is_throttling(), throttling, "{err}");
             assert_eq!(err.is_transient(), transient, "{err}");
         }
-        assert!(service("NoSuchEntity", 404).is_not_found());
-        assert!(service("ResourceNotFound", 400).is_not_found());
-        assert!(!service("AccessDenied", 403).is_not_found());
+        assert!(sts_error("NoSuchEntity", 404).is_not_found());
+        assert!(sts_error("ResourceNotFound", 400).is_not_found());
+        assert!(!sts_error("AccessDenied", 403).is_not_found());
     }
 
     #[test]
     fn service_error_display_matches_stock_agent() {
         assert_eq!(
-            service("AccessDenied", 403).to_string(),
+            sts_error("AccessDenied", 403).to_string(),
             "[req-1]: (AccessDenied): msg, fault: client"
         );
         assert_eq!(
-            service("InternalFailure", 500).to_string(),
+            sts_error("InternalFailure", 500).to_string(),
             "[req-1]: (InternalFailure): msg, fault: server"
         );
-        assert_eq!(service("AccessDenied", 403).code(), "AccessDenied");
+        assert_eq!(sts_error("AccessDenied", 403).code(), "AccessDenied");
     }
 
     #[test]
@@ -429,7 +421,7 @@ mod tests {
             status: 400,
         };
         assert!(e.exceeds_max_session_duration());
-        assert!(!service("ValidationError", 400).exceeds_max_session_duration());
+        assert!(!sts_error("ValidationError", 400).exceeds_max_session_duration());
     }
 
     #[test]

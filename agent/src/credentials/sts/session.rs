@@ -74,7 +74,7 @@ pub fn session_tags(settings: &StsSettings, pod: &PodInfo) -> Vec<(&'static str,
     tags.push(("kubernetes-namespace", pod.namespace.clone()));
     tags.push(("kubernetes-service-account", pod.service_account.clone()));
     tags.push(("kubernetes-pod-name", pod.name.clone()));
-    tags.push(("kubernetes-pod-uid", pod.uid.clone()));
+    tags.push(("kubernetes-pod-uid", pod.uid.to_string()));
     tags
 }
 

@@ -1,5 +1,6 @@
 use super::*;
-use crate::credentials::sts::fixtures::{irsa_token, pod, write_token};
+use crate::credentials::sts::fixtures::{irsa_token, pod};
+use crate::testing::{unsigned_jwt, write_projected_token};
 use std::path::Path;
 use std::time::Duration;
 
@@ -313,7 +314,7 @@ async fn web_identity_call_is_unsigned_and_carries_the_token() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pod();
     let token = irsa_token("system:serviceaccount:team-a:web");
-    write_token(tmp.path(), &p.uid, "aws-iam-token", &format!("{token}\n"));
+    write_projected_token(tmp.path(), &p.uid, "aws-iam-token", &format!("{token}\n"));
     let mut a = role("irsa");
     a.mode = AssumeMode::WebIdentity;
     let creds = fetcher_for(&fake, tmp.path()).fetch(&p, &a).await.unwrap();
@@ -472,7 +473,7 @@ async fn web_identity_sends_no_token_but_the_irsa_volumes_sts_token() {
     let p = pod();
 
     // An STS-audience token in a look-alike volume: not the webhook's.
-    write_token(
+    write_projected_token(
         tmp.path(),
         &p.uid,
         "aws-iam-token-evil",
@@ -485,11 +486,11 @@ async fn web_identity_sends_no_token_but_the_irsa_volumes_sts_token() {
     );
 
     // The webhook's volume, but a token for another audience.
-    let pod_identity_token = crate::credentials::sts::fixtures::jwt(serde_json::json!({
+    let pod_identity_token = unsigned_jwt(&serde_json::json!({
         "aud": ["pods.eks.amazonaws.com"],
         "sub": "system:serviceaccount:team-a:web",
     }));
-    write_token(tmp.path(), &p.uid, "aws-iam-token", &pod_identity_token);
+    write_projected_token(tmp.path(), &p.uid, "aws-iam-token", &pod_identity_token);
     let err = fetcher.fetch(&p, &a).await.unwrap_err();
     assert!(
         matches!(err, StsError::WebIdentityTokenInvalid { .. }),

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::StsError;
 use crate::credentials::types::Secret;
+use crate::model::PodUid;
 
 /// The projected volume the EKS IRSA webhook adds to the pod: the only one read.
 pub const IRSA_VOLUME: &str = "aws-iam-token";
@@ -22,19 +23,16 @@ pub const IRSA_AUDIENCE: &str = "sts.amazonaws.com";
 
 /// Reads the pod's IRSA token on this node:
 /// `<pods_dir>/<uid>/volumes/kubernetes.io~projected/aws-iam-token/token`, and
-/// only if it is a JWT whose `aud` contains `sts.amazonaws.com`.
-pub async fn read_web_identity_token(pods_dir: &Path, pod_uid: &str) -> Result<Secret, StsError> {
-    let valid_uid = !pod_uid.is_empty()
-        && pod_uid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+/// only if it is a JWT whose `aud` contains `sts.amazonaws.com`. A [`PodUid`] is
+/// a UUID, so the path stays inside `pods_dir`.
+pub async fn read_web_identity_token(
+    pods_dir: &Path,
+    pod_uid: &PodUid,
+) -> Result<Secret, StsError> {
     let volume = pods_dir
-        .join(if valid_uid { pod_uid } else { "_invalid_uid_" })
+        .join(pod_uid.as_str())
         .join("volumes/kubernetes.io~projected")
         .join(IRSA_VOLUME);
-    if !valid_uid {
-        return Err(StsError::WebIdentityTokenMissing { path: volume });
-    }
     let path = volume.join(IRSA_TOKEN_FILE);
     // kubelet writes `token` as a symlink into `..data/`; reading follows it.
     let token = match tokio::fs::read_to_string(&path).await {

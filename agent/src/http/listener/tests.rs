@@ -20,18 +20,7 @@ impl Attribute for ByAddress {
         let IpAddr::V4(ip) = peer.ip() else {
             return Ok(None);
         };
-        Ok(Some(Caller {
-            cgroup_id: u64::from(ip.octets()[3]),
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "test".into(),
-            netns_cookie: 0,
-            socket_cookie: 0,
-            original_destination: "169.254.170.23:80".parse().unwrap(),
-            connect_ktime_ns: 0,
-        }))
+        Ok(Some(crate::testing::caller(u64::from(ip.octets()[3]))))
     }
 }
 

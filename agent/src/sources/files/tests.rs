@@ -2,6 +2,7 @@
 
 mod pods_file {
     use super::super::*;
+    use crate::testing::{eventually, pod_uid};
 
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "daa5c7ee-3484-4533-af39-3591564fd03e";
@@ -49,24 +50,34 @@ mod pods_file {
             matches!(load_pods_file(&missing), Err(PodError::Io { path, .. }) if path == missing)
         );
 
-        for (text, want) in [
-            ("{", "invalid JSON"),
-            (r#"{"pods": [{"uid": "x"}]}"#, "invalid JSON"), // missing fields
-            (r#"{"pod": []}"#, "invalid JSON"),              // typo in the key
-        ] {
-            let path = write(tmp.path(), "bad.json", text);
-            let err = load_pods_file(&path).unwrap_err();
-            assert!(matches!(err, PodError::Parse { .. }), "{text}: {err}");
-            assert!(err.to_string().contains(want) && err.to_string().contains("bad.json"));
-        }
-
         let entry = |uid: &str, ns: &str, name: &str, sa: &str| {
             format!(
                 r#"{{"uid": "{uid}", "namespace": "{ns}", "name": "{name}", "serviceAccount": "{sa}"}}"#
             )
         };
+        let pods_file = |entry: String| format!(r#"{{"pods": [{entry}]}}"#);
+        for (text, want) in [
+            ("{".to_owned(), "invalid JSON"),
+            (r#"{"pods": [{"uid": "x"}]}"#.to_owned(), "invalid JSON"), // missing fields
+            (r#"{"pod": []}"#.to_owned(), "invalid JSON"),              // typo in the key
+            // A UID is checked as it is read (`PodUid`), at its line and column.
+            (
+                pods_file(entry("", "ns", "n", "sa")),
+                "invalid JSON: pod UID is empty at line 1",
+            ),
+            (
+                pods_file(entry("not-a-uuid", "ns", "n", "sa")),
+                "invalid JSON: pod UID \"not-a-uuid\" is not a UUID (8-4-4-4-12 hex digits) at line 1",
+            ),
+        ] {
+            let path = write(tmp.path(), "bad.json", &text);
+            let err = load_pods_file(&path).unwrap_err();
+            assert!(matches!(err, PodError::Parse { .. }), "{text}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(want) && msg.contains("bad.json"), "{msg}");
+        }
+
         for (pods, want) in [
-            (vec![entry("", "ns", "n", "sa")], "pods[0].uid is empty"),
             (
                 vec![entry(UID_A, "", "n", "sa")],
                 "pods[0].namespace is empty",
@@ -75,10 +86,6 @@ mod pods_file {
             (
                 vec![entry(UID_A, "ns", "n", "")],
                 "pods[0].serviceAccount is empty",
-            ),
-            (
-                vec![entry("not-a-uuid", "ns", "n", "sa")],
-                "pods[0].uid \"not-a-uuid\" (ns/n) is not a UUID",
             ),
             (
                 vec![
@@ -101,16 +108,6 @@ mod pods_file {
         }
     }
 
-    async fn eventually(store: &PodStore, what: impl Fn(&PodStore) -> bool) {
-        for _ in 0..200 {
-            if what(store) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("condition not reached; store: {store:?}");
-    }
-
     #[tokio::test]
     async fn watch_reloads_and_survives_a_broken_file() {
         let tmp = tempfile::tempdir().unwrap();
@@ -125,12 +122,16 @@ mod pods_file {
             Duration::from_millis(10),
         ));
 
-        eventually(&store, |s| s.is_synced() && s.get(UID_A).is_some()).await;
+        let (uid_a, uid_b) = (pod_uid(UID_A), pod_uid(UID_B));
+        let loaded = eventually(Duration::from_secs(2), || {
+            store.is_synced() && store.get(&uid_a).is_some()
+        });
+        assert!(loaded.await, "store: {store:?}");
 
         // Broken edit: the previous snapshot stays.
         std::fs::write(&path, "{ not json").unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.get(UID_A).unwrap().name, "a");
+        assert_eq!(store.get(&uid_a).unwrap().name, "a");
         assert_eq!(store.len(), 1);
 
         // Fixed edit (atomic replace, as ConfigMap updates do): reloaded.
@@ -139,7 +140,10 @@ mod pods_file {
         );
         let tmp_file = write(tmp.path(), "pods.json.new", &two);
         std::fs::rename(&tmp_file, &path).unwrap();
-        eventually(&store, |s| s.get(UID_B).is_some() && s.get(UID_A).is_none()).await;
+        let reloaded = eventually(Duration::from_secs(2), || {
+            store.get(&uid_b).is_some() && store.get(&uid_a).is_none()
+        });
+        assert!(reloaded.await, "store: {store:?}");
 
         assert!(!task.is_finished());
         task.abort();
@@ -165,16 +169,6 @@ mod associations_file {
     const ROLE_A: &str = "arn:aws:iam::123456789012:role/a";
     const ROLE_B: &str = "arn:aws:iam::123456789012:role/service-role/b";
     const ROLE_C: &str = "arn:aws-cn:iam::210987654321:role/c";
-
-    fn pod(ns: &str, sa: &str) -> PodInfo {
-        PodInfo {
-            uid: "2c48913c-b29f-11e7-9350-020968147796".to_owned(),
-            namespace: ns.to_owned(),
-            name: "p".to_owned(),
-            service_account: sa.to_owned(),
-            ..PodInfo::default()
-        }
-    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("associations.json");
@@ -213,7 +207,7 @@ mod associations_file {
         store.replace_source(Source::File, assocs).unwrap();
         assert_eq!(
             store
-                .resolve(&pod("team-b", "etl"))
+                .resolve(&crate::testing::pod("team-b", "p", "etl"))
                 .unwrap()
                 .session_duration_secs,
             Some(3600)

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 
 use super::relisting::{relisting_watcher, Backoff};
 use super::{KubeStatus, SaKey};
-use crate::model::{PodInfo, IRSA_ROLE_ANNOTATION};
+use crate::model::{PodInfo, PodUid, IRSA_ROLE_ANNOTATION};
 use crate::sources::pods::PodStore;
 
 /// The service account annotations kept; every other one is dropped as the object
@@ -33,7 +33,8 @@ pub const KEPT_ANNOTATIONS: &[&str] = &[
 /// annotation the service account has no IRSA role, so its pods fail closed.
 pub const MAX_ANNOTATION_VALUE_BYTES: usize = 2048;
 
-/// The [`PodInfo`] of `pod`, if it is a pod on `node` with the identifying fields.
+/// The [`PodInfo`] of `pod`, if it is a pod on `node` with the identifying fields
+/// (a UID that is not a UUID identifies nothing: no cgroup path can name it).
 /// Service account annotations are left empty (they come from the SA watch).
 pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
     let spec = pod.spec.as_ref()?;
@@ -42,7 +43,7 @@ pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
         // it must not make other nodes' pods attributable here.
         return None;
     }
-    let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty())?;
+    let uid = pod_uid(pod)?;
     let namespace = pod.metadata.namespace.clone().filter(|n| !n.is_empty())?;
     let name = pod.metadata.name.clone().filter(|n| !n.is_empty())?;
     // Admission always sets serviceAccountName; `serviceAccount` is its deprecated
@@ -61,6 +62,21 @@ pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
         service_account_annotations: BTreeMap::new(),
         host_network: spec.host_network.unwrap_or(false),
     })
+}
+
+/// The pod's UID, if it has one that is a UUID.
+fn pod_uid(pod: &Pod) -> Option<PodUid> {
+    let raw = pod.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
+    PodUid::parse(raw)
+        .inspect_err(|error| {
+            tracing::warn!(
+                namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod = pod.metadata.name.as_deref().unwrap_or(""),
+                %error,
+                "pod ignored"
+            );
+        })
+        .ok()
 }
 
 fn sa_key(sa: &ServiceAccount) -> Option<SaKey> {
@@ -98,10 +114,10 @@ struct PodDirectory {
     store: PodStore,
     status: KubeStatus,
     /// Pods by UID, without annotations.
-    pods: HashMap<String, PodInfo>,
+    pods: HashMap<PodUid, PodInfo>,
     /// Service accounts with at least one kept annotation (absent = none).
     sas: HashMap<SaKey, BTreeMap<String, String>>,
-    pod_buf: Option<HashMap<String, PodInfo>>,
+    pod_buf: Option<HashMap<PodUid, PodInfo>>,
     sa_buf: Option<HashMap<SaKey, BTreeMap<String, String>>>,
     pods_listed: bool,
     sas_listed: bool,
@@ -114,6 +130,21 @@ enum DirEvent {
 }
 
 impl PodDirectory {
+    /// Nothing listed yet, nothing published.
+    fn new(node: String, store: PodStore, status: KubeStatus) -> Self {
+        PodDirectory {
+            node,
+            store,
+            status,
+            pods: HashMap::new(),
+            sas: HashMap::new(),
+            pod_buf: None,
+            sa_buf: None,
+            pods_listed: false,
+            sas_listed: false,
+        }
+    }
+
     fn published(&self) -> bool {
         self.pods_listed && self.sas_listed
     }
@@ -189,14 +220,14 @@ impl PodDirectory {
                     self.pods.insert(info.uid.clone(), info);
                 }
                 None => {
-                    if let Some(uid) = pod.metadata.uid.as_deref() {
-                        self.forget_pod(uid);
+                    if let Some(uid) = pod_uid(&pod) {
+                        self.forget_pod(&uid);
                     }
                 }
             },
             Event::Delete(pod) => {
-                if let Some(uid) = pod.metadata.uid.as_deref() {
-                    self.forget_pod(uid);
+                if let Some(uid) = pod_uid(&pod) {
+                    self.forget_pod(&uid);
                 }
             }
         }
@@ -244,8 +275,7 @@ impl PodDirectory {
         }
     }
 
-    fn forget_pod(&mut self, uid: &str) {
-        // The store canonicalises UIDs; the API's are canonical already.
+    fn forget_pod(&mut self, uid: &PodUid) {
         self.pods.remove(uid);
         if self.published() {
             self.store.remove(uid);
@@ -276,17 +306,7 @@ pub(super) async fn run_pod_directory(
         pods.map(|e| DirEvent::Pod(Box::new(e))),
         sas.map(|e| DirEvent::Sa(Box::new(e))),
     );
-    let mut dir = PodDirectory {
-        node,
-        store,
-        status,
-        pods: HashMap::new(),
-        sas: HashMap::new(),
-        pod_buf: None,
-        sa_buf: None,
-        pods_listed: false,
-        sas_listed: false,
-    };
+    let mut dir = PodDirectory::new(node, store, status);
     while let Some(event) = events.next().await {
         dir.handle(event);
     }
@@ -348,6 +368,10 @@ mod tests {
         let mut v = pod_json("node-a");
         v["metadata"].as_object_mut().unwrap().remove("uid");
         assert!(pod_info(&serde_json::from_value(v).unwrap(), "node-a").is_none());
+        // a uid that is not a UUID: no cgroup path can name it either
+        let mut v = pod_json("node-a");
+        v["metadata"]["uid"] = "not-a-uuid".into();
+        assert!(pod_info(&serde_json::from_value(v).unwrap(), "node-a").is_none());
     }
 
     /// Bytes of annotation keys and values the directory holds: its service
@@ -390,19 +414,9 @@ mod tests {
     #[test]
     fn service_account_annotations_are_filtered_at_ingestion() {
         const ROLE: &str = "arn:aws:iam::123456789012:role/web";
-        let mut dir = PodDirectory {
-            node: "node-a".into(),
-            store: PodStore::new(),
-            status: KubeStatus::default(),
-            pods: HashMap::new(),
-            sas: HashMap::new(),
-            pod_buf: None,
-            sa_buf: None,
-            pods_listed: false,
-            sas_listed: false,
-        };
+        let mut dir = PodDirectory::new("node-a".into(), PodStore::new(), KubeStatus::default());
         let pod: Pod = serde_json::from_value(pod_json("node-a")).unwrap();
-        let uid = pod.metadata.uid.clone().unwrap();
+        let uid = pod_uid(&pod).unwrap();
         dir.handle(DirEvent::Pod(Box::new(Event::Init)));
         dir.handle(DirEvent::Pod(Box::new(Event::InitApply(pod))));
         dir.handle(DirEvent::Pod(Box::new(Event::InitDone)));

@@ -179,12 +179,34 @@ fn unknown_segment_below_pod_fails_closed() {
 
 #[test]
 fn canonical_uid() {
-    assert_eq!(canonical_pod_uid(UID_).as_deref(), Some(UID));
-    assert_eq!(canonical_pod_uid(&UID.to_uppercase()).as_deref(), Some(UID));
-    assert_eq!(canonical_pod_uid("2c48913c-b29f-11e7-9350"), None);
-    assert_eq!(canonical_pod_uid(&format!("{UID}-0")), None);
-    assert_eq!(canonical_pod_uid("2c48913cb29f11e79350020968147796"), None);
-    assert_eq!(canonical_pod_uid(""), None);
+    let canonical = |raw: &str| canonical_pod_uid(raw).map(|u| u.as_str().to_owned());
+    assert_eq!(canonical(UID_).as_deref(), Some(UID));
+    assert_eq!(canonical(&UID.to_uppercase()).as_deref(), Some(UID));
+    assert_eq!(canonical("2c48913c-b29f-11e7-9350"), None);
+    assert_eq!(canonical(&format!("{UID}-0")), None);
+    assert_eq!(canonical("2c48913cb29f11e79350020968147796"), None);
+    assert_eq!(canonical(""), None);
+
+    // `PodUid`: the same parse, with the reason; the canonical text everywhere.
+    use crate::model::{PodUid, PodUidError};
+    let uid = PodUid::parse(UID_).unwrap();
+    assert_eq!((uid.as_str(), uid.to_string().as_str()), (UID, UID));
+    assert_eq!(uid, PodUid::parse(&UID.to_uppercase()).unwrap());
+    assert_eq!(PodUid::parse(""), Err(PodUidError::Empty));
+    assert_eq!(
+        PodUid::parse("x").unwrap_err().to_string(),
+        r#"pod UID "x" is not a UUID (8-4-4-4-12 hex digits)"#
+    );
+    // JSON: the plain string out; in through the parse.
+    assert_eq!(serde_json::to_string(&uid).unwrap(), format!("\"{UID}\""));
+    let read: PodUid = serde_json::from_str(&format!("\"{UID_}\"")).unwrap();
+    assert_eq!(read, uid);
+    let err = serde_json::from_str::<PodUid>(r#""../etc""#).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"pod UID "../etc" is not a UUID"#),
+        "{err}"
+    );
 }
 
 #[test]

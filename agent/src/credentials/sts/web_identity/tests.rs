@@ -1,19 +1,20 @@
 use super::*;
-use crate::credentials::sts::fixtures::{irsa_token, jwt, pod, write_token};
+use crate::credentials::sts::fixtures::{irsa_token, pod};
+use crate::testing::{unsigned_jwt, write_projected_token};
 
 #[tokio::test]
 async fn token_comes_from_the_irsa_volume() {
     let tmp = tempfile::tempdir().unwrap();
     let uid = pod().uid;
     let irsa = irsa_token("system:serviceaccount:team-a:web");
-    write_token(
+    write_projected_token(
         tmp.path(),
         &uid,
         "kube-api-access-abcde",
         "api-server-token",
     );
-    write_token(tmp.path(), &uid, "a-custom-token", &irsa_token("custom"));
-    write_token(tmp.path(), &uid, "aws-iam-token", &format!("{irsa}\n"));
+    write_projected_token(tmp.path(), &uid, "a-custom-token", &irsa_token("custom"));
+    write_projected_token(tmp.path(), &uid, "aws-iam-token", &format!("{irsa}\n"));
     let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
     assert_eq!(t.expose(), irsa);
 }
@@ -30,11 +31,11 @@ async fn other_projected_volumes_are_never_used() {
         "my-token",
         "kube-api-access-abcde",
     ] {
-        write_token(tmp.path(), &uid, volume, &irsa_token(volume));
+        write_projected_token(tmp.path(), &uid, volume, &irsa_token(volume));
     }
     std::fs::create_dir_all(
         tmp.path()
-            .join(&uid)
+            .join(uid.as_str())
             .join("volumes/kubernetes.io~projected/aws-iam-token"),
     )
     .unwrap();
@@ -52,17 +53,17 @@ async fn irsa_volume_token_must_be_for_sts() {
     let uid = pod().uid;
     let refused = [
         // Another audience: the EKS Pod Identity token, or the API server's.
-        jwt(serde_json::json!({"aud": ["pods.eks.amazonaws.com"], "sub": "x"})),
-        jwt(serde_json::json!({"aud": "https://kubernetes.default.svc", "sub": "x"})),
-        jwt(serde_json::json!({"aud": ["sts.amazonaws.com.evil"], "sub": "x"})),
+        unsigned_jwt(&serde_json::json!({"aud": ["pods.eks.amazonaws.com"], "sub": "x"})),
+        unsigned_jwt(&serde_json::json!({"aud": "https://kubernetes.default.svc", "sub": "x"})),
+        unsigned_jwt(&serde_json::json!({"aud": ["sts.amazonaws.com.evil"], "sub": "x"})),
         // No audience at all.
-        jwt(serde_json::json!({"sub": "x"})),
+        unsigned_jwt(&serde_json::json!({"sub": "x"})),
         // Not a JWT.
         "irsa-token".to_owned(),
         "a.b.c".to_owned(),
     ];
     for token in refused {
-        write_token(tmp.path(), &uid, "aws-iam-token", &token);
+        write_projected_token(tmp.path(), &uid, "aws-iam-token", &token);
         let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
         assert!(
             matches!(err, StsError::WebIdentityTokenInvalid { .. }),
@@ -77,8 +78,8 @@ async fn irsa_volume_token_must_be_for_sts() {
         serde_json::json!("sts.amazonaws.com"),
         serde_json::json!(["other", "sts.amazonaws.com"]),
     ] {
-        let token = jwt(serde_json::json!({"aud": aud, "sub": "x"}));
-        write_token(tmp.path(), &uid, "aws-iam-token", &token);
+        let token = unsigned_jwt(&serde_json::json!({"aud": aud, "sub": "x"}));
+        write_projected_token(tmp.path(), &uid, "aws-iam-token", &token);
         let t = read_web_identity_token(tmp.path(), &uid).await.unwrap();
         assert_eq!(t.expose(), token);
     }
@@ -95,7 +96,7 @@ async fn token_missing() {
     );
     assert!(!err.is_retryable());
     // Only the API-server token: still missing, never sent to STS.
-    write_token(
+    write_projected_token(
         tmp.path(),
         &uid,
         "kube-api-access-abcde",
@@ -106,16 +107,20 @@ async fn token_missing() {
         matches!(err, StsError::WebIdentityTokenMissing { .. }),
         "{err}"
     );
-    // Path traversal in a uid is refused.
-    let err = read_web_identity_token(tmp.path(), "../etc")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StsError::WebIdentityTokenMissing { .. }),
-        "{err}"
-    );
+    // Path traversal in a uid is refused: no `PodUid` holds one.
+    for traversal in [
+        "../etc",
+        "..",
+        "/etc",
+        "2c48913c-b29f-11e7-9350-020968147796/..",
+    ] {
+        assert!(
+            crate::model::PodUid::parse(traversal).is_err(),
+            "{traversal}"
+        );
+    }
     // Empty token.
-    write_token(tmp.path(), &uid, "aws-iam-token", "\n");
+    write_projected_token(tmp.path(), &uid, "aws-iam-token", "\n");
     let err = read_web_identity_token(tmp.path(), &uid).await.unwrap_err();
     assert!(
         matches!(err, StsError::WebIdentityTokenMissing { .. }),
