@@ -60,8 +60,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("taking the listening sockets over from the serving agent")]
-    Handover(#[source] handover::HandoverError),
     #[error("connecting to the Kubernetes API")]
     Kube(#[source] kubernetes::KubeError),
     #[error("EKS associations source")]
@@ -307,18 +305,34 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce)
         .then(|| kernel.clone() as Arc<dyn VerdictSink>);
 
+    // A taken-over agent starts serving once it is ready; the old agent serves
+    // until then (both would otherwise read the one event ring buffer, and this
+    // agent would answer before its sources synced).
+    let (ready_tx, ready) = watch::channel(false);
+    let start_when = |ready: &watch::Receiver<bool>| {
+        let mut ready = ready.clone();
+        let wait = taken_over.is_some();
+        async move {
+            if wait {
+                became_true(&mut ready).await;
+            }
+        }
+    };
     if let Some(reader) = events {
-        tasks.spawn(
-            "kernel events",
-            audit::run_kernel_events(reader, audit_log.clone()),
-        );
+        let start = start_when(&ready);
+        let log = audit_log.clone();
+        tasks.spawn("kernel events", async move {
+            start.await;
+            audit::run_kernel_events(reader, log).await
+        });
     }
     tasks.spawn(
         "cgroup rescan",
         rescan::run(resolver, cache.clone(), verdicts, cfg.rescan_interval),
     );
     if let Some(dir) = cfg.kernel.pin_dir.clone() {
-        // Be ready to hand these sockets to the next agent.
+        // Be ready to hand these sockets to the next agent, once this one is
+        // ready (an agent that took them over binds the name after confirming).
         let copies: Vec<std::net::TcpListener> = listeners
             .iter()
             .filter_map(|l| {
@@ -326,31 +340,28 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
                 Some(std::net::TcpListener::from(fd))
             })
             .collect();
-        let server = tokio::task::spawn_blocking(move || handover::HandoverServer::bind(&dir))
-            .await
-            .ok();
-        match server {
-            Some(Ok(server)) => tasks.spawn(
-                "handover",
-                server.run(kernel.clone(), copies, handed_over_tx),
-            ),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "no handover socket: the next agent will have to wait for this one to exit")
+        let (mut ready, kernel) = (ready.clone(), kernel.clone());
+        tasks.spawn("handover", async move {
+            became_true(&mut ready).await;
+            match tokio::task::spawn_blocking(move || handover::HandoverServer::bind(&dir)).await {
+                Ok(Ok(server)) => server.run(kernel, copies, handed_over_tx).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "no handover socket: the next agent will have to wait for this one to exit");
+                    std::future::pending().await
+                }
+                Err(_) => std::future::pending().await,
             }
-            None => {}
-        }
+        });
     }
     for l in listeners {
-        tasks.spawn(
-            "credentials listener",
-            listener::serve(l, kernel.clone(), service.clone(), cfg.connections),
-        );
+        let start = start_when(&ready);
+        let serve = listener::serve(l, kernel.clone(), service.clone(), cfg.connections);
+        tasks.spawn("credentials listener", async move {
+            start.await;
+            serve.await
+        });
     }
     let mut probe_tasks = Tasks::default();
-    if let Some(t) = taken_over {
-        // This agent accepts now: the one we took the sockets from stops.
-        let _ = tokio::task::spawn_blocking(move || t.confirm()).await;
-    }
     if let Some(addr) = cfg.probe_addr {
         let l = TcpListener::bind(addr)
             .await
@@ -369,7 +380,6 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
 
     // The readiness signal, once everything above serves: fires once when the
     // sources have synced; the startup-taint gate opens with it.
-    let (ready_tx, ready) = watch::channel(false);
     tokio::spawn(async move {
         while !is_ready() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -377,6 +387,10 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         tracing::info!("pod-identity-agent ready");
         let _ = gate_tx.send(true);
         let _ = ready_tx.send(true);
+        if let Some(t) = taken_over {
+            // This agent accepts now: the one we took the sockets from stops.
+            let _ = tokio::task::spawn_blocking(move || t.confirm()).await;
+        }
     });
 
     Ok(Agent {
@@ -409,16 +423,25 @@ async fn listen(
     if let Some(a6) = cfg.kernel.agent_addr6 {
         expected.push(SocketAddr::from((a6, cfg.kernel.agent_port)));
     }
+    // Fresh pins: no agent ran here before, nobody to take over from.
+    let Some(serving) = kernel.serving_handover_nonce() else {
+        return Ok((bind_or_fail_closed(kernel, cfg).await?, None));
+    };
     // Two agents may start at once: if the port is taken, the other one may be
     // about to offer it. Ask again for a few seconds before failing closed.
     for _ in 1..HANDOVER_ATTEMPTS {
         let (d, e, nonce) = (dir.clone(), expected.clone(), kernel.handover_nonce());
-        let taken = tokio::task::spawn_blocking(move || handover::take_over(&d, nonce, &e))
-            .await
-            .ok()
-            .transpose()
-            .map_err(AppError::Handover)?
-            .flatten();
+        let taken =
+            match tokio::task::spawn_blocking(move || handover::take_over(&d, nonce, serving, &e))
+                .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "handover failed; trying again");
+                    None
+                }
+                Err(_) => None,
+            };
         if let Some(mut t) = taken {
             let v6 = t
                 .listeners

@@ -402,7 +402,7 @@ fn a_second_agent_takes_over_without_refusing_a_pod() {
             .stdout(std::process::Stdio::piped());
         c.spawn().expect("spawn load")
     };
-    let first = load(&node, "1500");
+    let first = load(&node, "5000");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let cg2 = agent_cgroup(2);
     let agent2 = node.spawn_until(
@@ -413,12 +413,30 @@ fn a_second_agent_takes_over_without_refusing_a_pod() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let second = load(&node, "500");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    // The first agent goes away (its pod is deleted after the new one is ready).
+    // The old agent idles until it is terminated: it must not exit (the kubelet
+    // would restart it and it would take the sockets back).
+    assert!(
+        node.is_running(agent1),
+        "the old agent exited after handing over"
+    );
+
+    // And again: the agent that took over hands over in turn.
+    let cg3 = agent_cgroup(3);
+    let agent3 = node.spawn_until(
+        testnode::in_cgroup(cg3.path(), &agent_command(&node, &unlimited)),
+        "pod-identity-agent ready",
+        ready,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let third = load(&node, "500");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The older agents go away (their pods are deleted once the next is ready).
     node.kill(agent1);
+    node.kill(agent2);
 
     let mut total = 0;
-    let (first_pid, second_pid) = (first.id(), second.id());
-    for child in [first, second] {
+    let (first_pid, second_pid, third_pid) = (first.id(), second.id(), third.id());
+    for child in [first, second, third] {
         let out = child.wait_with_output().unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let rec: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -429,8 +447,7 @@ fn a_second_agent_takes_over_without_refusing_a_pod() {
             total += 1;
         }
     }
-    assert_eq!(total, 2000);
-    // The first load overlapped the handover: both agents answered it.
+    assert_eq!(total, 6000);
     let (log1, log2) = (node.output_of(agent1), node.output_of(agent2));
     assert!(
         log1.contains("handed to the next agent"),
@@ -440,15 +457,29 @@ fn a_second_agent_takes_over_without_refusing_a_pod() {
         log2.contains("took the listening sockets over"),
         "agent 2 did not take over:\n{log2}"
     );
+    // Each agent served while it held the sockets, and the old ones stopped.
     assert!(served_pids(&log1, 200).contains(&first_pid));
-    assert!(served_pids(&log2, 200).contains(&first_pid));
     assert!(served_pids(&log2, 200).contains(&second_pid));
+    let log3 = node.output_of(agent3);
+    assert!(
+        log2.contains("handed to the next agent") && !log2.contains("no handover socket"),
+        "agent 2 did not hand over:\n{log2}"
+    );
+    assert!(
+        log3.contains("took the listening sockets over"),
+        "agent 3 did not take over:\n{log3}"
+    );
+    assert!(served_pids(&log3, 200).contains(&third_pid));
     assert!(
         !served_pids(&log1, 200).contains(&second_pid),
         "the old agent kept accepting after the handover"
     );
+    assert!(
+        !served_pids(&log2, 200).contains(&third_pid),
+        "the second agent kept accepting after handing over"
+    );
     drop(node);
-    drop((cg1, cg2));
+    drop((cg1, cg2, cg3));
     drop(bpffs);
 }
 

@@ -3,12 +3,17 @@
 //! never turns the credential path off and no pod connection is refused.
 //!
 //! The serving agent listens on an abstract Unix socket named after its bpffs pin
-//! directory. A starting agent loads the programs (writing a random nonce into the
-//! pinned `CONFIG` map), connects, and sends that nonce; the serving agent checks it
-//! against the map (only a process that can use the agent's pins knows it) and
-//! passes its listening sockets over with `SCM_RIGHTS`. The accept queue is the
-//! same kernel object throughout, so nothing queued is lost; the old agent stops
-//! accepting, finishes what it accepted, and idles (not ready) until terminated.
+//! directory. A starting agent reads the serving agent's nonce from the pinned
+//! `CONFIG` map, then loads the programs (writing its own random nonce there),
+//! connects, and sends its nonce; the serving agent checks it against the map and
+//! answers with its listening sockets (`SCM_RIGHTS`, only TCP listeners are
+//! accepted) and its own nonce, which the new agent checks against the one it read.
+//! Both sides prove they can read the agent's pins, so a process that merely took
+//! the socket name gets nothing and gives nothing. The accept queue is the same
+//! kernel object throughout, so nothing queued is lost. The serving agent releases
+//! the name at once (the new one serves handovers next); it stops accepting when
+//! the new agent confirms, which it does once it is ready, and then idles (not
+//! ready) until terminated.
 //!
 //! Without a serving agent nothing answers, and the new agent binds the port
 //! itself, as on a first start.
@@ -72,6 +77,10 @@ pub enum HandoverError {
     },
     #[error("the serving agent refused the handover (nonce not accepted)")]
     Refused,
+    #[error("the peer on the handover socket is not the serving agent (wrong nonce)")]
+    NotTheAgent,
+    #[error("the serving agent passed something that is not a listening TCP socket")]
+    NotAListener,
     #[error("the serving agent passed a socket on {found}, not one of {expected:?}")]
     WrongSocket {
         found: String,
@@ -92,11 +101,13 @@ fn io_err(name: &str) -> impl FnOnce(std::io::Error) -> HandoverError + '_ {
 }
 
 /// Ask a serving agent for its listening sockets. `Ok(None)`: no agent is serving.
-/// `nonce` is the one this agent wrote into the pinned config map; `expected` are
-/// the addresses this agent would bind (a socket on any other is refused).
+/// `nonce` is the one this agent wrote into the pinned config map, `serving_nonce`
+/// the one it found there before (the serving agent's); `expected` are the
+/// addresses this agent would bind (a socket on any other is refused).
 pub fn take_over(
     pin_dir: &Path,
     nonce: u64,
+    serving_nonce: u64,
     expected: &[SocketAddr],
 ) -> Result<Option<TakenOver>, HandoverError> {
     let name = socket_name(pin_dir);
@@ -116,12 +127,12 @@ pub fn take_over(
         .write_all(&nonce.to_le_bytes())
         .map_err(io_err(&name))?;
 
-    let mut byte = [0u8; 1];
+    let mut answer = [0u8; 9];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = recvmsg(
         stream.as_fd(),
-        &mut [IoSliceMut::new(&mut byte)],
+        &mut [IoSliceMut::new(&mut answer)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )
@@ -132,11 +143,22 @@ pub fn take_over(
             fds.extend(rights);
         }
     }
-    if got.bytes != 1 || byte[0] != b'H' || fds.is_empty() {
+    if got.bytes != answer.len() || answer[0] != b'H' || fds.is_empty() {
         return Err(HandoverError::Refused);
+    }
+    let mut theirs = [0u8; 8];
+    theirs.copy_from_slice(&answer[1..]);
+    if u64::from_le_bytes(theirs) != serving_nonce {
+        return Err(HandoverError::NotTheAgent);
     }
     let mut listeners = Vec::new();
     for fd in fds {
+        let listening = rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false);
+        let stream_type = rustix::net::sockopt::socket_type(&fd)
+            .is_ok_and(|t| t == rustix::net::SocketType::STREAM);
+        if !(listening && stream_type) {
+            return Err(HandoverError::NotAListener);
+        }
         let l = std::net::TcpListener::from(fd);
         let found = l.local_addr().map_err(io_err(&name))?;
         if !expected.contains(&found) {
@@ -180,7 +202,9 @@ impl HandoverServer {
     }
 
     /// Serve handover requests until one succeeds; then `handed_over` becomes true,
-    /// and this agent's copies of the sockets and the name are released.
+    /// and this agent's copies of the sockets are released. The name is released
+    /// as soon as the sockets are sent, so the new agent can take it; the task
+    /// then never ends (ending would read as a stopped task).
     pub async fn run(
         self,
         kernel: Arc<Kernel>,
@@ -196,12 +220,16 @@ impl HandoverServer {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(socket = %name, error = %e, "handover socket unusable");
-                return;
+                return std::future::pending().await;
             }
         };
         let listeners = Arc::new(listeners);
+        let mut unix = Some(unix);
         loop {
-            let stream = match unix.accept().await {
+            let Some(server) = unix.as_ref() else {
+                return std::future::pending().await;
+            };
+            let stream = match server.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!(socket = %name, error = %e, "handover accept failed");
@@ -209,45 +237,78 @@ impl HandoverServer {
                     continue;
                 }
             };
-            let (listeners, kernel) = (listeners.clone(), kernel.clone());
+            let (l, k) = (listeners.clone(), kernel.clone());
             // Bounded: every read and write has a timeout.
-            let r = tokio::task::spawn_blocking(move || {
+            let sent = tokio::task::spawn_blocking(move || {
                 let stream = stream.into_std()?;
                 stream.set_nonblocking(false)?;
-                serve_one(stream, &listeners, &kernel)
+                send_sockets(stream, &l, &k)
             })
             .await;
-            match r {
-                Ok(Ok(true)) => {
-                    tracing::info!(socket = %name, "listening sockets handed to the next agent");
-                    let _ = handed_over.send(true);
-                    return;
+            let stream = match sent {
+                Ok(Ok(Some(stream))) => stream,
+                Ok(Ok(None)) => {
+                    tracing::warn!(socket = %name, "handover refused: wrong nonce");
+                    continue;
                 }
-                Ok(Ok(false)) => tracing::warn!(socket = %name, "handover refused: wrong nonce"),
-                Ok(Err(e)) => tracing::warn!(socket = %name, error = %e, "handover request failed"),
-                Err(e) => tracing::error!(socket = %name, error = %e, "handover task failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(socket = %name, error = %e, "handover request failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(socket = %name, error = %e, "handover task failed");
+                    continue;
+                }
+            };
+            // The new agent serves handovers from now on: free the name for it.
+            drop(unix.take());
+            let confirmed = tokio::task::spawn_blocking(move || wait_confirmed(stream))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false);
+            if confirmed {
+                tracing::info!(socket = %name, "listening sockets handed to the next agent");
+                let _ = handed_over.send(true);
+                drop(listeners);
+                return std::future::pending().await;
             }
+            // The new agent went away before serving: keep serving, and offer the
+            // sockets again if the name is still free.
+            tracing::warn!(socket = %name, "the next agent did not confirm the handover; still serving");
+            let pin_name = name.clone();
+            unix = tokio::task::spawn_blocking(move || {
+                UnixAddr::from_abstract_name(pin_name.as_bytes())
+                    .and_then(|a| UnixListener::bind_addr(&a))
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        tokio::net::UnixListener::from_std(l)
+                    })
+            })
+            .await
+            .ok()
+            .and_then(Result::ok);
         }
     }
 }
 
-/// One request: `Ok(true)` when the sockets went over and the peer confirmed.
-fn serve_one(
+/// One request: the sockets and this agent's nonce when the peer knows the nonce
+/// now in the pinned map (and is not us); `None` otherwise.
+fn send_sockets(
     mut stream: UnixStream,
     listeners: &[std::net::TcpListener],
     kernel: &Kernel,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Option<UnixStream>> {
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
     let mut nonce = [0u8; 8];
     stream.read_exact(&mut nonce)?;
     let nonce = u64::from_le_bytes(nonce);
-    // The peer must know the nonce now in the pinned map, and not be us.
     let current = kernel
         .current_handover_nonce()
         .map_err(std::io::Error::other)?;
     if nonce != current || nonce == kernel.handover_nonce() {
-        return Ok(false);
+        return Ok(None);
     }
     let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
@@ -255,13 +316,20 @@ fn serve_one(
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(std::io::Error::other("too many listeners for the handover"));
     }
+    let mut answer = [0u8; 9];
+    answer[0] = b'H';
+    answer[1..].copy_from_slice(&kernel.handover_nonce().to_le_bytes());
     sendmsg(
         stream.as_fd(),
-        &[IoSlice::new(b"H")],
+        &[IoSlice::new(&answer)],
         &mut control,
         SendFlags::empty(),
     )?;
-    // Both accept on the sockets until the new agent confirms it is serving.
+    Ok(Some(stream))
+}
+
+/// Both accept on the sockets until the new agent confirms it is serving.
+fn wait_confirmed(mut stream: UnixStream) -> std::io::Result<bool> {
     stream.set_read_timeout(Some(CONFIRM_TIMEOUT))?;
     let mut ack = [0u8; 1];
     stream.read_exact(&mut ack)?;

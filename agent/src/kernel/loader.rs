@@ -166,6 +166,8 @@ pub struct Kernel {
     own_cgroup: u64,
     /// This agent's handover nonce (see [`agent_ebpf::Config::handover_nonce`]).
     nonce: u64,
+    /// The nonce found in a re-adopted config map: the serving agent's, if any.
+    serving_nonce: Option<u64>,
     _pinned: Vec<PinnedLink>,
 }
 
@@ -201,6 +203,12 @@ impl Kernel {
                 cgroup_id: own_cgroup,
             }));
         }
+        // A re-adopted map holds the serving agent's nonce: the handover checks it.
+        let serving_nonce = config
+            .get(&0, 0)
+            .ok()
+            .map(|PodKConfig(k)| k.handover_nonce)
+            .filter(|n| *n != 0);
         config
             .set(0, PodKConfig(kernel_config(cfg, own_cgroup, nonce)), 0)
             .map_err(map_err(maps::CONFIG))?;
@@ -237,6 +245,7 @@ impl Kernel {
             pin_dir: cfg.pin_dir.clone(),
             own_cgroup,
             nonce,
+            serving_nonce,
             _pinned: Vec::new(),
         })
     }
@@ -388,6 +397,12 @@ impl Kernel {
     /// This agent's handover nonce.
     pub fn handover_nonce(&self) -> u64 {
         self.nonce
+    }
+
+    /// The nonce of the agent that loaded before this one, from the re-adopted
+    /// config map (`None`: fresh pins, no agent to take over from).
+    pub fn serving_handover_nonce(&self) -> Option<u64> {
+        self.serving_nonce
     }
 
     /// Events lost because the ring buffer was full, summed over CPUs.

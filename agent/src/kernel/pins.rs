@@ -83,7 +83,8 @@ pub fn incompatibility(want: &Spec, found: &Found) -> Option<String> {
 /// Remove pinned maps whose layout does not match `specs`, so the loader creates
 /// fresh ones instead of re-adopting them (aya reuses any pinned map by name:
 /// an upgrade that changed a record would otherwise read and write mismatched
-/// bytes). Returns the names of the maps replaced.
+/// bytes), and then the pinned links of the programs that used them. Returns the
+/// names of the maps replaced.
 pub(super) fn drop_incompatible_maps(dir: &Path, specs: &[Spec]) -> Vec<&'static str> {
     let mut replaced = Vec::new();
     for spec in specs {
@@ -107,6 +108,17 @@ pub(super) fn drop_incompatible_maps(dir: &Path, specs: &[Spec]) -> Vec<&'static
             tracing::warn!(map = spec.name, path = %path.display(), %problem, "pinned map does not fit this build; replacing it");
             let _ = std::fs::remove_file(&path);
             replaced.push(spec.name);
+        }
+    }
+    if !replaced.is_empty() {
+        // The pinned programs use the old maps (their bind guard would still name
+        // the previous agent, and refuse this one): detach them. Until this agent
+        // attaches, credential connects are not redirected; a link a live agent
+        // still holds stays attached until that agent exits.
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("link_") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
     replaced
