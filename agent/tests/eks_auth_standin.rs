@@ -19,7 +19,6 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use pod_identity_agent::credentials::eks_auth::{
     EksAuthClient, EksAuthError, EksAuthSettings, ErrorKind, Fault, TokenError,
 };
-use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::http::refusal::eks_auth_status;
 use pod_identity_agent::model::PodInfo;
 use pod_identity_agent::testing;
@@ -27,7 +26,7 @@ use serde_json::{json, Value};
 use support::eks_auth_api::{
     self, EksAuthApi, Failure, PodTokenClaims, TokenIssuer, ACCOUNT, AUDIENCE, CLUSTER, REGION,
 };
-use support::moto::Moto;
+use support::moto::{caller_arn, Moto};
 use support::UIDS;
 
 /// One test's world: moto, the cluster's token signer, the EKS Auth stand-in and
@@ -120,28 +119,6 @@ fn pod(name: &str, sa: &str, uid: &str) -> PodInfo {
 
 fn s3_pod() -> PodInfo {
     pod("s3-pod-7d4b9c8f6-x2x9z", "s3-sa", UIDS[0])
-}
-
-/// What STS says the credentials are (the check a pod's client would do).
-async fn caller_arn(moto: &Moto, creds: &Credentials) -> String {
-    let conf = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(moto.url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            creds.access_key_id.clone(),
-            creds.secret_access_key.expose().to_owned(),
-            Some(creds.session_token.expose().to_owned()),
-            Some(creds.expiration),
-            "served",
-        ))
-        .build();
-    let out = aws_sdk_sts::Client::from_conf(conf)
-        .get_caller_identity()
-        .send()
-        .await
-        .expect("GetCallerIdentity with the served credentials");
-    out.arn().expect("caller ARN").to_owned()
 }
 
 /// `err` is EKS Auth's `kind`, passed through with its status and request id in

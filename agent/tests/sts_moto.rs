@@ -24,7 +24,7 @@ use pod_identity_agent::credentials::types::Credentials;
 use pod_identity_agent::http::Refusal;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
 use pod_identity_agent::testing::{self, write_projected_token};
-use support::moto::Moto;
+use support::moto::{caller_arn, Moto};
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";
@@ -72,28 +72,6 @@ fn assoc(role: &str) -> Association {
         source: Source::File,
         ..testing::association("team-a", "web", role)
     }
-}
-
-/// What STS says the served credentials are (the check a pod's client would do).
-async fn caller_arn(moto: &Moto, creds: &Credentials) -> String {
-    let conf = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(moto.url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            creds.access_key_id.clone(),
-            creds.secret_access_key.expose().to_owned(),
-            Some(creds.session_token.expose().to_owned()),
-            Some(creds.expiration),
-            "served",
-        ))
-        .build();
-    let out = aws_sdk_sts::Client::from_conf(conf)
-        .get_caller_identity()
-        .send()
-        .await
-        .expect("GetCallerIdentity with the served credentials");
-    out.arn().expect("caller ARN").to_owned()
 }
 
 /// The session-name part of an assumed-role ARN.

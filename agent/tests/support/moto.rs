@@ -106,3 +106,30 @@ fn http_answers(port: u16) -> bool {
     let mut buf = [0u8; 12];
     matches!(s.read(&mut buf), Ok(n) if n >= 5 && buf.starts_with(b"HTTP/"))
 }
+
+/// What moto's STS says the served credentials are (`GetCallerIdentity`, the check
+/// a pod's client would do).
+pub async fn caller_arn(
+    moto: &Moto,
+    creds: &pod_identity_agent::credentials::Credentials,
+) -> String {
+    use aws_config::{BehaviorVersion, Region};
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto.url())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            creds.access_key_id.clone(),
+            creds.secret_access_key.expose().to_owned(),
+            Some(creds.session_token.expose().to_owned()),
+            Some(creds.expiration),
+            "served",
+        ))
+        .build();
+    let out = aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity with the served credentials");
+    out.arn().expect("caller ARN").to_owned()
+}
