@@ -44,12 +44,9 @@ pub struct TokenClaims {
     pub nbf: Option<u64>,
 }
 
-/// Decode (without verifying) the payload of a Kubernetes service account JWT.
-pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(TokenError::Empty);
-    }
+/// The payload of a JWT (`header.payload.signature`, base64url without padding),
+/// parsed but not verified: the signature is the upstream's to check.
+pub fn jwt_payload(token: &str) -> Result<serde_json::Value, TokenError> {
     let mut parts = token.split('.');
     let (Some(_h), Some(p), Some(_s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -72,8 +69,26 @@ pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
     }
     let bytes = aws_smithy_types::base64::decode(&std_b64)
         .map_err(|_| TokenError::Unparseable("payload is not base64url"))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| TokenError::Unparseable("payload is not JSON"))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Unparseable("payload is not JSON"))
+}
+
+/// Whether a JWT's `aud` (a string or an array of strings, RFC 7519 4.1.3) names
+/// `wanted`.
+pub fn names_audience(aud: &serde_json::Value, wanted: &str) -> bool {
+    match aud {
+        serde_json::Value::String(s) => s == wanted,
+        serde_json::Value::Array(items) => items.iter().any(|a| a.as_str() == Some(wanted)),
+        _ => false,
+    }
+}
+
+/// Decode (without verifying) the payload of a Kubernetes service account JWT.
+pub fn decode(token: &str) -> Result<TokenClaims, TokenError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    let v = jwt_payload(token)?;
     let k8s = &v["kubernetes.io"];
     let s = |x: &serde_json::Value| x.as_str().map(str::to_owned);
     Ok(TokenClaims {

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::credentials::types::Secret;
 pub use crate::http::token::TokenError;
+use crate::http::token::{jwt_payload, names_audience};
 
 /// The audience of the tokens the EKS Pod Identity webhook projects, and the only
 /// one EKS Auth accepts.
@@ -62,7 +63,7 @@ pub fn check_pod_token(
     let raw = token.map(str::trim).unwrap_or_default();
     crate::http::token::cross_check(Some(raw), kernel_pod_uid, now)?;
     // cross_check decoded the payload already; this only fails if it changes.
-    let claims = payload(raw).ok_or(TokenError::Unparseable("payload is not JSON"))?;
+    let claims = jwt_payload(raw)?;
     if !names_audience(&claims["aud"], AUDIENCE) {
         return Err(TokenError::Claims("token has invalid audience"));
     }
@@ -90,33 +91,6 @@ pub fn check_pod_token(
             .as_u64()
             .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
     })
-}
-
-/// `aud` is a string or an array of strings (RFC 7519, 4.1.3).
-fn names_audience(aud: &serde_json::Value, wanted: &str) -> bool {
-    match aud {
-        serde_json::Value::String(s) => s == wanted,
-        serde_json::Value::Array(items) => items.iter().any(|a| a.as_str() == Some(wanted)),
-        _ => false,
-    }
-}
-
-/// The JSON payload of a JWT (base64url without padding), unverified.
-fn payload(token: &str) -> Option<serde_json::Value> {
-    let p = token.split('.').nth(1)?;
-    let mut std_b64: String = p
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !std_b64.len().is_multiple_of(4) {
-        std_b64.push('=');
-    }
-    let bytes = aws_smithy_types::base64::decode(&std_b64).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

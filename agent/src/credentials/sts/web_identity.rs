@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::StsError;
 use crate::credentials::types::Secret;
+use crate::http::token::{jwt_payload, names_audience, TokenError};
 use crate::model::PodUid;
 
 /// The projected volume the EKS IRSA webhook adds to the pod: the only one read.
@@ -54,34 +55,11 @@ pub async fn read_web_identity_token(
 
 /// Whether the JWT's `aud` (a string or a list) contains [`IRSA_AUDIENCE`].
 fn check_audience(token: &str) -> Result<(), &'static str> {
-    let mut parts = token.split('.');
-    let (Some(_header), Some(payload), Some(_signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("not a JWT (want header.payload.signature)");
-    };
-    // base64url without padding → standard alphabet with padding.
-    let mut b64: String = payload
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !b64.len().is_multiple_of(4) {
-        b64.push('=');
-    }
-    let bytes =
-        aws_smithy_types::base64::decode(&b64).map_err(|_| "JWT payload is not base64url")?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| "JWT payload is not JSON")?;
-    let for_sts = match &claims["aud"] {
-        serde_json::Value::String(aud) => aud == IRSA_AUDIENCE,
-        serde_json::Value::Array(auds) => auds.iter().any(|a| a == IRSA_AUDIENCE),
-        _ => false,
-    };
-    if for_sts {
+    let claims = jwt_payload(token).map_err(|e| match e {
+        TokenError::Unparseable(why) => why,
+        _ => "not a JWT",
+    })?;
+    if names_audience(&claims["aud"], IRSA_AUDIENCE) {
         Ok(())
     } else {
         Err("its audience (aud) is not sts.amazonaws.com")
