@@ -12,8 +12,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use crate::{
     attribution::{cgroup::CgroupIndex, rescan, Resolver},
     audit::{self, AuditLog, TracingSink},
-    config::{Config, EnforceMode},
-    credentials::{CredentialCache, StsFetcher},
+    config::{Config, EnforceMode, UpstreamConfig},
+    credentials::{CredentialCache, EksAuthClient, StsFetcher, Upstream},
     http::{handover, listener, probes, Service, ServiceSettings},
     kernel::{Kernel, KernelError, VerdictSink},
     metrics,
@@ -50,6 +50,12 @@ pub enum AppError {
     },
     #[error("binding {addr} (credential connects now fail with EPERM)")]
     Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the metrics listener {addr}")]
+    BindMetrics {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -279,8 +285,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     }
     let is_ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_checks.iter().all(|c| c()));
-    let fetcher = StsFetcher::new(cfg.sts.clone()).await;
-    let cache = CredentialCache::new(fetcher, cfg.cache.clone());
+    let cache = CredentialCache::new(upstream(&cfg).await, cfg.cache.clone());
     let resolver = Resolver {
         index: Arc::new(CgroupIndex::new(
             cfg.cgroup_index_root.clone(),
@@ -326,9 +331,14 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
             audit::run_kernel_events(reader, log).await
         });
     }
+    let rescan_settings = rescan::RescanSettings {
+        interval: cfg.rescan_interval,
+        eks_auth: cfg.upstream.is_eks_auth(),
+        prefetch_tokens_dir: cfg.prefetch_tokens_dir.clone(),
+    };
     tasks.spawn(
         "cgroup rescan",
-        rescan::run(resolver, cache.clone(), verdicts, cfg.rescan_interval),
+        rescan::run(resolver, cache.clone(), verdicts, rescan_settings),
     );
     if let Some(dir) = cfg.kernel.pin_dir.clone() {
         // Be ready to hand these sockets to the next agent, once this one is
@@ -362,19 +372,29 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         });
     }
     let mut probe_tasks = Tasks::default();
+    let render = metrics::Renderer {
+        requests: request_metrics,
+        cache: cache.clone(),
+        kernel: kernel.clone(),
+        audit: audit_log.clone(),
+    };
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || render.render());
     if let Some(addr) = cfg.probe_addr {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::BindProbes { addr, source })?;
-        let render = metrics::Renderer {
-            requests: request_metrics,
-            cache: cache.clone(),
-            kernel: kernel.clone(),
-            audit: audit_log.clone(),
-        };
         probe_tasks.spawn(
             "probe listener",
-            probes::serve_probes(l, is_ready.clone(), Arc::new(move || render.render())),
+            probes::serve_probes(l, is_ready.clone(), render.clone()),
+        );
+    }
+    if let Some(addr) = cfg.metrics_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::BindMetrics { addr, source })?;
+        probe_tasks.spawn(
+            "metrics listener",
+            probes::serve_probes(l, is_ready.clone(), render),
         );
     }
 
@@ -401,6 +421,34 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         kernel,
         listen,
     })
+}
+
+/// The upstream `cfg` asks for, signing with the agent's own AWS identity.
+///
+/// With EKS Auth that identity is the node role (IMDS) unless the environment
+/// gives another: all it needs is `eks-auth:AssumeRoleForPodIdentity`, which is
+/// useless without a pod's token, so the node role is safe to use. With STS the
+/// node role would have to be trusted by every pod role: refused unless
+/// `--allow-node-role`.
+async fn upstream(cfg: &Config) -> Upstream {
+    match &cfg.upstream {
+        UpstreamConfig::Sts => Upstream::Sts(StsFetcher::new(cfg.sts.clone()).await),
+        UpstreamConfig::EksAuth(settings) => {
+            let mut own = cfg.sts.clone();
+            own.allow_node_role = true;
+            if own.region.is_empty() {
+                own.region = settings.region.clone();
+            }
+            let sdk = crate::credentials::sts::agent_sdk_config_quiet(&own).await;
+            tracing::info!(
+                cluster = %settings.cluster_name,
+                endpoint = settings.endpoint_url.as_deref().unwrap_or("(regional)"),
+                "credentials from EKS Auth with each pod's own token; the agent's \
+                 identity (the node role on EKS) needs only eks-auth:AssumeRoleForPodIdentity"
+            );
+            Upstream::EksAuth(EksAuthClient::with_sdk_config(settings.clone(), &sdk))
+        }
+    }
 }
 
 /// The agent's listening sockets: taken over from a serving agent when there is

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     attribution::cgroup,
     audit,
-    config::{self, AuditSettings, Config, EnforceMode},
+    config::{self, AuditSettings, Config, EnforceMode, UpstreamConfig},
+    credentials::eks_auth::EksAuthSettings,
     http::ratelimit::Limits,
     sources::{eks::EksSettings, kubernetes},
 };
@@ -53,6 +54,62 @@ pub enum CliError {
     Cgroup(#[source] cgroup::CgroupError),
     #[error("--kube needs --node-name (or NODE_NAME)")]
     KubeWithoutNodeName,
+    #[error("--upstream eks-auth needs --cluster-name (the EKS cluster this node belongs to)")]
+    EksAuthWithoutClusterName,
+    #[error(
+        "{flag}: with --upstream eks-auth, EKS Auth finds each pod's association; \
+         pass --upstream sts to use associations of your own"
+    )]
+    AssociationsWithEksAuth { flag: &'static str },
+}
+
+/// Where pods' credentials come from (`--upstream`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// EKS Auth AssumeRoleForPodIdentity with the pod's own token (EKS clusters).
+    #[default]
+    EksAuth,
+    /// sts:AssumeRole by the agent, with associations from --associations-file,
+    /// the CRD (--kube) or the EKS API (--eks-associations).
+    Sts,
+}
+
+/// A duration as Go writes it (the stock agent's flags): `3h`, `90m`, `1h30m`,
+/// `45s`, `500ms`; `0` alone is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("invalid duration {text:?}: use Go's form, e.g. 3h, 90m, 1h30m, 45s");
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+    }
+    Ok(total)
 }
 
 /// Flags of the agent itself (no subcommand).
@@ -90,9 +147,23 @@ pub struct RunArgs {
     /// audit: record only; enforce: the kernel refuses callers without an association.
     #[arg(long, value_enum, default_value_t = EnforceMode::Audit, env = "POD_IDENTITY_MODE")]
     pub mode: EnforceMode,
-    /// Cluster name (session names, the eks-cluster-name session tag).
+    /// Where pods' credentials come from: eks-auth (EKS: the pod's own token, no
+    /// IAM change, no local associations) or sts (elsewhere: the agent assumes the
+    /// roles of its own associations).
+    #[arg(long, value_enum, env = "POD_IDENTITY_UPSTREAM", default_value_t = UpstreamKind::EksAuth)]
+    pub upstream: UpstreamKind,
+    /// Cluster name: EKS Auth's cluster (required with --upstream eks-auth); with
+    /// sts, in session names and the eks-cluster-name session tag.
     #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME", default_value = "")]
     pub cluster_name: String,
+    /// EKS Auth endpoint override (a VPC endpoint; a stand-in in tests), as the
+    /// stock agent's --endpoint.
+    #[arg(long, env = "POD_IDENTITY_EKS_AUTH_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Background calls (refresh ahead, prefetch) per second to the upstream, as
+    /// the stock agent's flag; requests waiting for credentials are not limited.
+    #[arg(long, default_value_t = 3.0)]
+    pub max_service_qps: f64,
     /// Cluster ARN (the eks-cluster-arn session tag).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ARN")]
     pub cluster_arn: Option<String>,
@@ -116,9 +187,11 @@ pub struct RunArgs {
     /// role instead (IRSA on its service account; see docs/deploy.md).
     #[arg(long)]
     pub allow_node_role: bool,
-    /// The kubelet's pods directory (IRSA tokens are read from it).
-    #[arg(long, default_value = "/var/lib/kubelet/pods")]
-    pub kubelet_pods_dir: PathBuf,
+    /// The kubelet's pods directory (read-only). sts: IRSA tokens are read from it
+    /// [default: /var/lib/kubelet/pods]. eks-auth: when set, a pod's
+    /// eks-pod-identity-token is read from it when its cgroup appears, to prefetch.
+    #[arg(long)]
+    pub kubelet_pods_dir: Option<PathBuf>,
     /// Refuse requests whose Authorization token names another pod than the kernel.
     #[arg(long)]
     pub token_cross_check: bool,
@@ -150,10 +223,10 @@ pub struct RunArgs {
     /// Most cached credential sets (pods × associations), as the stock agent's flag.
     #[arg(long, default_value_t = 2000)]
     pub max_cache_size: usize,
-    /// Renew cached credentials at most after this many seconds, whatever their
-    /// expiry (the stock agent's --max-credential-retention-before-renewal, 3 h).
-    #[arg(long, default_value_t = 3 * 3600)]
-    pub max_credential_retention_secs: u64,
+    /// Renew cached credentials after this long, whatever their expiry, as the
+    /// stock agent's flag (Go duration: 3h, 90m, 1h30m).
+    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    pub max_credential_retention_before_renewal: Duration,
     /// Requests per second each caller (cgroup) may make; 0 disables the limit.
     #[arg(long, default_value_t = 200.0)]
     pub max_rps_per_caller: f64,
@@ -161,8 +234,19 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 400.0)]
     pub burst_per_caller: f64,
     /// Serve /healthz and /readyz here (keep it on localhost).
-    #[arg(long, env = "POD_IDENTITY_PROBE_ADDR")]
+    #[arg(long, env = "POD_IDENTITY_PROBE_ADDR", conflicts_with = "probe_port")]
     pub probe_addr: Option<SocketAddr>,
+    /// Serve /healthz and /readyz on localhost at this port, as the stock agent's
+    /// flag (its default is 2703).
+    #[arg(long)]
+    pub probe_port: Option<u16>,
+    /// Address for /metrics, as the stock agent's flag (with --metrics-port).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub metrics_address: std::net::IpAddr,
+    /// Serve Prometheus /metrics on --metrics-address at this port, as the stock
+    /// agent's flag (its default is 2705); /metrics is on the probe port too.
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
     /// Audit log: a file path, or `-` for stdout.
     #[arg(long, env = "POD_IDENTITY_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
@@ -233,9 +317,16 @@ impl RunArgs {
         cfg.token_cross_check = self.token_cross_check;
         cfg.pods_file = self.pods_file.clone();
         cfg.associations_file = self.associations_file.clone();
-        cfg.probe_addr = self.probe_addr;
+        cfg.probe_addr = self.probe_addr.or_else(|| {
+            self.probe_port
+                .map(|p| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, p)))
+        });
+        cfg.metrics_addr = self
+            .metrics_port
+            .map(|p| SocketAddr::new(self.metrics_address, p));
         cfg.cache.max_entries = self.max_cache_size;
-        cfg.cache.max_retention = Duration::from_secs(self.max_credential_retention_secs);
+        cfg.cache.max_retention = self.max_credential_retention_before_renewal;
+        cfg.cache.max_service_qps = self.max_service_qps;
         cfg.limits = Limits {
             rate: self.max_rps_per_caller,
             burst: self.burst_per_caller,
@@ -244,7 +335,9 @@ impl RunArgs {
         cfg.sts.cluster_arn = self.cluster_arn.clone();
         cfg.sts.endpoint_url = self.sts_endpoint.clone();
         cfg.sts.region = self.region.clone();
-        cfg.sts.web_identity_token_dir = self.kubelet_pods_dir.clone();
+        if let Some(dir) = &self.kubelet_pods_dir {
+            cfg.sts.web_identity_token_dir = dir.clone();
+        }
         cfg.sts.allow_node_role = self.allow_node_role;
         cfg.cgroup_prefix = self.cgroup_prefix.clone();
         cfg.audit = AuditSettings {
@@ -259,13 +352,40 @@ impl RunArgs {
             },
             join_window: Duration::from_millis(self.audit_join_window_ms),
         };
+        match self.upstream {
+            UpstreamKind::Sts => cfg.upstream = UpstreamConfig::Sts,
+            UpstreamKind::EksAuth => {
+                if self.cluster_name.is_empty() {
+                    return Err(CliError::EksAuthWithoutClusterName);
+                }
+                if self.associations_file.is_some() {
+                    return Err(CliError::AssociationsWithEksAuth {
+                        flag: "--associations-file",
+                    });
+                }
+                if self.eks_associations {
+                    return Err(CliError::AssociationsWithEksAuth {
+                        flag: "--eks-associations",
+                    });
+                }
+                cfg.upstream = UpstreamConfig::EksAuth(EksAuthSettings {
+                    endpoint_url: self.endpoint.clone(),
+                    region: self.region.clone(),
+                    cluster_name: self.cluster_name.clone(),
+                    node_name: self.node_name.clone(),
+                    ..EksAuthSettings::default()
+                });
+                cfg.prefetch_tokens_dir = self.kubelet_pods_dir.clone();
+            }
+        }
         if self.kube {
             let node = self
                 .node_name
                 .clone()
                 .ok_or(CliError::KubeWithoutNodeName)?;
             let mut ks = kubernetes::KubeSettings::new(node);
-            ks.crd = !self.no_crd;
+            // EKS Auth finds associations itself: the CRD would be unused.
+            ks.crd = !self.no_crd && self.upstream == UpstreamKind::Sts;
             ks.startup_taint = self.startup_taint.clone();
             if let Some(k) = &self.kubeconfig {
                 ks.access = kubernetes::ClusterAccess::Kubeconfig(k.clone());
@@ -296,6 +416,8 @@ mod tests {
             "10.0.0.1",
             "--cgroup",
             "/",
+            "--cluster-name",
+            "c",
         ];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).unwrap().run.unwrap()
@@ -314,5 +436,91 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("--allow-node-role"), "{help}");
         assert!(help.contains("IMDS"), "{help}");
+    }
+
+    #[test]
+    fn eks_auth_is_the_default_and_needs_a_cluster_name() {
+        let cfg = run_args(&["--endpoint", "http://127.0.0.1:1"])
+            .to_config()
+            .unwrap();
+        let UpstreamConfig::EksAuth(eks) = &cfg.upstream else {
+            panic!("default upstream: {:?}", cfg.upstream);
+        };
+        assert_eq!(eks.cluster_name, "c");
+        assert_eq!(eks.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(cfg.prefetch_tokens_dir, None);
+        let no_name = Cli::try_parse_from([
+            "pod-identity-agent",
+            "--agent-addr4",
+            "10.0.0.1",
+            "--cgroup",
+            "/",
+        ])
+        .unwrap()
+        .run
+        .unwrap();
+        let err = no_name.to_config().unwrap_err();
+        assert!(err.to_string().contains("--cluster-name"), "{err}");
+        let err = run_args(&["--associations-file", "a.json"])
+            .to_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("--upstream sts"), "{err}");
+        let cfg = run_args(&["--upstream", "sts", "--associations-file", "a.json"])
+            .to_config()
+            .unwrap();
+        assert!(!cfg.upstream.is_eks_auth());
+    }
+
+    #[test]
+    fn stock_agent_flags() {
+        let cfg = run_args(&[
+            "--probe-port",
+            "2703",
+            "--metrics-port",
+            "2705",
+            "--max-service-qps",
+            "5",
+            "--max-credential-retention-before-renewal",
+            "1h30m",
+            "--kubelet-pods-dir",
+            "/var/lib/kubelet/pods",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!(cfg.probe_addr, Some("127.0.0.1:2703".parse().unwrap()));
+        assert_eq!(cfg.metrics_addr, Some("0.0.0.0:2705".parse().unwrap()));
+        assert_eq!(cfg.cache.max_service_qps, 5.0);
+        assert_eq!(cfg.cache.max_retention, Duration::from_secs(5400));
+        assert_eq!(
+            cfg.prefetch_tokens_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/kubelet/pods"))
+        );
+        let defaults = run_args(&[]).to_config().unwrap();
+        assert_eq!(defaults.cache.max_retention, Duration::from_secs(3 * 3600));
+        assert_eq!(defaults.cache.max_service_qps, 3.0);
+        assert_eq!(defaults.metrics_addr, None);
+    }
+
+    #[test]
+    fn go_durations() {
+        for (text, secs) in [
+            ("3h", 10800.0),
+            ("90m", 5400.0),
+            ("1h30m", 5400.0),
+            ("45s", 45.0),
+            ("500ms", 0.5),
+            ("0", 0.0),
+            ("1.5h", 5400.0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs_f64(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["", "3", "h", "3d", "-1h", "1h-", "ms"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("Go's form"), "{bad}: {err}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     audit::Target,
-    credentials::{cache::CacheSettings, sts::StsSettings},
+    credentials::{cache::CacheSettings, eks_auth::EksAuthSettings, sts::StsSettings},
     http::{conn_limit::ConnectionLimits, ratelimit::Limits},
     sources::{eks::EksSettings, kubernetes::KubeSettings},
 };
@@ -57,6 +57,24 @@ pub struct KernelConfig {
     pub pin_dir: Option<PathBuf>,
 }
 
+/// Where pods' credentials come from.
+#[derive(Clone, Debug)]
+pub enum UpstreamConfig {
+    /// The agent assumes each association's role with STS (clusters outside EKS):
+    /// associations come from the file, the CRD or the EKS API.
+    Sts,
+    /// EKS Auth `AssumeRoleForPodIdentity` with the pod's own token (EKS): no
+    /// local associations, no pod directory, no Kubernetes API needed.
+    EksAuth(EksAuthSettings),
+}
+
+impl UpstreamConfig {
+    /// Whether credentials come from EKS Auth.
+    pub fn is_eks_auth(&self) -> bool {
+        matches!(self, UpstreamConfig::EksAuth(_))
+    }
+}
+
 /// The whole agent configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -75,12 +93,19 @@ pub struct Config {
     /// How often the cgroup tree is rescanned for pods that came or went
     /// (prefetch, eviction, kernel verdicts).
     pub rescan_interval: Duration,
-    /// STS access.
+    /// Where credentials come from.
+    pub upstream: UpstreamConfig,
+    /// EKS Auth mode: prefetch with the pod's token read from this kubelet pods
+    /// directory when the pod's cgroup appears (`None`: no prefetch).
+    pub prefetch_tokens_dir: Option<PathBuf>,
+    /// STS access (the STS upstream; the agent's own AWS identity in both modes).
     pub sts: StsSettings,
     /// Credential cache tuning.
     pub cache: CacheSettings,
     /// Where `/healthz` and `/readyz` are served (localhost only).
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// Where `/metrics` is served for Prometheus (the stock agent: `0.0.0.0:2705`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Request limits per caller cgroup.
     pub limits: Limits,
     /// Connections the credentials listener holds, in total and per caller.
@@ -135,9 +160,12 @@ impl Config {
             associations_file: None,
             cgroup_index_root: cgroup.clone(),
             rescan_interval: Duration::from_secs(1),
+            upstream: UpstreamConfig::Sts,
+            prefetch_tokens_dir: None,
             sts: StsSettings::default(),
             cache: CacheSettings::default(),
             probe_addr: None,
+            metrics_addr: None,
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
             cgroup_prefix: String::new(),

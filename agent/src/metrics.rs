@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     audit::{Access, AccessSink, AuditLog, AuditStats},
-    credentials::{CredentialCache, StsFetcher},
+    credentials::{CredentialCache, Upstream},
     kernel::Kernel,
 };
 
@@ -75,7 +75,7 @@ impl RequestMetrics {
 /// Everything `/metrics` shows: requests, cache, kernel events, audit lines.
 pub struct Renderer {
     pub requests: Arc<RequestMetrics>,
-    pub cache: CredentialCache<StsFetcher>,
+    pub cache: CredentialCache<Upstream>,
     pub kernel: Arc<Kernel>,
     pub audit: Arc<AuditLog>,
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::attribution::{cgroup::CgroupIndex, Caller, Resolver};
-use crate::credentials::{Credentials, Fetch, Secret, StsError};
+use crate::credentials::{
+    Credentials, Fetch, FetchRequest, Secret, StsError, Target, UpstreamError,
+};
 use crate::model::{Association, PodInfo, PodUid};
 use crate::sources::{associations::AssociationStore, pods::PodStore};
 
@@ -140,9 +142,25 @@ pub fn fake_credentials(pod: &PodInfo, assoc: &Association) -> Credentials {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FakeSts;
 
+/// [`fake_credentials`] for a request: with EKS Auth, the role is named after the
+/// token's service account (`arn:aws:iam::<FAKE_ACCOUNT>:role/<sa>`).
+pub fn fake_credentials_for(req: &FetchRequest) -> Credentials {
+    match &req.target {
+        Target::Association(assoc) => fake_credentials(&req.pod, assoc),
+        Target::PodIdentity(token) => fake_credentials(
+            &req.pod,
+            &association(
+                &token.namespace,
+                &token.service_account,
+                &format!("arn:aws:iam::{FAKE_ACCOUNT}:role/{}", token.service_account),
+            ),
+        ),
+    }
+}
+
 impl Fetch for FakeSts {
-    async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
-        Ok(fake_credentials(pod, assoc))
+    async fn fetch(&self, req: &FetchRequest) -> Result<Credentials, UpstreamError> {
+        Ok(fake_credentials_for(req))
     }
 }
 
@@ -158,9 +176,9 @@ impl CountingSts {
 }
 
 impl Fetch for CountingSts {
-    async fn fetch(&self, pod: &PodInfo, assoc: &Association) -> Result<Credentials, StsError> {
+    async fn fetch(&self, req: &FetchRequest) -> Result<Credentials, UpstreamError> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(fake_credentials(pod, assoc))
+        Ok(fake_credentials_for(req))
     }
 }
 
@@ -187,9 +205,9 @@ impl FailingSts {
 }
 
 impl Fetch for FailingSts {
-    async fn fetch(&self, _: &PodInfo, _: &Association) -> Result<Credentials, StsError> {
+    async fn fetch(&self, _: &FetchRequest) -> Result<Credentials, UpstreamError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Err((self.make)())
+        Err((self.make)().into())
     }
 }
 
@@ -265,8 +283,27 @@ pub fn fake_pod_token(
     pod_uid: &str,
     exp: u64,
 ) -> String {
+    pod_identity_token(
+        "pods.eks.amazonaws.com",
+        namespace,
+        sa,
+        pod_name,
+        pod_uid,
+        exp,
+    )
+}
+
+/// As [`fake_pod_token`], for audience `aud`.
+pub fn pod_identity_token(
+    aud: &str,
+    namespace: &str,
+    sa: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    exp: u64,
+) -> String {
     unsigned_jwt(&serde_json::json!({
-        "aud": ["pods.eks.amazonaws.com"],
+        "aud": [aud],
         "exp": exp,
         "iat": exp.saturating_sub(86400),
         "iss": "https://kubernetes.default.svc",
@@ -321,7 +358,8 @@ mod tests {
     async fn fakes_answer_as_documented() {
         let p = pod("ns", "web", "app");
         let a = association("ns", "app", "arn:aws:iam::111122223333:role/app");
-        let c = FakeSts.fetch(&p, &a).await.unwrap();
+        let r = FetchRequest::association(p.clone(), a.clone());
+        let c = FakeSts.fetch(&r).await.unwrap();
         assert_eq!(
             c.assumed_role_arn,
             "arn:aws:sts::111122223333:assumed-role/app/web"
@@ -329,19 +367,19 @@ mod tests {
         assert_eq!(c.account_id.as_deref(), Some(FAKE_ACCOUNT));
 
         let counting = CountingSts::default();
-        counting.clone().fetch(&p, &a).await.unwrap();
-        counting.fetch(&p, &a).await.unwrap();
+        counting.clone().fetch(&r).await.unwrap();
+        counting.fetch(&r).await.unwrap();
         assert_eq!(counting.calls(), 2);
 
         let failing = FailingSts::new(access_denied);
-        let e = failing.fetch(&p, &a).await.unwrap_err();
+        let e = failing.fetch(&r).await.unwrap_err();
         assert!(
-            matches!(&e, StsError::Service { code, status: 403, .. } if code == "AccessDenied"),
+            matches!(&e, UpstreamError::Sts(StsError::Service { code, status: 403, .. }) if code == "AccessDenied"),
             "{e}"
         );
         assert!(!e.is_retryable(), "{e}");
         assert!(FailingSts::new(throttled)
-            .fetch(&p, &a)
+            .fetch(&r)
             .await
             .unwrap_err()
             .is_retryable());

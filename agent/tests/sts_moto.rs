@@ -21,6 +21,7 @@ mod support;
 use pod_identity_agent::credentials::cache::{CacheOutcome, CacheSettings, CredentialCache};
 use pod_identity_agent::credentials::sts::{ErrorChain, StsError, StsFetcher, StsSettings};
 use pod_identity_agent::credentials::types::Credentials;
+use pod_identity_agent::credentials::{FetchRequest, Upstream};
 use pod_identity_agent::http::Refusal;
 use pod_identity_agent::model::{Association, AssumeMode, PodInfo, Source};
 use pod_identity_agent::testing::{self, write_projected_token};
@@ -226,13 +227,14 @@ async fn cache_over_real_sts_makes_one_call_for_concurrent_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let fetcher =
         StsFetcher::with_sdk_config(settings(&moto, tmp.path()), &agent_sdk_config(&moto.url()));
-    let cache = CredentialCache::new(fetcher, CacheSettings::default());
+    let cache = CredentialCache::new(Upstream::Sts(fetcher), CacheSettings::default());
     let a = assoc(&format!("arn:aws:iam::{ACCOUNT}:role/my-role"));
+    let a = FetchRequest::association(pod(), a);
 
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let (cache, a) = (cache.clone(), a.clone());
-        set.spawn(async move { cache.get(&pod(), &a).await });
+        set.spawn(async move { cache.get(&a).await });
     }
     let mut keys = std::collections::HashSet::new();
     while let Some(joined) = set.join_next().await {
@@ -242,7 +244,7 @@ async fn cache_over_real_sts_makes_one_call_for_concurrent_requests() {
     }
     assert_eq!(keys.len(), 1);
     assert_eq!(cache.stats().sts_calls, 1);
-    let (creds, outcome) = cache.get(&pod(), &a).await.unwrap();
+    let (creds, outcome) = cache.get(&a).await.unwrap();
     assert_eq!(outcome, CacheOutcome::Hit);
     assert!(caller_arn(&moto, &creds)
         .await

@@ -471,6 +471,7 @@ fn bench(agent: &Path, work: &Path) -> Result<(), String> {
     a.arg("--cgroup")
         .arg(node.cgroup_root.path())
         .args(["--agent-addr4", &NODE_ADDR4.to_string()])
+        .args(["--upstream", "sts"])
         .arg("--pods-file")
         .arg(&pods_file)
         .arg("--associations-file")

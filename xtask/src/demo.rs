@@ -168,6 +168,7 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
             "--agent-addr6",
             &NODE_ADDR6.to_string(),
         ])
+        .args(["--upstream", "sts"])
         .arg("--pods-file")
         .arg(&pods_file)
         .arg("--associations-file")

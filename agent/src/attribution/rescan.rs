@@ -1,21 +1,49 @@
 //! Pods coming and going, seen through the cgroup tree: prefetch credentials when a
 //! pod's cgroup appears, stop renewing when its last cgroup disappears (stock agent
 //! issue #171), and keep the kernel's verdicts current for enforce mode.
+//!
+//! With the EKS Auth upstream there are no local associations: a pod is prefetched
+//! with the token its volume holds (only with `--kubelet-pods-dir`), and in
+//! enforce mode every pod is allowed to ask (EKS Auth decides; processes that are
+//! not in a pod are still refused).
 
 use std::{
     collections::{HashMap, HashSet},
+    path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use agent_ebpf::verdict;
 
 use crate::{
     attribution::{cgroup, Resolver},
-    credentials::{CredentialCache, Fetch},
+    credentials::{eks_auth::prefetch_token, CredentialCache, Fetch, FetchRequest},
     kernel::VerdictSink,
-    model::PodUid,
+    model::{PodInfo, PodUid},
 };
+
+/// What the rescan task does besides watching cgroups.
+#[derive(Clone, Debug)]
+pub struct RescanSettings {
+    /// Time between rescans.
+    pub interval: Duration,
+    /// Credentials from EKS Auth (no local associations).
+    pub eks_auth: bool,
+    /// EKS Auth: prefetch with the token read from this kubelet pods directory.
+    pub prefetch_tokens_dir: Option<PathBuf>,
+}
+
+impl RescanSettings {
+    /// STS mode, rescanning every `interval`.
+    pub fn sts(interval: Duration) -> Self {
+        Self {
+            interval,
+            eks_auth: false,
+            prefetch_tokens_dir: None,
+        }
+    }
+}
 
 /// State carried between rescans.
 #[derive(Default)]
@@ -35,6 +63,7 @@ impl Lifecycle {
         resolver: &Resolver,
         cache: &CredentialCache<F>,
         verdicts: Option<&dyn VerdictSink>,
+        settings: &RescanSettings,
     ) -> (usize, usize) {
         // Walk, then diff the index against what *this task* saw last time: a
         // request's rescan-on-miss also walks the tree, and its delta would be lost
@@ -91,17 +120,26 @@ impl Lifecycle {
                 continue;
             }
             // Marked only once prefetched: a pod whose association is added later
-            // is prefetched then.
-            if let Some(pod) = resolver.pods.get(&uid) {
-                if let Ok(assoc) = resolver.assocs.resolve(&pod) {
-                    cache.prefetch(pod, assoc);
-                    appeared_pods += 1;
-                    self.prefetched.insert(uid);
+            // (or whose token the kubelet writes later) is prefetched then.
+            let request = if settings.eks_auth {
+                match &settings.prefetch_tokens_dir {
+                    Some(dir) => pod_identity_request(dir.clone(), uid.clone(), resolver).await,
+                    None => None,
                 }
+            } else {
+                resolver.pods.get(&uid).and_then(|pod| {
+                    let assoc = resolver.assocs.resolve(&pod).ok()?;
+                    Some(FetchRequest::association(pod, assoc))
+                })
+            };
+            if let Some(request) = request {
+                cache.prefetch(&request);
+                appeared_pods += 1;
+                self.prefetched.insert(uid);
             }
         }
         if let Some(sink) = verdicts {
-            self.sync_verdicts(resolver, sink);
+            self.sync_verdicts(resolver, sink, settings.eks_auth);
         }
         (appeared_pods, gone_pods)
     }
@@ -110,10 +148,12 @@ impl Lifecycle {
     /// association; ALLOW for pods with one. Pods the directory does not know yet
     /// get no verdict, so a new pod's first call reaches the agent (which decides)
     /// instead of failing in the kernel.
-    fn sync_verdicts(&mut self, resolver: &Resolver, sink: &dyn VerdictSink) {
+    fn sync_verdicts(&mut self, resolver: &Resolver, sink: &dyn VerdictSink, eks_auth: bool) {
         for (id, uid) in &self.cgroups {
             let want = match uid {
                 None => Some(verdict::DENY),
+                // EKS Auth knows the associations: every pod may ask.
+                Some(_) if eks_auth => Some(verdict::ALLOW),
                 Some(uid) => {
                     resolver
                         .pods
@@ -136,19 +176,55 @@ impl Lifecycle {
     }
 }
 
-/// Rescan every `interval` until the task is dropped.
+/// EKS Auth prefetch: the pod's own token from its volume, if it has one that
+/// names it.
+async fn pod_identity_request(
+    dir: PathBuf,
+    uid: PodUid,
+    resolver: &Resolver,
+) -> Option<FetchRequest> {
+    let known = resolver.pods.get(&uid);
+    let read = {
+        let uid = uid.clone();
+        tokio::task::spawn_blocking(move || {
+            prefetch_token::read_prefetch_token(&dir, &uid, SystemTime::now())
+        })
+        .await
+        .ok()?
+    };
+    let token = match read {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(pod_uid = %uid, error = %e, "no prefetch for this pod");
+            return None;
+        }
+    };
+    let pod = PodInfo {
+        uid,
+        namespace: token.namespace.clone(),
+        name: token.pod_name.clone(),
+        service_account: token.service_account.clone(),
+        service_account_annotations: Default::default(),
+        host_network: known.is_some_and(|p| p.host_network),
+    };
+    Some(FetchRequest::pod_identity(pod, token))
+}
+
+/// Rescan every `settings.interval` until the task is dropped.
 pub async fn run<F: Fetch>(
     resolver: Resolver,
     cache: CredentialCache<F>,
     verdicts: Option<Arc<dyn VerdictSink>>,
-    interval: Duration,
+    settings: RescanSettings,
 ) {
     let mut state = Lifecycle::default();
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        state.tick(&resolver, &cache, verdicts.as_deref()).await;
+        state
+            .tick(&resolver, &cache, verdicts.as_deref(), &settings)
+            .await;
     }
 }
 
@@ -162,6 +238,10 @@ mod tests {
         testing::{self, pod_cgroup_dir, pod_uid, CountingSts},
     };
     use std::{os::unix::fs::MetadataExt, sync::Mutex};
+
+    fn sts_mode() -> RescanSettings {
+        RescanSettings::sts(Duration::from_secs(1))
+    }
 
     const UID_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const UID_B: &str = "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -203,7 +283,8 @@ mod tests {
         let verdicts = Verdicts::default();
         let mut lc = Lifecycle::default();
 
-        lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        lc.tick(&resolver, &cache, Some(&verdicts), &sts_mode())
+            .await;
         let prefetched = testing::eventually(Duration::from_secs(1), || sts.calls() == 1).await;
         assert!(
             prefetched && sts.calls() == 1,
@@ -219,14 +300,17 @@ mod tests {
             assert_eq!(v.get(&ino(&host)), Some(&verdict::DENY), "not a pod");
         }
         // A second tick changes nothing and fetches nothing.
-        lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        lc.tick(&resolver, &cache, Some(&verdicts), &sts_mode())
+            .await;
         assert_eq!(sts.calls(), 1);
 
         // Pod A's cgroup goes away: its credentials are dropped (no renewals for
         // dead pods) and its verdict removed.
         let a_id = ino(&a);
         std::fs::remove_dir(&a).unwrap();
-        let (_, gone) = lc.tick(&resolver, &cache, Some(&verdicts)).await;
+        let (_, gone) = lc
+            .tick(&resolver, &cache, Some(&verdicts), &sts_mode())
+            .await;
         assert_eq!(gone, 1);
         assert_eq!(cache.len(), 0);
         assert!(!verdicts.0.lock().unwrap().contains_key(&a_id));

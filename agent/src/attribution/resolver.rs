@@ -34,14 +34,20 @@ pub struct Resolved {
 }
 
 impl Resolver {
+    /// cgroup id → (cgroup path, the pod cgroup it lies in), failing closed. All
+    /// the kernel's word says: the pod UID, without asking any pod directory.
+    pub async fn pod_cgroup_of(&self, cgroup_id: u64) -> Result<(String, PodCgroup), Refusal> {
+        let path = self.cgroup_path(cgroup_id).await?;
+        match cgroup::parse_pod_cgroup(&path, &self.cgroup_prefix) {
+            Ok(Some(pc)) => Ok((path, pc)),
+            Ok(None) => Err(Refusal::NotAPod { path }),
+            Err(e) => Err(Refusal::Ambiguous(Box::new(e))),
+        }
+    }
+
     /// cgroup id → pod, failing closed.
     pub async fn pod_of(&self, cgroup_id: u64) -> Result<Resolved, Refusal> {
-        let path = self.cgroup_path(cgroup_id).await?;
-        let pod_cgroup = match cgroup::parse_pod_cgroup(&path, &self.cgroup_prefix) {
-            Ok(Some(pc)) => pc,
-            Ok(None) => return Err(Refusal::NotAPod { path }),
-            Err(e) => return Err(Refusal::Ambiguous(Box::new(e))),
-        };
+        let (path, pod_cgroup) = self.pod_cgroup_of(cgroup_id).await?;
         let pod = self
             .pods
             .lookup(&pod_cgroup.pod_uid, self.unknown_pod_wait)

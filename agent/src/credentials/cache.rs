@@ -1,8 +1,10 @@
 //! Per-pod credential cache (invariants 6 and 7).
 //!
-//! Keyed by pod UID and the parts of the association that change what STS is asked
-//! for, so two pods of one service account never share a session (their session
-//! tags differ) and a pod's many processes share one.
+//! Keyed by pod UID and the parts of the association that change what the upstream
+//! is asked for (with EKS Auth: the service account the pod's token names), so two
+//! pods of one service account never share a session (their session tags differ)
+//! and a pod's many processes share one. An entry refreshes with the newest token
+//! its pod presented.
 //!
 //! # Refresh policy
 //!
@@ -18,10 +20,11 @@
 //!   and blocks callers inside 10): never served while a refresh succeeds; the
 //!   request waits for the refresh.
 //!
-//! All refreshes of one key, background or not, share one STS call (a spawned
+//! All refreshes of one key, background or not, share one upstream call (a spawned
 //! task whose result every waiter receives through a `watch` channel), so
 //! concurrent misses cost one call, and a request that gives up (client
-//! disconnect) does not cancel the call the others wait for.
+//! disconnect) does not cancel the call the others wait for. Background calls
+//! (refresh ahead, prefetch) are paced by `max_service_qps` ([`background`]).
 //!
 //! # When STS fails
 //!
@@ -33,8 +36,8 @@
 //!   clock skew and the Rust SDK's refresh 5–10 s before expiry; expired
 //!   credentials are never served. Set `stale_floor = min_remaining` to keep
 //!   invariant 6 strict even during an STS outage. STS is asked again at most every
-//!   `retry_backoff` (30 s) per key while stale credentials can be served, so an
-//!   outage is not amplified by client retries.
+//!   `retry_backoff` (30 s, ± 20 % jitter) per key while stale credentials can be
+//!   served, so an outage is not amplified by client retries.
 //! * Final errors (AccessDenied, InvalidParameter, a missing IRSA token...): the
 //!   entry is dropped at once, credentials included: the association was probably
 //!   revoked, and the next request asks STS again.
@@ -58,10 +61,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::credentials::sts::Fetch;
 use crate::credentials::types::Credentials;
-use crate::model::{Association, PodInfo, PodUid};
+use crate::credentials::upstream::{Fetch, FetchRequest};
+use crate::model::PodUid;
 
+pub mod background;
 mod entries;
 pub mod outcome;
 pub mod settings;
@@ -100,6 +104,7 @@ impl<F: Fetch> CredentialCache<F> {
         Self {
             inner: Arc::new(Inner {
                 fetcher,
+                background: background::BackgroundLimiter::new(settings.max_service_qps),
                 settings,
                 clock,
                 entries: Mutex::new(HashMap::new()),
@@ -119,15 +124,14 @@ impl<F: Fetch> CredentialCache<F> {
         &self.inner.fetcher
     }
 
-    /// Credentials for `pod` under `assoc`, from the cache or STS (see the module
+    /// Credentials for the request, from the cache or the upstream (see the module
     /// docs for the policy). Never returns expired credentials.
     pub async fn get(
         &self,
-        pod: &PodInfo,
-        assoc: &Association,
+        req: &FetchRequest,
     ) -> Result<(Arc<Credentials>, CacheOutcome), CacheError> {
         let inner = &self.inner;
-        let entry = inner.entry(pod, assoc);
+        let entry = inner.entry(req);
         let decision = {
             let state = lock(&entry.state);
             inner.decide(&state, inner.now())
@@ -139,7 +143,7 @@ impl<F: Fetch> CredentialCache<F> {
         } = decision
         {
             if refresh {
-                Inner::start_fetch(inner, &entry);
+                Inner::start_fetch(inner, &entry, true);
             }
             return Ok(if stale {
                 inner.stats.stale_served.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +154,7 @@ impl<F: Fetch> CredentialCache<F> {
             });
         }
 
-        let result = match Inner::start_fetch(inner, &entry) {
+        let result = match Inner::start_fetch(inner, &entry, false) {
             Some(mut rx) => match rx.wait_for(Option::is_some).await {
                 Ok(value) => value.clone().unwrap_or(Err(CacheError::FetchAborted)),
                 Err(_) => Err(CacheError::FetchAborted),
@@ -195,14 +199,14 @@ impl<F: Fetch> CredentialCache<F> {
 
     /// Starts fetching credentials in the background if none are cached or being
     /// fetched (a pod's cgroup appeared: its first request should be a hit).
-    pub fn prefetch(&self, pod: PodInfo, assoc: Association) {
-        let entry = self.inner.entry(&pod, &assoc);
+    pub fn prefetch(&self, req: &FetchRequest) {
+        let entry = self.inner.entry(req);
         let idle = {
             let state = lock(&entry.state);
             state.current.is_none() && state.inflight.is_none()
         };
         if idle {
-            Inner::start_fetch(&self.inner, &entry);
+            Inner::start_fetch(&self.inner, &entry, true);
         }
     }
 
@@ -233,9 +237,9 @@ impl<F: Fetch> CredentialCache<F> {
 #[cfg(test)]
 impl<F: Fetch> CredentialCache<F> {
     /// (credentials cached, fetch in flight) for the key, or `None` without an entry.
-    fn probe(&self, pod: &PodInfo, assoc: &Association) -> Option<(bool, bool)> {
+    fn probe(&self, req: &FetchRequest) -> Option<(bool, bool)> {
         let entries = lock(&self.inner.entries);
-        let entry = entries.get(&Key::new(pod, assoc))?;
+        let entry = entries.get(&Key::new(req))?;
         let state = lock(&entry.state);
         Some((state.current.is_some(), state.inflight.is_some()))
     }

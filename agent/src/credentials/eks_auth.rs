@@ -24,6 +24,8 @@
 //! * [`error`]: [`EksAuthError`], with EKS Auth's status, code, message, request id
 //!   and fault, and the stock agent's pod-facing body.
 //! * [`pod_token`]: the token check, [`check_pod_token`].
+//! * [`prefetch_token`]: the pod's token from the kubelet's directory, to warm the
+//!   cache when the pod's cgroup appears (optional).
 
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +39,7 @@ use crate::model::PodInfo;
 
 pub mod error;
 pub mod pod_token;
+pub mod prefetch_token;
 
 pub use error::{EksAuthError, ErrorKind, Fault};
 pub use pod_token::{check_pod_token, PodToken, TokenError, AUDIENCE};
@@ -163,6 +166,29 @@ impl EksAuthClient {
         token: Option<&str>,
     ) -> Result<PodIdentityCredentials, EksAuthError> {
         let checked = check_pod_token(token, &pod.uid, SystemTime::now())?;
+        self.fetch_checked(pod, &checked).await
+    }
+
+    /// As [`EksAuthClient::fetch`] with a token [`check_pod_token`] accepted
+    /// earlier (the cache refreshes with the newest token a pod presented): the
+    /// token must still name `pod` and not have expired since.
+    pub async fn fetch_checked(
+        &self,
+        pod: &PodInfo,
+        checked: &PodToken,
+    ) -> Result<PodIdentityCredentials, EksAuthError> {
+        if checked.pod_uid != pod.uid.as_str() {
+            return Err(EksAuthError::Token(TokenError::PodMismatch {
+                token_pod: checked.pod_uid.clone(),
+                kernel_pod: pod.uid.clone(),
+            }));
+        }
+        if checked
+            .expires_at
+            .is_some_and(|exp| exp <= SystemTime::now())
+        {
+            return Err(EksAuthError::Token(TokenError::Claims("token is expired")));
+        }
         let out = self
             .assume_role_for_pod_identity(checked.token.expose())
             .await?;

@@ -21,7 +21,6 @@
 //!   chained hop's signing override.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -96,17 +95,6 @@ impl Default for StsSettings {
             imds_endpoint: None,
         }
     }
-}
-
-/// Something that turns (pod, association) into credentials. [`StsFetcher`] in
-/// production; the cache's tests use a fake.
-pub trait Fetch: Send + Sync + 'static {
-    /// Obtain fresh credentials for `pod` under `assoc`.
-    fn fetch(
-        &self,
-        pod: &PodInfo,
-        assoc: &Association,
-    ) -> impl Future<Output = Result<Credentials, StsError>> + Send;
 }
 
 /// STS client for the agent.
@@ -357,11 +345,6 @@ impl StsFetcher {
 /// (IMDS) only with `settings.allow_node_role`. Nothing STS-specific: the STS
 /// endpoint, timeouts and retries are applied by [`StsFetcher::with_sdk_config`].
 pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
-    let region = (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
-    let provider_config = match &region {
-        Some(r) => ProviderConfig::without_region().with_region(Some(r.clone())),
-        None => ProviderConfig::with_default_region().await,
-    };
     if settings.allow_node_role {
         tracing::warn!(
             "--allow-node-role: the node's instance-profile role may sign sts:AssumeRole; \
@@ -375,22 +358,23 @@ pub async fn agent_sdk_config(settings: &StsSettings) -> SdkConfig {
              refused without --allow-node-role"
         );
     }
+    agent_sdk_config_quiet(settings).await
+}
+
+/// [`agent_sdk_config`] without its log line (the EKS Auth upstream says why it
+/// uses the node role).
+pub async fn agent_sdk_config_quiet(settings: &StsSettings) -> SdkConfig {
+    let region = (!settings.region.is_empty()).then(|| Region::new(settings.region.clone()));
+    let provider_config = match &region {
+        Some(r) => ProviderConfig::without_region().with_region(Some(r.clone())),
+        None => ProviderConfig::with_default_region().await,
+    };
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .credentials_provider(agent_credentials_chain(settings, &provider_config));
     if let Some(region) = region {
         loader = loader.region(region);
     }
     loader.load().await
-}
-
-impl Fetch for StsFetcher {
-    fn fetch(
-        &self,
-        pod: &PodInfo,
-        assoc: &Association,
-    ) -> impl Future<Output = Result<Credentials, StsError>> + Send {
-        StsFetcher::fetch(self, pod, assoc)
-    }
 }
 
 fn convert(

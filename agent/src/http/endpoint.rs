@@ -1,5 +1,12 @@
-//! What the agent answers on the credentials endpoint: kernel caller → cgroup →
-//! pod → association → cached STS credentials, in the format every SDK expects.
+//! What the agent answers on the credentials endpoint, in the format every SDK
+//! expects:
+//!
+//! * STS upstream: kernel caller → cgroup → pod (pod directory) → association →
+//!   cached STS credentials.
+//! * EKS Auth upstream: kernel caller → cgroup → pod UID; the pod's token must name
+//!   that pod ([`check_pod_token`]); → cached EKS Auth credentials for the pod. No
+//!   pod directory and no associations: namespace and service account come from the
+//!   token, and EKS Auth, which verifies its signature, must answer for them.
 
 use std::{
     sync::Arc,
@@ -14,13 +21,14 @@ use crate::{
     attribution::{Caller, Resolver},
     audit::{Access, AccessSink},
     config::Config,
-    credentials::{CredentialCache, Fetch},
+    credentials::{eks_auth::check_pod_token, CredentialCache, Fetch, FetchRequest},
     http::{
         listener::{Handler, RequestContext, Unattributed},
         ratelimit,
         response::{json, text},
         token, Refusal,
     },
+    model::PodInfo,
 };
 
 /// Path of the credentials endpoint.
@@ -37,6 +45,8 @@ pub struct ServiceSettings {
     pub token_cross_check: bool,
     /// Request limits per caller cgroup.
     pub limits: ratelimit::Limits,
+    /// Credentials from EKS Auth with the pod's own token (no local associations).
+    pub eks_auth: bool,
 }
 
 impl From<&Config> for ServiceSettings {
@@ -46,6 +56,7 @@ impl From<&Config> for ServiceSettings {
             cred_addr6: cfg.kernel.cred_addr6.to_string(),
             token_cross_check: cfg.token_cross_check,
             limits: cfg.limits,
+            eks_auth: cfg.upstream.is_eks_auth(),
         }
     }
 }
@@ -94,6 +105,55 @@ impl<F: Fetch> Service<F> {
         req: &Request<B>,
         access: &mut Access,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
+        let request = if self.settings.eks_auth {
+            self.pod_identity_request(caller, req, access).await?
+        } else {
+            self.association_request(caller, req, access).await?
+        };
+        let (creds, outcome) = self.cache.get(&request).await?;
+        access.cache = Some(outcome);
+        access.access_key_id = Some(creds.access_key_id.clone());
+        access.assumed_role_arn = Some(creds.assumed_role_arn.clone());
+        Ok(json(StatusCode::OK, creds.to_sdk_json()))
+    }
+
+    /// EKS Auth: the kernel's pod UID and the pod's token, which must name it.
+    async fn pod_identity_request<B>(
+        &self,
+        caller: &Caller,
+        req: &Request<B>,
+        access: &mut Access,
+    ) -> Result<FetchRequest, Refusal> {
+        let (path, pod_cgroup) = self.resolver.pod_cgroup_of(caller.cgroup_id).await?;
+        access.cgroup_path = Some(path);
+        access.container_id = pod_cgroup.container_id.clone();
+        let tok = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let checked =
+            check_pod_token(tok, &pod_cgroup.pod_uid, SystemTime::now()).map_err(Refusal::Token)?;
+        // What a pod directory would add (hostNetwork), when there is one.
+        let known = self.resolver.pods.get(&pod_cgroup.pod_uid);
+        let pod = PodInfo {
+            uid: pod_cgroup.pod_uid,
+            namespace: checked.namespace.clone(),
+            name: checked.pod_name.clone(),
+            service_account: checked.service_account.clone(),
+            service_account_annotations: Default::default(),
+            host_network: known.is_some_and(|p| p.host_network),
+        };
+        access.pod = Some(pod.clone());
+        Ok(FetchRequest::pod_identity(pod, checked))
+    }
+
+    /// STS: the pod from the pod directory and its association.
+    async fn association_request<B>(
+        &self,
+        caller: &Caller,
+        req: &Request<B>,
+        access: &mut Access,
+    ) -> Result<FetchRequest, Refusal> {
         let resolved = self.resolver.pod_of(caller.cgroup_id).await?;
         access.cgroup_path = Some(resolved.cgroup_path.clone());
         access.container_id = resolved.pod_cgroup.container_id.clone();
@@ -108,11 +168,7 @@ impl<F: Fetch> Service<F> {
         }
         let assoc = self.resolver.association(&resolved.pod)?;
         access.association = Some(assoc.clone());
-        let (creds, outcome) = self.cache.get(&resolved.pod, &assoc).await?;
-        access.cache = Some(outcome);
-        access.access_key_id = Some(creds.access_key_id.clone());
-        access.assumed_role_arn = Some(creds.assumed_role_arn.clone());
-        Ok(json(StatusCode::OK, creds.to_sdk_json()))
+        Ok(FetchRequest::association(resolved.pod, assoc))
     }
 
     /// Handle one request from an attributed (or not) connection.
@@ -232,6 +288,7 @@ mod tests {
             cred_addr6: "fd00:ec2::23".into(),
             token_cross_check: cross_check,
             limits: ratelimit::Limits::default(),
+            eks_auth: false,
         };
         let svc = Service::new(
             settings,
@@ -436,16 +493,17 @@ mod tests {
                 ),
             )
             .build();
-        let fetcher = crate::credentials::StsFetcher::with_sdk_config(
-            crate::credentials::sts::StsSettings {
-                endpoint_url: Some(format!("http://127.0.0.1:{port}")),
-                region: "us-east-1".into(),
-                max_attempts: 1,
-                call_timeout: Duration::from_secs(3),
-                ..Default::default()
-            },
-            &sdk,
-        );
+        let fetcher =
+            crate::credentials::Upstream::Sts(crate::credentials::StsFetcher::with_sdk_config(
+                crate::credentials::sts::StsSettings {
+                    endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+                    region: "us-east-1".into(),
+                    max_attempts: 1,
+                    call_timeout: Duration::from_secs(3),
+                    ..Default::default()
+                },
+                &sdk,
+            ));
         let f = fixture_with(false, fetcher);
         f.pods.upsert(pod("app"));
         let (s, b, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;

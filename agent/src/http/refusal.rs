@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use crate::{
     attribution::cgroup::CgroupError,
     credentials::eks_auth::EksAuthError,
-    credentials::{cache::CacheError, sts::StsError},
+    credentials::{cache::CacheError, sts::StsError, upstream::UpstreamError},
     http::token,
     model::PodUid,
     sources::associations::AssociationError,
@@ -83,7 +83,13 @@ impl From<CacheError> for Refusal {
 
 impl From<StsError> for Refusal {
     fn from(e: StsError) -> Self {
-        Refusal::credentials(CacheError::Sts(std::sync::Arc::new(e)))
+        Refusal::credentials(CacheError::Upstream(std::sync::Arc::new(e.into())))
+    }
+}
+
+impl From<EksAuthError> for Refusal {
+    fn from(e: EksAuthError) -> Self {
+        Refusal::credentials(CacheError::Upstream(std::sync::Arc::new(e.into())))
     }
 }
 
@@ -175,20 +181,32 @@ pub fn token_status(e: &token::TokenError) -> StatusCode {
 }
 
 fn credentials_body(e: &CacheError) -> String {
-    let CacheError::Sts(e) = e else {
+    let CacheError::Upstream(e) = e else {
         // Local and fixed: too-short credentials, an aborted fetch.
         return e.to_string();
     };
-    let id = || {
-        e.request_id().map_or_else(
-            crate::credentials::sts::error::generate_request_id,
-            str::to_owned,
-        )
-    };
-    let upstream = |code: &str, message: &str, fault: &str| {
-        format!("[{}]: ({code}): {message}, fault: {fault}", id())
-    };
     match &**e {
+        UpstreamError::Sts(e) => sts_body(e),
+        UpstreamError::EksAuth(e) => eks_auth_body(e),
+        UpstreamError::Misrouted => e.to_string(),
+    }
+}
+
+/// `[<request id>]: (<code>): <message>, fault: <fault>`, with the agent's
+/// generated request id when the upstream gave none.
+fn upstream_body(request_id: Option<&str>, code: &str, message: &str, fault: &str) -> String {
+    let id = request_id.map_or_else(
+        crate::credentials::sts::error::generate_request_id,
+        str::to_owned,
+    );
+    format!("[{id}]: ({code}): {message}, fault: {fault}")
+}
+
+fn sts_body(e: &StsError) -> String {
+    let upstream = |code: &str, message: &str, fault: &str| {
+        upstream_body(e.request_id(), code, message, fault)
+    };
+    match e {
         StsError::Service { code, message, .. } => upstream(
             code,
             message,
@@ -226,9 +244,33 @@ fn credentials_body(e: &CacheError) -> String {
     }
 }
 
+/// EKS Auth's own errors and the token check's refusals pass through as the stock
+/// agent renders them; trouble reaching EKS Auth gets a fixed message (the SDK's
+/// chain is for the log).
+fn eks_auth_body(e: &EksAuthError) -> String {
+    let upstream = |message: &str| upstream_body(e.request_id(), e.code(), message, "server");
+    match e {
+        EksAuthError::Token(_)
+        | EksAuthError::Service { .. }
+        | EksAuthError::SubjectMismatch { .. } => e.pod_body(),
+        EksAuthError::Timeout { .. } => upstream("the agent's call to EKS Auth timed out"),
+        EksAuthError::Dispatch { .. } => upstream("the agent could not reach EKS Auth"),
+        EksAuthError::InvalidResponse { .. } => {
+            upstream("EKS Auth sent a response the agent cannot use")
+        }
+        EksAuthError::Construction { .. } => {
+            upstream("the agent could not build the EKS Auth request")
+        }
+    }
+}
+
 fn credentials_status(e: &CacheError) -> StatusCode {
     match e {
-        CacheError::Sts(e) => sts_status(e),
+        CacheError::Upstream(e) => match &**e {
+            UpstreamError::Sts(e) => sts_status(e),
+            UpstreamError::EksAuth(e) => eks_auth_status(e),
+            UpstreamError::Misrouted => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         CacheError::ShortLived { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         CacheError::FetchAborted => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -357,7 +399,9 @@ mod tests {
             Refusal::from(CacheError::FetchAborted).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let r = Refusal::from(CacheError::Sts(Arc::new(sts_error("Throttling", 400))));
+        let r = Refusal::from(CacheError::Upstream(Arc::new(UpstreamError::from(
+            sts_error("Throttling", 400),
+        ))));
         assert_eq!(
             (r.status(), r.code()),
             (StatusCode::TOO_MANY_REQUESTS, "Throttling")

@@ -122,6 +122,12 @@ pub fn agent_command(node: &Node, extra: &[&str]) -> Command {
         } else {
             &["--bpffs-dir", "none"][..]
         })
+        // The STS upstream with local associations unless a test asks for EKS Auth.
+        .args(if extra.contains(&"--upstream") {
+            &[][..]
+        } else {
+            &["--upstream", "sts"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info,pod_identity_agent=debug");
     c

@@ -1,7 +1,7 @@
 //! The machinery behind [`CredentialCache`](super::CredentialCache): one entry per
 //! (pod, association) key, bounded (useless entries first, then least recently
-//! used), the serve-or-wait decision, and the one coalesced STS fetch per key whose
-//! result every waiter receives.
+//! used), the serve-or-wait decision, and the one coalesced upstream fetch per key
+//! whose result every waiter receives.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,35 +10,60 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{CacheError, CacheSettings, Clock, Counters};
-use crate::credentials::sts::{ErrorChain, Fetch};
+use super::{background::BackgroundLimiter, CacheError, CacheSettings, Clock, Counters};
+use crate::credentials::sts::ErrorChain;
 use crate::credentials::types::Credentials;
-use crate::model::{Association, AssumeMode, PodInfo, PodUid};
+use crate::credentials::upstream::{Fetch, FetchRequest, Target};
+use crate::model::{AssumeMode, PodUid};
 
 /// What makes two requests want the same session.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Key {
     pub(super) pod_uid: PodUid,
-    role_arn: String,
-    target_role_arn: Option<String>,
-    mode: AssumeMode,
-    disable_session_tags: bool,
-    session_duration_secs: Option<u32>,
-    external_id: Option<String>,
-    policy: Option<String>,
+    target: KeyTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyTarget {
+    /// STS: the parts of the association that change what STS is asked for.
+    Association {
+        role_arn: String,
+        target_role_arn: Option<String>,
+        mode: AssumeMode,
+        disable_session_tags: bool,
+        session_duration_secs: Option<u32>,
+        external_id: Option<String>,
+        policy: Option<String>,
+    },
+    /// EKS Auth: the service account the pod's token names (EKS Auth finds the
+    /// association; a pod keeps its service account for life, so this is one
+    /// entry per pod, whichever token the pod presents).
+    PodIdentity {
+        namespace: String,
+        service_account: String,
+    },
 }
 
 impl Key {
-    pub(super) fn new(pod: &PodInfo, assoc: &Association) -> Self {
+    pub(super) fn new(req: &FetchRequest) -> Self {
+        let target = match &req.target {
+            Target::Association(assoc) => KeyTarget::Association {
+                role_arn: assoc.role_arn.clone(),
+                target_role_arn: assoc.target_role_arn.clone(),
+                mode: assoc.mode,
+                disable_session_tags: assoc.disable_session_tags,
+                session_duration_secs: assoc.session_duration_secs,
+                external_id: assoc.external_id.clone(),
+                policy: assoc.policy.clone(),
+            },
+            Target::PodIdentity(token) => KeyTarget::PodIdentity {
+                namespace: token.namespace.clone(),
+                service_account: token.service_account.clone(),
+            },
+        };
         Self {
-            pod_uid: pod.uid.clone(),
-            role_arn: assoc.role_arn.clone(),
-            target_role_arn: assoc.target_role_arn.clone(),
-            mode: assoc.mode,
-            disable_session_tags: assoc.disable_session_tags,
-            session_duration_secs: assoc.session_duration_secs,
-            external_id: assoc.external_id.clone(),
-            policy: assoc.policy.clone(),
+            pod_uid: req.pod.uid.clone(),
+            target,
         }
     }
 }
@@ -58,12 +83,15 @@ pub(super) struct State {
     /// The fetch in progress; joined by every request that needs fresh credentials.
     pub(super) inflight: Option<Inflight>,
     /// When the last fetch failed (retryably); cleared by a success.
-    last_failure: Option<SystemTime>,
+    pub(super) last_failure: Option<SystemTime>,
+    /// No new fetch before this after a failure (the backoff, with jitter), as
+    /// long as old credentials can be served meanwhile.
+    retry_at: Option<SystemTime>,
 }
 
 pub(super) struct Entry {
-    pod: PodInfo,
-    assoc: Association,
+    /// What the next fetch asks for: the newest token the pod presented.
+    request: Mutex<FetchRequest>,
     pub(super) state: Mutex<State>,
     /// Logical time of the last use, for LRU eviction.
     last_used: AtomicU64,
@@ -76,6 +104,7 @@ pub(super) struct Inner<F> {
     pub(super) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     pub(super) tick: AtomicU64,
     pub(super) stats: Counters,
+    pub(super) background: BackgroundLimiter,
 }
 
 /// Locks a std mutex, ignoring poisoning: the guarded data stays consistent
@@ -101,13 +130,19 @@ impl<F: Fetch> Inner<F> {
         (self.clock)()
     }
 
-    /// The entry for (pod, association), created if needed (evicting one if full).
-    pub(super) fn entry(&self, pod: &PodInfo, assoc: &Association) -> Arc<Entry> {
-        let key = Key::new(pod, assoc);
+    /// The entry for the request's key, created if needed (evicting one if full).
+    /// An existing entry takes the request's newer token for its next fetch.
+    pub(super) fn entry(&self, req: &FetchRequest) -> Arc<Entry> {
+        let key = Key::new(req);
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut entries = lock(&self.entries);
         if let Some(entry) = entries.get(&key) {
             entry.last_used.store(tick, Ordering::Relaxed);
+            let mut current = lock(&entry.request);
+            if current.is_superseded_by(req) {
+                *current = req.clone();
+            }
+            drop(current);
             return Arc::clone(entry);
         }
         let max = self.settings.max_entries.max(1);
@@ -120,8 +155,7 @@ impl<F: Fetch> Inner<F> {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         let entry = Arc::new(Entry {
-            pod: pod.clone(),
-            assoc: assoc.clone(),
+            request: Mutex::new(req.clone()),
             state: Mutex::new(State::default()),
             last_used: AtomicU64::new(tick),
         });
@@ -156,9 +190,7 @@ impl<F: Fetch> Inner<F> {
         let age = now
             .duration_since(cached.fetched_at)
             .unwrap_or(Duration::ZERO);
-        let failed_recently = state
-            .last_failure
-            .is_some_and(|t| now.duration_since(t).unwrap_or(Duration::ZERO) < s.retry_backoff);
+        let failed_recently = state.retry_at.is_some_and(|t| now < t);
         if remaining >= s.min_remaining {
             let due = remaining < s.refresh_ahead || age >= s.max_retention;
             return Decision::Serve {
@@ -179,8 +211,18 @@ impl<F: Fetch> Inner<F> {
         Decision::Wait
     }
 
-    /// Joins the entry's fetch in flight, or spawns one. `None` without a Tokio runtime.
-    pub(super) fn start_fetch(this: &Arc<Self>, entry: &Arc<Entry>) -> Option<Inflight> {
+    /// Joins the entry's fetch in flight, or spawns one. `None` without a Tokio
+    /// runtime. A `background` fetch (refresh ahead, prefetch: nobody waits for
+    /// it) waits for its turn under `--max-service-qps`, and is not started with a
+    /// pod token that expired since (the pod's next request brings a fresh one).
+    pub(super) fn start_fetch(
+        this: &Arc<Self>,
+        entry: &Arc<Entry>,
+        background: bool,
+    ) -> Option<Inflight> {
+        if background && !lock(&entry.request).usable_at(this.now()) {
+            return None;
+        }
         let tx = {
             let mut state = lock(&entry.state);
             // A receiver whose sender is gone belongs to a fetch task that died
@@ -199,7 +241,12 @@ impl<F: Fetch> Inner<F> {
         let rx = tx.subscribe();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(Self::run_fetch(Arc::clone(this), Arc::clone(entry), tx));
+                handle.spawn(Self::run_fetch(
+                    Arc::clone(this),
+                    Arc::clone(entry),
+                    tx,
+                    background,
+                ));
                 Some(rx)
             }
             Err(_) => {
@@ -210,10 +257,20 @@ impl<F: Fetch> Inner<F> {
         }
     }
 
-    /// The one STS call for a key; publishes its result to every waiter.
-    async fn run_fetch(this: Arc<Self>, entry: Arc<Entry>, tx: watch::Sender<Option<FetchResult>>) {
+    /// The one upstream call for a key; publishes its result to every waiter.
+    async fn run_fetch(
+        this: Arc<Self>,
+        entry: Arc<Entry>,
+        tx: watch::Sender<Option<FetchResult>>,
+        background: bool,
+    ) {
+        if background {
+            this.background.wait_turn().await;
+        }
+        // The newest request (token) at the time of the call.
+        let req = lock(&entry.request).clone();
         this.stats.sts_calls.fetch_add(1, Ordering::Relaxed);
-        let fetched = this.fetcher.fetch(&entry.pod, &entry.assoc).await;
+        let fetched = this.fetcher.fetch(&req).await;
         let now = this.now();
         let result = match fetched {
             Ok(creds) => {
@@ -229,7 +286,7 @@ impl<F: Fetch> Inner<F> {
             }
             Err(e) => {
                 this.stats.sts_errors.fetch_add(1, Ordering::Relaxed);
-                Err(CacheError::Sts(Arc::new(e)))
+                Err(CacheError::Upstream(Arc::new(e)))
             }
         };
         let final_error = {
@@ -242,10 +299,12 @@ impl<F: Fetch> Inner<F> {
                         fetched_at: now,
                     });
                     state.last_failure = None;
+                    state.retry_at = None;
                     false
                 }
                 Err(e) if e.is_retryable() => {
                     state.last_failure = Some(now);
+                    state.retry_at = Some(now + jittered(this.settings.retry_backoff));
                     false
                 }
                 Err(_) => {
@@ -256,10 +315,10 @@ impl<F: Fetch> Inner<F> {
         };
         if let Err(e) = &result {
             tracing::warn!(
-                pod_uid = %entry.pod.uid,
-                namespace = %entry.pod.namespace,
-                pod = %entry.pod.name,
-                role_arn = %entry.assoc.effective_role_arn(),
+                pod_uid = %req.pod.uid,
+                namespace = %req.pod.namespace,
+                pod = %req.pod.name,
+                role_arn = %req.role_for_log(),
                 code = e.code(),
                 request_id = e.request_id(),
                 error = %ErrorChain(e),
@@ -268,19 +327,30 @@ impl<F: Fetch> Inner<F> {
             );
         }
         if final_error {
-            this.remove_if_same(&entry);
+            this.remove_if_same(&req, &entry);
         }
         // Waiters may all be gone (background refresh): nothing to do then.
         tx.send_replace(Some(result));
     }
 
     /// Removes `entry` from the map unless it was already replaced.
-    fn remove_if_same(&self, entry: &Arc<Entry>) {
-        let key = Key::new(&entry.pod, &entry.assoc);
+    fn remove_if_same(&self, req: &FetchRequest, entry: &Arc<Entry>) {
+        let key = Key::new(req);
         let mut entries = lock(&self.entries);
         if entries.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             entries.remove(&key);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// `base` ± 20 %, so entries that failed together do not retry together.
+fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // 0.8 .. 1.2 in steps of 1/1000.
+    let factor = 0.8 + (random % 401) as f64 / 1000.0;
+    base.mul_f64(factor)
 }

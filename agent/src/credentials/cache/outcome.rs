@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::credentials::sts::StsError;
+use crate::credentials::upstream::UpstreamError;
 
 /// How a request was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,9 +31,10 @@ impl CacheOutcome {
 /// Why no credentials could be served.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CacheError {
-    /// STS failed and no credentials can be served in the meantime.
+    /// The upstream (STS or EKS Auth) failed and no credentials can be served in
+    /// the meantime.
     #[error(transparent)]
-    Sts(Arc<StsError>),
+    Upstream(Arc<UpstreamError>),
     /// STS issued credentials that expire too soon to be served: the association's
     /// session duration is shorter than `min_remaining` allows.
     #[error("STS issued credentials with {remaining:?} left, less than the {min_remaining:?} clients need")]
@@ -53,16 +54,16 @@ impl CacheError {
     /// Whether asking again may help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CacheError::Sts(e) => e.is_retryable(),
+            CacheError::Upstream(e) => e.is_retryable(),
             CacheError::ShortLived { .. } => false,
             CacheError::FetchAborted => true,
         }
     }
 
-    /// STS's (or the agent's generated) request id of the failed call, if one was made.
+    /// The upstream's (or the agent's generated) request id of the failed call, if one was made.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            CacheError::Sts(e) => e.request_id(),
+            CacheError::Upstream(e) => e.request_id(),
             CacheError::ShortLived { .. } | CacheError::FetchAborted => None,
         }
     }
@@ -70,7 +71,7 @@ impl CacheError {
     /// Short code for metrics and audit records.
     pub fn code(&self) -> &str {
         match self {
-            CacheError::Sts(e) => e.code(),
+            CacheError::Upstream(e) => e.code(),
             CacheError::ShortLived { .. } => "ShortLived",
             CacheError::FetchAborted => "FetchAborted",
         }

@@ -21,8 +21,12 @@ pub struct CacheSettings {
     /// On a retryable STS failure, old credentials are served while more than this is left.
     pub stale_floor: Duration,
     /// After a failed refresh, wait this long before asking STS again for the same
-    /// key, as long as old credentials can be served meanwhile.
+    /// key, as long as old credentials can be served meanwhile (± 20 % jitter).
     pub retry_backoff: Duration,
+    /// Background fetches (refresh ahead, prefetch) per second, all keys together
+    /// (the stock agent's `--max-service-qps`); 0: unlimited. Requests that wait
+    /// for credentials are not limited by it.
+    pub max_service_qps: f64,
 }
 
 impl Default for CacheSettings {
@@ -34,6 +38,7 @@ impl Default for CacheSettings {
             max_retention: Duration::from_secs(3 * 3600),
             stale_floor: Duration::from_secs(60),
             retry_backoff: Duration::from_secs(30),
+            max_service_qps: 3.0,
         }
     }
 }
