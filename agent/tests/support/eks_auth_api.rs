@@ -348,6 +348,12 @@ impl EksAuthApi {
     /// Start the stand-in; it trusts tokens signed by `issuer` and uses moto (IAM
     /// and STS) at `moto_url`.
     pub async fn start(moto_url: &str, issuer: &TokenIssuer) -> Self {
+        Self::start_on("127.0.0.1:0", moto_url, issuer).await
+    }
+
+    /// As [`EksAuthApi::start`], listening on `addr` (the demo and the node tests
+    /// run it inside the simulated node's network namespace).
+    pub async fn start_on(addr: &str, moto_url: &str, issuer: &TokenIssuer) -> Self {
         // The EKS service's own credentials towards IAM and STS (moto accepts any).
         let creds = aws_credential_types::Credentials::new(
             "AKIAEKSAUTHSTANDIN01",
@@ -372,7 +378,9 @@ impl EksAuthApi {
                 .credentials_provider(creds)
                 .build(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("binding the EKS Auth stand-in on {addr}: {e}"));
         let api = EksAuthApi {
             addr: listener.local_addr().unwrap(),
             state: Arc::default(),
@@ -384,7 +392,7 @@ impl EksAuthApi {
             }),
         };
         let a = api.clone();
-        super::serve(listener, move |req| {
+        pod_identity_agent::testing::serve(listener, move |req| {
             let a = a.clone();
             async move { a.handle(req).await }
         });

@@ -22,13 +22,8 @@ pub mod eks_auth_api;
 pub mod kube_api;
 pub mod moto;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::{process::Command, time::Duration};
 
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 pub use pod_identity_agent::testing::write_json;
 use pod_identity_agent::testing::{fake_pod_token, pod_uid, write_projected_token};
 use serde_json::{json, Value};
@@ -62,32 +57,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 // === loopback HTTP, for the stand-ins ===
 
-/// Serve HTTP/1 on `listener` (bound by the stand-in, which needs its address
-/// first), every request answered by `handle`, until the test's runtime ends.
-pub fn serve<H, F, B>(listener: tokio::net::TcpListener, handle: H)
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let answer = handle(req);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-}
+pub use pod_identity_agent::testing::serve;
 
 // === the simulated node ===
 
