@@ -274,6 +274,10 @@ mod tests {
     }
 
     fn fixture_with<F: Fetch>(cross_check: bool, fetcher: F) -> Fixture<F> {
+        fixture_mode(cross_check, false, fetcher)
+    }
+
+    fn fixture_mode<F: Fetch>(cross_check: bool, eks_auth: bool, fetcher: F) -> Fixture<F> {
         let dir = tempfile::tempdir().unwrap();
         let pod_dir = testing::pod_cgroup_dir(dir.path(), POD_UID)
             .join(format!("cri-containerd-{CID}.scope"));
@@ -288,7 +292,7 @@ mod tests {
             cred_addr6: "fd00:ec2::23".into(),
             token_cross_check: cross_check,
             limits: ratelimit::Limits::default(),
-            eks_auth: false,
+            eks_auth,
         };
         let svc = Service::new(
             settings,
@@ -384,6 +388,74 @@ mod tests {
         // A cgroup id that exists nowhere.
         let (s, _, a) = call(&f, Some(u64::MAX), "169.254.170.23", None).await;
         assert_eq!((s, a.reason.as_deref()), (503, Some("CgroupNotFound")));
+    }
+
+    #[tokio::test]
+    async fn eks_auth_mode_serves_the_tokens_pod_without_a_pod_directory() {
+        let counting = testing::CountingSts::default();
+        let f = fixture_mode(false, true, counting.clone());
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let mine = testing::fake_pod_token("ns", "app", "web", POD_UID, exp);
+        // The pod directory is empty: the kernel's pod UID and the token suffice.
+        let (s, b, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(
+            a.assumed_role_arn.as_deref(),
+            Some("arn:aws:sts::111122223333:assumed-role/app/web")
+        );
+        let pod = a.pod.expect("audited pod");
+        assert_eq!(
+            (
+                pod.uid.as_str(),
+                pod.namespace.as_str(),
+                pod.service_account.as_str()
+            ),
+            (POD_UID, "ns", "app")
+        );
+        assert_eq!(a.container_id.as_deref(), Some(CID));
+        assert_eq!(counting.calls(), 1);
+
+        // Another pod's token, copied into this pod: 403 before any upstream call,
+        // even though credentials for this pod are cached.
+        let theirs = testing::fake_pod_token(
+            "ns",
+            "app",
+            "db",
+            "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+            exp,
+        );
+        let (s, b, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&theirs)).await;
+        assert_eq!(
+            (s, a.reason.as_deref()),
+            (403, Some("TokenPodMismatch")),
+            "{b}"
+        );
+        assert!(b.starts_with("Service account token belongs to pod 8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b, but the connection comes from pod 2c48913c"), "{b}");
+        // No token, a token for another audience (IRSA's): the stock agent's 400s.
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", None).await;
+        assert_eq!(
+            (s, b.as_str()),
+            (400, "Service account token cannot be empty\n")
+        );
+        let irsa =
+            testing::pod_identity_token("sts.amazonaws.com", "ns", "app", "web", POD_UID, exp);
+        let (s, b, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&irsa)).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(b.contains("audience"), "{b}");
+        // A host process: refused whatever token it holds.
+        let (s, b, _) = call(&f, Some(f.host_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(s, 403, "{b}");
+        assert_eq!(counting.calls(), 1, "refusals never reach the upstream");
+        // The same pod again: a hit.
+        let (s, _, a) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(
+            (s, a.cache),
+            (200, Some(crate::credentials::CacheOutcome::Hit))
+        );
     }
 
     #[tokio::test]
