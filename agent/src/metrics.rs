@@ -109,6 +109,26 @@ impl Renderer {
         ] {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
         }
+        // The stock agent's names, for its dashboards and alerts.
+        out.push_str("# TYPE pod_identity_cache_state counter\n");
+        for (state, n) in [
+            ("hit", s.hits),
+            ("miss", s.misses),
+            ("evicted", s.evictions),
+        ] {
+            let _ = writeln!(out, "pod_identity_cache_state{{state=\"{state}\"}} {n}");
+        }
+        out.push_str("# TYPE pod_identity_cache_errors counter\n");
+        for ((kind, code), n) in self.cache.error_counts() {
+            let code: String = code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            let _ = writeln!(
+                out,
+                "pod_identity_cache_errors{{type=\"{kind}\",code=\"{code}\"}} {n}"
+            );
+        }
         out.push_str(&render_audit(&self.audit.stats));
         out
     }

@@ -153,6 +153,15 @@ fn the_seed_walkthrough_works_with_every_sdk_and_no_iam_change() {
     let m = e.metrics();
     assert_eq!(metric(&m, "pod_identity_sts_calls_total"), 2, "{m}");
     assert_eq!(metric(&m, "pod_identity_cache_hits_total"), 2, "{m}");
+    // The stock agent's metric names.
+    assert!(
+        m.contains("pod_identity_cache_state{state=\"hit\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pod_identity_http_response{code=\"200\"} 4"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -186,6 +195,13 @@ fn a_token_copied_into_another_pod_gets_a_403_and_nothing_leaves_the_node() {
         body.contains("(ResourceNotFoundException): No Pod Identity Association found for service account thief-sa")
             && body.ends_with("fault: client\n"),
         "{body}"
+    );
+    let m = e.metrics();
+    assert!(
+        m.contains(
+            "pod_identity_cache_errors{type=\"fetch\",code=\"ResourceNotFoundException\"} 1"
+        ),
+        "{m}"
     );
     // No token, or garbage: the stock agent's 400s.
     let (_, rec) = client1(&e.node, 0, &["--path", "/v1/credentials"]);

@@ -220,6 +220,12 @@ impl<F: Fetch> CredentialCache<F> {
         self.len() == 0
     }
 
+    /// Failed fetches since start by (`fetch` | `refresh`, error code).
+    pub fn error_counts(&self) -> Vec<((&'static str, String), u64)> {
+        let m = lock(&self.inner.stats.errors);
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> CacheStats {
         let s = &self.inner.stats;

@@ -314,6 +314,8 @@ impl<F: Fetch> Inner<F> {
             }
         };
         if let Err(e) = &result {
+            this.stats
+                .count_error(if background { "refresh" } else { "fetch" }, e.code());
             tracing::warn!(
                 pod_uid = %req.pod.uid,
                 namespace = %req.pod.namespace,
