@@ -36,6 +36,7 @@ struct World {
     issuer: TokenIssuer,
     api: EksAuthApi,
     client: EksAuthClient,
+    sdk: SdkConfig,
 }
 
 const NODE: &str = "ip-10-0-1-23.ec2.internal";
@@ -75,6 +76,7 @@ impl World {
             issuer,
             api,
             client,
+            sdk,
         }
     }
 
@@ -562,4 +564,63 @@ fn the_stand_ins_trust_evaluation() {
         percent_decode("%7B%22Action%22%3A%20%22sts%3A%2A%22%7D%"),
         "{\"Action\": \"sts:*\"}%"
     );
+}
+
+#[tokio::test]
+async fn the_cache_over_eks_auth_coalesces_and_rides_out_an_outage() {
+    use pod_identity_agent::credentials::eks_auth::check_pod_token;
+    use pod_identity_agent::credentials::{
+        CacheOutcome, CacheSettings, CredentialCache, FetchRequest, Upstream,
+    };
+    let w = World::new().await;
+    w.associated_role().await;
+    let upstream = Upstream::EksAuth(EksAuthClient::with_sdk_config(
+        w.client.settings().clone(),
+        &w.sdk,
+    ));
+    // Refresh ahead at once (every 6 h session is "due"): the outage below hits a
+    // background refresh while the credentials are still valid.
+    let cache = CredentialCache::new(
+        upstream,
+        CacheSettings {
+            refresh_ahead: Duration::from_secs(7 * 3600),
+            ..CacheSettings::default()
+        },
+    );
+    let pod = s3_pod();
+    let token = check_pod_token(Some(&w.token(&pod)), &pod.uid, SystemTime::now()).unwrap();
+    let req = FetchRequest::pod_identity(pod.clone(), token);
+
+    // 20 concurrent first requests: one EKS Auth call.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (cache, req) = (cache.clone(), req.clone());
+        set.spawn(async move { cache.get(&req).await });
+    }
+    let mut keys = std::collections::HashSet::new();
+    while let Some(joined) = set.join_next().await {
+        let (creds, outcome) = joined.unwrap().expect("credentials");
+        assert_eq!(outcome, CacheOutcome::Miss);
+        keys.insert(creds.access_key_id.clone());
+    }
+    assert_eq!((keys.len(), w.api.arrivals()), (1, 1));
+
+    // EKS Auth goes down: the still-valid credentials keep being served.
+    w.api.lock().failing = Some(Failure::ServiceUnavailable);
+    let (first, outcome) = cache.get(&req).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Hit, "served while the refresh runs");
+    assert!(
+        testing::eventually(Duration::from_secs(5), || w.api.arrivals() == 4).await,
+        "one background refresh, 3 attempts: {}",
+        w.api.arrivals()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (stale, outcome) = cache.get(&req).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Stale);
+    assert_eq!(stale.access_key_id, first.access_key_id);
+    assert!(stale.expiration > SystemTime::now() + Duration::from_secs(3600));
+    assert!(caller_arn(&w.moto, &stale)
+        .await
+        .contains(":assumed-role/s3-role/"));
+    assert_eq!(w.api.arrivals(), 4, "no call per request during the outage");
 }
