@@ -315,4 +315,54 @@ mod tests {
         assert_eq!(cache.len(), 0);
         assert!(!verdicts.0.lock().unwrap().contains_key(&a_id));
     }
+
+    #[tokio::test]
+    async fn eks_auth_mode_prefetches_with_the_pods_own_token_and_allows_every_pod() {
+        use crate::credentials::eks_auth::prefetch_token::token_path;
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("system.slice/sshd.service");
+        std::fs::create_dir_all(&host).unwrap();
+        let a = pod_cgroup_dir(dir.path(), UID_A);
+        std::fs::create_dir_all(&a).unwrap();
+        let b = pod_cgroup_dir(dir.path(), UID_B);
+        std::fs::create_dir_all(&b).unwrap();
+        // No pod directory, no associations: only the kubelet's token files.
+        let resolver = testing::resolver(dir.path(), Duration::ZERO, vec![]);
+        let kubelet = dir.path().join("kubelet-pods");
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let path = token_path(&kubelet, &pod_uid(UID_A));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, testing::fake_pod_token("ns", "app", "a", UID_A, exp)).unwrap();
+        let settings = RescanSettings {
+            interval: Duration::from_secs(1),
+            eks_auth: true,
+            prefetch_tokens_dir: Some(kubelet.clone()),
+        };
+        let sts = CountingSts::default();
+        let cache = CredentialCache::new(sts.clone(), CacheSettings::default());
+        let verdicts = Verdicts::default();
+        let mut lc = Lifecycle::default();
+        lc.tick(&resolver, &cache, Some(&verdicts), &settings).await;
+        assert!(testing::eventually(Duration::from_secs(1), || sts.calls() == 1).await);
+        assert_eq!(cache.len(), 1, "pod A prefetched; pod B has no token file");
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        {
+            let v = verdicts.0.lock().unwrap();
+            assert_eq!(v.get(&ino(&a)), Some(&verdict::ALLOW));
+            assert_eq!(v.get(&ino(&b)), Some(&verdict::ALLOW), "EKS Auth decides");
+            assert_eq!(v.get(&ino(&host)), Some(&verdict::DENY), "not a pod");
+        }
+        // Pod B's token appears later (the kubelet writes it): prefetched then.
+        let path = token_path(&kubelet, &pod_uid(UID_B));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, testing::fake_pod_token("ns", "db", "b", UID_B, exp)).unwrap();
+        lc.tick(&resolver, &cache, Some(&verdicts), &settings).await;
+        assert!(testing::eventually(Duration::from_secs(2), || sts.calls() == 2).await);
+        lc.tick(&resolver, &cache, Some(&verdicts), &settings).await;
+        assert_eq!(sts.calls(), 2, "each pod prefetched once");
+    }
 }
