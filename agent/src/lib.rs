@@ -6,7 +6,8 @@
 //! 2. [`attribution`]: cgroup id → pod → association, failing closed.
 //! 3. [`sources`]: the pod directory and associations (files, Kubernetes, EKS).
 //! 4. [`credentials`]: the per-pod cache and STS.
-//! 5. [`http`]: the listener, the endpoint, refusals and probes.
+//! 5. [`http`]: the listener, the endpoint, refusals and probes; [`imds`]: the
+//!    instance metadata front that keeps pods from the node's role.
 //! 6. [`audit`] and [`metrics`]: what happened, for people and for Prometheus.
 //!
 //! [`config`] holds every setting; [`app`] builds the running agent from one.
@@ -24,6 +25,8 @@ pub mod sources;
 pub mod credentials;
 
 pub mod http;
+
+pub mod imds;
 
 pub mod audit;
 pub mod metrics;
