@@ -114,6 +114,12 @@ pub mod flags {
     /// The agent cannot serve: every connect to the credentials address gets `EPERM`
     /// (never redirected to whoever might hold the agent port).
     pub const FAIL_CLOSED: u32 = 1 << 3;
+    /// Node-role guard: connects to the IMDS address from cgroups not marked
+    /// [`super::verdict::NODE`] go to the agent's IMDS front.
+    pub const IMDS_GUARD: u32 = 1 << 4;
+    /// With [`IMDS_GUARD`]: refuse them with `EPERM` instead (`--imds deny` in
+    /// enforce mode).
+    pub const IMDS_DENY: u32 = 1 << 5;
 }
 
 /// Values of the `VERDICTS` map.
@@ -122,6 +128,9 @@ pub mod verdict {
     pub const ALLOW: u32 = 1;
     /// The cgroup is known and must be refused (enforce mode).
     pub const DENY: u32 = 2;
+    /// The cgroup is not a pod (a node process): refused like [`DENY`] for
+    /// credentials in enforce mode, and left alone by the IMDS guard.
+    pub const NODE: u32 = 3;
 }
 
 /// Values of [`Identity::action`].
@@ -161,6 +170,14 @@ pub struct Config {
     /// An agent hands its listening sockets over only to a peer that knows this
     /// value, i.e. one that can read the pinned maps (see `http/handover.rs`).
     pub handover_nonce: u64,
+    /// Instance metadata IPv4 address (169.254.169.254), network order.
+    pub imds_addr4: u32,
+    /// Instance metadata IPv6 address (fd00:ec2::254), network order words.
+    pub imds_addr6: [u32; 4],
+    /// Instance metadata port (80), host order.
+    pub imds_port: u16,
+    /// The agent's IMDS front port on the agent addresses, host order.
+    pub imds_front_port: u16,
 }
 
 /// Full 4-tuple of a TCP connection as seen from the client: `src` is the client,
@@ -238,7 +255,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding_surprises() {
-        assert_eq!(core::mem::size_of::<Config>(), 64);
+        assert_eq!(core::mem::size_of::<Config>(), 88);
         assert_eq!(core::mem::size_of::<TupleKey>(), 40);
         assert_eq!(core::mem::size_of::<Identity>(), 88);
     }

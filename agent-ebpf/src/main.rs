@@ -80,13 +80,20 @@ pub fn pia_connect4(ctx: SockAddrContext) -> i32 {
             read_volatile(&(*sa).user_port),
         )
     };
-    if typ != SOCK_STREAM || dst != cfg.cred_addr4 || u16::from_be(port as u16) != cfg.cred_port {
+    let port = u16::from_be(port as u16);
+    if typ != SOCK_STREAM {
+        return PROCEED;
+    }
+    if dst == cfg.imds_addr4 && port == cfg.imds_port && cfg.flags & flags::IMDS_GUARD != 0 {
+        return imds4(&ctx, cfg, dst);
+    }
+    if dst != cfg.cred_addr4 || port != cfg.cred_port {
         return PROCEED;
     }
     if cfg.flags & flags::FAIL_CLOSED != 0 {
         return REFUSE;
     }
-    let Some(mut id) = caller(&ctx, cfg, [dst, 0, 0, 0], AF_INET) else {
+    let Some(mut id) = caller(&ctx, cfg, [dst, 0, 0, 0], cfg.cred_port, AF_INET) else {
         return PROCEED;
     };
     if refused(cfg, &mut id) {
@@ -99,6 +106,80 @@ pub fn pia_connect4(ctx: SockAddrContext) -> i32 {
     }
     redirected(id);
     PROCEED
+}
+
+/// A pod's connect to IMDS over IPv4: to the agent's IMDS front, or refused
+/// (`--imds deny` in enforce mode). Node processes (verdict `NODE`) and the agent
+/// itself are left alone; a cgroup the agent has not classified yet goes to the
+/// front, which decides (fail closed).
+#[inline(always)]
+fn imds4(ctx: &SockAddrContext, cfg: &Config, dst: u32) -> i32 {
+    let Some((mut id, known_pod)) = imds_caller(ctx, cfg, [dst, 0, 0, 0], AF_INET) else {
+        return PROCEED;
+    };
+    if refuse_imds(cfg, known_pod) {
+        id.action = action::DENIED;
+        emit(&id);
+        return REFUSE;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4 and user_port are writable in connect4.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip4, cfg.agent_addr4);
+        write_volatile(&mut (*sa).user_port, u32::from(cfg.imds_front_port.to_be()));
+    }
+    redirected(id);
+    PROCEED
+}
+
+/// A pod's connect to IMDS over IPv6 (or IPv4-mapped): as [`imds4`].
+#[inline(always)]
+fn imds6(ctx: &SockAddrContext, cfg: &Config, dst: [u32; 4], target: [u32; 4]) -> i32 {
+    let Some((mut id, known_pod)) = imds_caller(ctx, cfg, dst, AF_INET6) else {
+        return PROCEED;
+    };
+    if refuse_imds(cfg, known_pod) {
+        id.action = action::DENIED;
+        emit(&id);
+        return REFUSE;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip6 words and user_port are writable in connect6.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip6[0], target[0]);
+        write_volatile(&mut (*sa).user_ip6[1], target[1]);
+        write_volatile(&mut (*sa).user_ip6[2], target[2]);
+        write_volatile(&mut (*sa).user_ip6[3], target[3]);
+        write_volatile(&mut (*sa).user_port, u32::from(cfg.imds_front_port.to_be()));
+    }
+    redirected(id);
+    PROCEED
+}
+
+/// The caller of an IMDS connect, unless it is the agent or a node process, and
+/// whether the agent knows it is a pod (verdict `ALLOW` or `DENY`).
+#[inline(always)]
+fn imds_caller(
+    ctx: &SockAddrContext,
+    cfg: &Config,
+    orig: [u32; 4],
+    family: u16,
+) -> Option<(Identity, bool)> {
+    let id = caller(ctx, cfg, orig, cfg.imds_port, family)?;
+    // SAFETY: the value is a plain u32 copied out immediately.
+    let v = unsafe { VERDICTS.get(&id.cgroup_id).copied() };
+    if v == Some(verdict::NODE) {
+        return None;
+    }
+    Some((id, v.is_some()))
+}
+
+/// Refused at `connect()`: a known pod under `--imds deny` in enforce mode, or any
+/// caller while the agent cannot serve. A cgroup the agent has not classified yet
+/// goes to the front, which refuses pods and forwards node processes.
+#[inline(always)]
+fn refuse_imds(cfg: &Config, known_pod: bool) -> bool {
+    cfg.flags & flags::FAIL_CLOSED != 0 || (known_pod && cfg.flags & flags::IMDS_DENY != 0)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -121,7 +202,24 @@ pub fn pia_connect6(ctx: SockAddrContext) -> i32 {
             read_volatile(&(*sa).user_port),
         )
     };
-    if typ != SOCK_STREAM || u16::from_be(port as u16) != cfg.cred_port {
+    let port = u16::from_be(port as u16);
+    if typ != SOCK_STREAM {
+        return PROCEED;
+    }
+    if port == cfg.imds_port && cfg.flags & flags::IMDS_GUARD != 0 {
+        if is_v4_mapped(&dst) && dst[3] == cfg.imds_addr4 {
+            return imds6(&ctx, cfg, dst, v4_mapped(cfg.agent_addr4));
+        }
+        if dst == cfg.imds_addr6 {
+            let target = if cfg.flags & flags::AGENT_V6 != 0 {
+                cfg.agent_addr6
+            } else {
+                v4_mapped(cfg.agent_addr4)
+            };
+            return imds6(&ctx, cfg, dst, target);
+        }
+    }
+    if port != cfg.cred_port {
         return PROCEED;
     }
     // An AF_INET6 socket may reach 169.254.170.23 as ::ffff:169.254.170.23; the
@@ -145,7 +243,7 @@ pub fn pia_connect6(ctx: SockAddrContext) -> i32 {
     if cfg.flags & flags::FAIL_CLOSED != 0 {
         return REFUSE;
     }
-    let Some(mut id) = caller(&ctx, cfg, dst, AF_INET6) else {
+    let Some(mut id) = caller(&ctx, cfg, dst, cfg.cred_port, AF_INET6) else {
         return PROCEED;
     };
     if refused(cfg, &mut id) {
@@ -174,7 +272,13 @@ fn enabled_config() -> Option<&'static Config> {
 
 /// Who is connecting, from the kernel. `None` for the agent itself (invariant 3).
 #[inline(always)]
-fn caller(ctx: &SockAddrContext, cfg: &Config, orig: [u32; 4], family: u16) -> Option<Identity> {
+fn caller(
+    ctx: &SockAddrContext,
+    cfg: &Config,
+    orig: [u32; 4],
+    orig_port: u16,
+    family: u16,
+) -> Option<Identity> {
     // SAFETY: plain helper call.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cgroup_id == cfg.agent_cgroup_id {
@@ -201,7 +305,7 @@ fn caller(ctx: &SockAddrContext, cfg: &Config, orig: [u32; 4], family: u16) -> O
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         orig_addr: orig,
-        orig_port: cfg.cred_port,
+        orig_port,
         family,
         action: action::REDIRECTED,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
@@ -218,7 +322,7 @@ fn refused(cfg: &Config, id: &mut Identity) -> bool {
     }
     // SAFETY: the value is a plain u32 copied out immediately.
     let v = unsafe { VERDICTS.get(&id.cgroup_id).copied() };
-    if v != Some(verdict::DENY) {
+    if v != Some(verdict::DENY) && v != Some(verdict::NODE) {
         return false;
     }
     id.action = action::DENIED;
@@ -259,7 +363,10 @@ fn bind_allowed(ctx: &SockAddrContext, cfg: &Config) -> i32 {
             read_volatile(&(*ctx.sock_addr).user_port),
         )
     };
-    if typ != SOCK_STREAM || u16::from_be(port as u16) != cfg.agent_port {
+    let port = u16::from_be(port as u16);
+    let guarded_port = port == cfg.agent_port
+        || (port == cfg.imds_front_port && cfg.flags & flags::IMDS_GUARD != 0);
+    if typ != SOCK_STREAM || !guarded_port {
         return PROCEED;
     }
     // SAFETY: plain helper calls with the program's own context pointer.
@@ -350,7 +457,8 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     // connect() failed early and was then connected elsewhere must not carry the
     // old record (nor report the credentials address from getpeername).
     let to_agent = enabled_config().is_some_and(|cfg| {
-        key.dst_port == cfg.agent_port
+        (key.dst_port == cfg.agent_port
+            || (key.dst_port == cfg.imds_front_port && cfg.flags & flags::IMDS_GUARD != 0))
             && ((key.family == AF_INET && key.dst_addr[0] == cfg.agent_addr4)
                 || (key.family == AF_INET6 && key.dst_addr == cfg.agent_addr6))
     });

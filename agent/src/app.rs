@@ -15,6 +15,7 @@ use crate::{
     config::{Config, EnforceMode, UpstreamConfig},
     credentials::{CredentialCache, EksAuthClient, StsFetcher, Upstream},
     http::{handover, listener, probes, Service, ServiceSettings},
+    imds::ImdsFront,
     kernel::{Kernel, KernelError, VerdictSink},
     metrics,
     model::Source,
@@ -50,6 +51,12 @@ pub enum AppError {
     },
     #[error("binding {addr} (credential connects now fail with EPERM)")]
     Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the IMDS front {addr} (pods' metadata connects now fail)")]
+    BindImds {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -237,6 +244,14 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     let mut kernel = Kernel::load(&cfg.kernel).map_err(kernel_err("loading the kernel side"))?;
     let events = kernel.take_events();
     let (listeners, taken_over) = listen(&mut kernel, &mut cfg).await?;
+    let (listeners, mut imds_listeners) = split_listeners(listeners, &cfg);
+    if cfg.kernel.imds.is_some() && imds_listeners.is_empty() {
+        // Fresh start, or the serving agent ran without the guard.
+        imds_listeners = match bind_imds(&cfg).await {
+            Ok(l) => l,
+            Err(e) => return Err(fail_closed(&kernel, &cfg, e)),
+        };
+    }
     // Only now does the redirect go live (or get replaced): someone answers.
     kernel
         .attach()
@@ -297,18 +312,22 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         cgroup_prefix: cfg.cgroup_prefix.clone(),
     };
     let request_metrics = Arc::new(metrics::RequestMetrics::default());
+    let audit_sink: Arc<dyn audit::AccessSink> = Arc::new(audit::Tee(vec![
+        Arc::new(TracingSink),
+        audit_log.clone(),
+        request_metrics.clone(),
+    ]));
     let service = Arc::new(Service::new(
         ServiceSettings::from(&cfg),
         resolver.clone(),
         cache.clone(),
-        Arc::new(audit::Tee(vec![
-            Arc::new(TracingSink),
-            audit_log.clone(),
-            request_metrics.clone(),
-        ])),
+        audit_sink.clone(),
     ));
-    let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce)
-        .then(|| kernel.clone() as Arc<dyn VerdictSink>);
+    // Verdicts serve enforce mode and the IMDS guard (which leaves node processes,
+    // verdict NODE, alone).
+    let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce
+        || cfg.kernel.imds.is_some())
+    .then(|| kernel.clone() as Arc<dyn VerdictSink>);
 
     // A taken-over agent starts serving once it is ready; the old agent serves
     // until then (both would otherwise read the one event ring buffer, and this
@@ -338,13 +357,14 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     };
     tasks.spawn(
         "cgroup rescan",
-        rescan::run(resolver, cache.clone(), verdicts, rescan_settings),
+        rescan::run(resolver.clone(), cache.clone(), verdicts, rescan_settings),
     );
     if let Some(dir) = cfg.kernel.pin_dir.clone() {
         // Be ready to hand these sockets to the next agent, once this one is
         // ready (an agent that took them over binds the name after confirming).
         let copies: Vec<std::net::TcpListener> = listeners
             .iter()
+            .chain(imds_listeners.iter())
             .filter_map(|l| {
                 let fd = std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok()?;
                 Some(std::net::TcpListener::from(fd))
@@ -370,6 +390,24 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
             start.await;
             serve.await
         });
+    }
+    if !imds_listeners.is_empty() {
+        let front = Arc::new(ImdsFront::new(
+            cfg.imds.clone(),
+            resolver.clone(),
+            cache.clone(),
+            audit_sink.clone(),
+            cfg.upstream.is_eks_auth(),
+            cfg.prefetch_tokens_dir.clone(),
+        ));
+        for l in imds_listeners {
+            let start = start_when(&ready);
+            let serve = listener::serve(l, kernel.clone(), front.clone(), cfg.connections);
+            tasks.spawn("IMDS front listener", async move {
+                start.await;
+                serve.await
+            });
+        }
     }
     let mut probe_tasks = Tasks::default();
     let render = metrics::Renderer {
@@ -471,6 +509,16 @@ async fn listen(
     if let Some(a6) = cfg.kernel.agent_addr6 {
         expected.push(SocketAddr::from((a6, cfg.kernel.agent_port)));
     }
+    // The serving agent's IMDS front sockets are taken too (and dropped if this
+    // agent runs without the guard), so turning the guard on or off never makes a
+    // rollout fail.
+    expected.push(SocketAddr::from((
+        cfg.kernel.agent_addr4,
+        cfg.imds.front_port,
+    )));
+    if let Some(a6) = cfg.kernel.agent_addr6 {
+        expected.push(SocketAddr::from((a6, cfg.imds.front_port)));
+    }
     // Fresh pins: no agent ran here before, nobody to take over from.
     let Some(serving) = kernel.serving_handover_nonce() else {
         return Ok((bind_or_fail_closed(kernel, cfg).await?, None));
@@ -549,6 +597,42 @@ fn fail_closed(kernel: &Kernel, cfg: &Config, e: AppError) -> AppError {
         tracing::error!(error = %fc, "could not switch the kernel to fail-closed");
     }
     e
+}
+
+/// The IMDS front's listeners, on the agent addresses (the kernel lets only the
+/// agent bind them while the guard is on).
+async fn bind_imds(cfg: &Config) -> Result<Vec<TcpListener>, AppError> {
+    let mut listeners = Vec::new();
+    let Some(imds) = cfg.kernel.imds else {
+        return Ok(listeners);
+    };
+    let mut addrs = vec![SocketAddr::from((cfg.kernel.agent_addr4, imds.front_port))];
+    if let Some(a6) = cfg.kernel.agent_addr6 {
+        addrs.push(SocketAddr::from((a6, imds.front_port)));
+    }
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::BindImds { addr, source })?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// Splits the listening sockets into (credentials, IMDS front), by port; IMDS
+/// front sockets taken over while the guard is off are closed.
+fn split_listeners(
+    listeners: Vec<TcpListener>,
+    cfg: &Config,
+) -> (Vec<TcpListener>, Vec<TcpListener>) {
+    let (imds, creds): (Vec<_>, Vec<_>) = listeners.into_iter().partition(|l| {
+        l.local_addr()
+            .is_ok_and(|a| a.port() == cfg.imds.front_port && a.port() != cfg.kernel.agent_port)
+    });
+    if cfg.kernel.imds.is_none() {
+        return (creds, Vec::new());
+    }
+    (creds, imds)
 }
 
 /// Bind the agent's listeners.

@@ -12,6 +12,7 @@ use crate::{
     config::{self, AuditSettings, Config, EnforceMode, UpstreamConfig},
     credentials::eks_auth::EksAuthSettings,
     http::ratelimit::Limits,
+    imds::{ImdsMode, ImdsSettings},
     sources::{eks::EksSettings, kubernetes},
 };
 
@@ -262,6 +263,21 @@ pub struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "POD_IDENTITY_LOG_JSON")]
     pub log_json: bool,
+    /// What pods get from instance metadata (169.254.169.254): off (no redirect),
+    /// block-credentials (everything but the node role's credentials), pod-role
+    /// (the credential paths serve the pod's own role), deny (nothing; EPERM at
+    /// connect() in enforce mode). Node processes are never affected.
+    #[arg(long, value_enum, env = "POD_IDENTITY_IMDS", default_value_t = ImdsMode::BlockCredentials)]
+    pub imds: ImdsMode,
+    /// Port of the agent's IMDS front on the node address.
+    #[arg(long, default_value_t = crate::imds::settings::DEFAULT_IMDS_FRONT_PORT)]
+    pub imds_port: u16,
+    /// The real instance metadata service, as the agent reaches it.
+    #[arg(long, default_value = "http://169.254.169.254:80")]
+    pub imds_endpoint: String,
+    /// With --imds: also refuse pods the instance's user data (often bootstrap secrets).
+    #[arg(long)]
+    pub imds_block_user_data: bool,
 }
 
 /// `pod-identity-agent audit`: read the audit log as a table.
@@ -378,6 +394,13 @@ impl RunArgs {
                 cfg.prefetch_tokens_dir = self.kubelet_pods_dir.clone();
             }
         }
+        cfg.set_imds(ImdsSettings {
+            mode: self.imds,
+            block_user_data: self.imds_block_user_data,
+            upstream: self.imds_endpoint.clone(),
+            front_port: self.imds_port,
+            ..ImdsSettings::default()
+        });
         if self.kube {
             let node = self
                 .node_name

@@ -14,6 +14,7 @@ use crate::{
     audit::Target,
     credentials::{cache::CacheSettings, eks_auth::EksAuthSettings, sts::StsSettings},
     http::{conn_limit::ConnectionLimits, ratelimit::Limits},
+    imds::{ImdsMode, ImdsSettings},
     sources::{eks::EksSettings, kubernetes::KubeSettings},
 };
 
@@ -55,6 +56,20 @@ pub struct KernelConfig {
     /// bpffs directory for pinned links and maps: the redirect survives an agent
     /// restart (invariant 8). `None`: programs detach when the agent exits.
     pub pin_dir: Option<PathBuf>,
+    /// The node-role guard: pods' connections to instance metadata (`None`: off).
+    pub imds: Option<KernelImds>,
+}
+
+/// What the kernel does with pods' connections to instance metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelImds {
+    pub addr4: Ipv4Addr,
+    pub addr6: Ipv6Addr,
+    pub port: u16,
+    /// The agent's IMDS front, on the agent addresses.
+    pub front_port: u16,
+    /// Refuse with `EPERM` instead of redirecting (`--imds deny`, enforce mode).
+    pub deny: bool,
 }
 
 /// Where pods' credentials come from.
@@ -119,6 +134,8 @@ pub struct Config {
     pub kube: Option<KubeSettings>,
     /// Associations polled from the EKS API (`None`: off).
     pub eks: Option<EksSettings>,
+    /// The instance metadata front (the node-role guard).
+    pub imds: ImdsSettings,
 }
 
 /// Where the audit log goes.
@@ -139,6 +156,18 @@ impl Default for AuditSettings {
 }
 
 impl Config {
+    /// Sets the IMDS front's settings and the kernel's side of them together.
+    pub fn set_imds(&mut self, imds: ImdsSettings) {
+        self.kernel.imds = imds.guarded().then(|| KernelImds {
+            addr4: imds.addr4,
+            addr6: imds.addr6,
+            port: imds.port,
+            front_port: imds.front_port,
+            deny: imds.mode == ImdsMode::Deny && self.kernel.enforce == EnforceMode::Enforce,
+        });
+        self.imds = imds;
+    }
+
     /// A config for an agent reachable at `agent_addr4`, attached at `cgroup`, with
     /// every other setting at its default.
     pub fn new(cgroup: PathBuf, agent_addr4: Ipv4Addr) -> Self {
@@ -153,6 +182,7 @@ impl Config {
                 agent_port: DEFAULT_AGENT_PORT,
                 enforce: EnforceMode::Audit,
                 pin_dir: None,
+                imds: None,
             },
             unknown_pod_wait: Duration::from_secs(2),
             token_cross_check: false,
@@ -172,6 +202,10 @@ impl Config {
             audit: AuditSettings::default(),
             kube: None,
             eks: None,
+            imds: ImdsSettings {
+                mode: ImdsMode::Off,
+                ..ImdsSettings::default()
+            },
         }
     }
 }

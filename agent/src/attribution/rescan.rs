@@ -144,14 +144,16 @@ impl Lifecycle {
         (appeared_pods, gone_pods)
     }
 
-    /// Enforce mode: DENY for cgroups that are not pods or whose pod has no usable
-    /// association; ALLOW for pods with one. Pods the directory does not know yet
+    /// Enforce mode and the IMDS guard: NODE for cgroups that are not pods, DENY
+    /// for pods without a usable association, ALLOW for pods with one. Pods the directory does not know yet
     /// get no verdict, so a new pod's first call reaches the agent (which decides)
     /// instead of failing in the kernel.
     fn sync_verdicts(&mut self, resolver: &Resolver, sink: &dyn VerdictSink, eks_auth: bool) {
         for (id, uid) in &self.cgroups {
             let want = match uid {
-                None => Some(verdict::DENY),
+                // Not a pod: refused credentials in enforce mode, and left alone by
+                // the IMDS guard (the node role is the node's).
+                None => Some(verdict::NODE),
                 // EKS Auth knows the associations: every pod may ask.
                 Some(_) if eks_auth => Some(verdict::ALLOW),
                 Some(uid) => {
@@ -297,7 +299,7 @@ mod tests {
             let v = verdicts.0.lock().unwrap();
             assert_eq!(v.get(&ino(&a)), Some(&verdict::ALLOW));
             assert_eq!(v.get(&ino(&b)), Some(&verdict::DENY));
-            assert_eq!(v.get(&ino(&host)), Some(&verdict::DENY), "not a pod");
+            assert_eq!(v.get(&ino(&host)), Some(&verdict::NODE), "not a pod");
         }
         // A second tick changes nothing and fetches nothing.
         lc.tick(&resolver, &cache, Some(&verdicts), &sts_mode())
@@ -354,7 +356,7 @@ mod tests {
             let v = verdicts.0.lock().unwrap();
             assert_eq!(v.get(&ino(&a)), Some(&verdict::ALLOW));
             assert_eq!(v.get(&ino(&b)), Some(&verdict::ALLOW), "EKS Auth decides");
-            assert_eq!(v.get(&ino(&host)), Some(&verdict::DENY), "not a pod");
+            assert_eq!(v.get(&ino(&host)), Some(&verdict::NODE), "not a pod");
         }
         // Pod B's token appears later (the kubelet writes it): prefetched then.
         let path = token_path(&kubelet, &pod_uid(UID_B));

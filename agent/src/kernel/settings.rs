@@ -18,6 +18,19 @@ pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64, handover_nonce: u
     if cfg.enforce == EnforceMode::Enforce {
         f |= flags::ENFORCE;
     }
+    let imds = cfg.imds.unwrap_or(crate::config::KernelImds {
+        addr4: crate::imds::settings::IMDS_ADDR4,
+        addr6: crate::imds::settings::IMDS_ADDR6,
+        port: crate::imds::settings::IMDS_PORT,
+        front_port: 0,
+        deny: false,
+    });
+    if cfg.imds.is_some() {
+        f |= flags::IMDS_GUARD;
+        if imds.deny {
+            f |= flags::IMDS_DENY;
+        }
+    }
     KConfig {
         cred_addr4: u32::from_ne_bytes(cfg.cred_addr4.octets()),
         agent_addr4: u32::from_ne_bytes(cfg.agent_addr4.octets()),
@@ -28,5 +41,9 @@ pub fn kernel_config(cfg: &KernelConfig, agent_cgroup_id: u64, handover_nonce: u
         flags: f,
         agent_cgroup_id,
         handover_nonce,
+        imds_addr4: u32::from_ne_bytes(imds.addr4.octets()),
+        imds_addr6: words6(imds.addr6),
+        imds_port: imds.port,
+        imds_front_port: imds.front_port,
     }
 }
