@@ -14,7 +14,12 @@ for f in files:
     with open(f) as fh:
         for d in yaml.safe_load_all(fh):
             if d and d.get("kind") == "ValidatingAdmissionPolicy":
-                policies[d["metadata"]["name"]] = d["spec"]
+                name = d["metadata"]["name"]
+                # Overlays (deploy/eks/) carry their own copy: one name, one policy,
+                # so the cases below test every copy.
+                if name in policies and policies[name][1] != d["spec"]:
+                    raise SystemExit("FAIL policy %s differs between %s and %s" % (name, policies[name][0], f))
+                policies[name] = (f, d["spec"])
 
 env = celpy.Environment()
 
@@ -43,7 +48,7 @@ with open(cases_file) as fh:
     cases = yaml.safe_load(fh)
 seen = set()
 for case in cases:
-    spec = policies.get(case["policy"])
+    spec = policies.get(case["policy"], (None, None))[1]
     if spec is None:
         print("FAIL %s: no policy %s in deploy/" % (case["name"], case["policy"]))
         bad += 1

@@ -5,6 +5,7 @@
 //! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
 //! * `build`      build-ebpf, then the agent
 //! * `test`       build, fmt/clippy, then every test (privileged ones included)
+//! * `manifests`  only the checks of deploy/ (schemas, admission policies, checkov)
 //! * `demo`       a simulated node with pods, a local STS and the AWS CLI
 //! * `bench`      side-by-side benchmarks
 #![forbid(unsafe_code)]
@@ -120,12 +121,13 @@ fn main() -> ExitCode {
         "build-ebpf" => build_ebpf(),
         "build" => build(),
         "test" => test(rest),
+        "manifests" => setup::python().and_then(|_| manifests::validate()),
         "demo" => setup::all().and_then(|_| build()).and_then(|_| demo::run()),
         "bench" => setup::all()
             .and_then(|_| build())
             .and_then(|_| bench::run()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|demo|bench>");
+            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo|bench>");
             return ExitCode::from(2);
         }
     };
