@@ -1,10 +1,13 @@
-//! `cargo xtask demo`: one simulated node, a local AWS (moto), the agent with its
-//! real eBPF programs, and the unmodified AWS CLI in each pod. Prints a transcript
-//! of who asked, what the kernel said, and what was served or refused, then cleans
-//! up (namespaces, cgroups, processes: all removed when `Node` drops).
+//! `cargo xtask demo [--sts]`: one simulated node, a local AWS (moto), the agent
+//! with its real eBPF programs, and the unmodified AWS CLI in each pod. Prints a
+//! transcript of who asked, what the kernel said, and what was served or refused,
+//! then cleans up (namespaces, cgroups, processes: all removed when `Node` drops).
 //!
-//! * [`sts`]: the agent assumes the roles of its own associations.
+//! * default, [`eks`]: the EKS mode (`--upstream eks-auth`): the agent passes each
+//!   pod's own token to EKS Auth (here the stand-in `examples/eks_auth_standin.rs`).
+//! * `--sts`, [`sts`]: the agent assumes the roles of its own associations.
 
+mod eks;
 mod sts;
 
 use std::{
@@ -19,10 +22,38 @@ use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 const MOTO_PORT: u16 = 5000;
 const ACCOUNT: &str = "123456789012";
 
-pub fn run() -> Result<(), String> {
-    let agent = crate::target_dir().join("debug/pod-identity-agent");
+/// Which walkthrough `cargo xtask demo` runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// `--upstream eks-auth` (the agent's default).
+    EksAuth,
+    /// `--upstream sts`.
+    Sts,
+}
+
+impl Mode {
+    /// The demo's flags: none (EKS mode), `--eks-auth` or `--sts`.
+    pub fn parse(args: &[String]) -> Result<Mode, String> {
+        match args {
+            [] => Ok(Mode::EksAuth),
+            [a] if a == "--eks-auth" => Ok(Mode::EksAuth),
+            [a] if a == "--sts" => Ok(Mode::Sts),
+            _ => Err(format!(
+                "unexpected arguments {args:?}: cargo xtask demo [--sts]"
+            )),
+        }
+    }
+}
+
+pub fn run(mode: Mode) -> Result<(), String> {
+    // `cargo xtask build` (`--all-targets`) built both, examples included.
+    let bin = crate::target_dir().join("debug");
+    let agent = bin.join("pod-identity-agent");
     let work = WorkDir::create()?;
-    sts::demo(&agent, &work.0)
+    match mode {
+        Mode::EksAuth => eks::demo(&agent, &bin.join("examples/eks_auth_standin"), &work.0),
+        Mode::Sts => sts::demo(&agent, &work.0),
+    }
 }
 
 /// The demo's files (pods' tokens, the audit log), removed on drop, even when a

@@ -5,7 +5,8 @@
 //! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
 //! * `build`      build-ebpf, then the agent
 //! * `test`       build, fmt/clippy, then every test (privileged ones included)
-//! * `demo`       a simulated node with pods, a local STS and the AWS CLI
+//! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
+//!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
 //! * `bench`      side-by-side benchmarks
 #![forbid(unsafe_code)]
 
@@ -120,12 +121,20 @@ fn main() -> ExitCode {
         "build-ebpf" => build_ebpf(),
         "build" => build(),
         "test" => test(rest),
-        "demo" => setup::all().and_then(|_| build()).and_then(|_| demo::run()),
+        "demo" => demo::Mode::parse(rest).and_then(|mode| {
+            setup::all()
+                .and_then(|_| build())
+                .and_then(|_| demo::run(mode))
+        }),
         "bench" => setup::all()
             .and_then(|_| build())
             .and_then(|_| bench::run()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|demo|bench>");
+            eprintln!(
+                "usage: cargo xtask <setup|build-ebpf|build|test|demo [--sts]|bench>\n  \
+                 demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
+                 demo --sts  the agent assumes the roles of its own associations with STS"
+            );
             return ExitCode::from(2);
         }
     };
