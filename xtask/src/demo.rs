@@ -1,164 +1,124 @@
-//! `cargo xtask demo`: one simulated node, a local STS (moto), the agent with its
-//! real eBPF programs, and the unmodified AWS CLI in each pod. Prints a transcript
-//! of who asked, what the kernel said, and what was served or refused, then cleans
-//! up (namespaces, cgroups, processes: all removed when `Node` drops).
+//! `cargo xtask demo [--sts]`: one simulated node, a local AWS (moto), the agent
+//! with its real eBPF programs, and the unmodified AWS CLI in each pod. Prints a
+//! transcript of who asked, what the kernel said, and what was served or refused,
+//! then cleans up (namespaces, cgroups, processes: all removed when `Node` drops).
+//!
+//! * default, [`eks`]: the EKS mode (`--upstream eks-auth`): the agent passes each
+//!   pod's own token to EKS Auth (here the stand-in `examples/eks_auth_standin.rs`).
+//! * `--sts`, [`sts`]: the agent assumes the roles of its own associations.
+
+mod eks;
+mod sts;
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 
-const STS_PORT: u16 = 5000;
+/// moto (IAM and STS) listens on the node address, where pods reach it too.
+const MOTO_PORT: u16 = 5000;
 const ACCOUNT: &str = "123456789012";
 
-struct DemoPod {
-    name: &'static str,
-    uid: &'static str,
-    service_account: &'static str,
-    host_network: bool,
-    role: Option<&'static str>,
+/// Which walkthrough `cargo xtask demo` runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// `--upstream eks-auth` (the agent's default).
+    EksAuth,
+    /// `--upstream sts`.
+    Sts,
 }
 
-const PODS: &[DemoPod] = &[
-    DemoPod {
-        name: "web-7d4b9",
-        uid: "2c48913c-b29f-11e7-9350-020968147796",
-        service_account: "web",
-        host_network: false,
-        role: Some("web-reader"),
-    },
-    DemoPod {
-        name: "worker-5f6c8",
-        uid: "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
-        service_account: "worker",
-        host_network: false,
-        role: Some("queue-worker"),
-    },
-    DemoPod {
-        name: "batch-x2k9p",
-        uid: "f47ac10b-58cc-4372-a567-0e02b2c3d479",
-        service_account: "batch",
-        host_network: false,
-        role: None,
-    },
-    DemoPod {
-        name: "node-exporter-abcde",
-        uid: "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
-        service_account: "monitoring",
-        host_network: true,
-        role: Some("metrics-writer"),
-    },
-];
-
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+impl Mode {
+    /// The demo's flags: none (EKS mode), `--eks-auth` or `--sts`.
+    pub fn parse(args: &[String]) -> Result<Mode, String> {
+        match args {
+            [] => Ok(Mode::EksAuth),
+            [a] if a == "--eks-auth" => Ok(Mode::EksAuth),
+            [a] if a == "--sts" => Ok(Mode::Sts),
+            _ => Err(format!(
+                "unexpected arguments {args:?}: cargo xtask demo [--sts]"
+            )),
         }
     }
-    out
 }
 
-/// A token shaped like the kubelet's projected pod identity token (unsigned: the
-/// agent never trusts it for identity).
-fn token(p: &DemoPod) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 86400;
-    let payload = format!(
-        r#"{{"aud":["pods.eks.amazonaws.com"],"exp":{exp},"kubernetes.io":{{"namespace":"default","pod":{{"name":"{}","uid":"{}"}},"serviceaccount":{{"name":"{}"}}}},"sub":"system:serviceaccount:default:{}"}}"#,
-        p.name, p.uid, p.service_account, p.service_account
-    );
-    format!(
-        "{}.{}.c2ln",
-        b64url(br#"{"alg":"RS256"}"#),
-        b64url(payload.as_bytes())
-    )
+pub fn run(mode: Mode) -> Result<(), String> {
+    // `cargo xtask build` (`--all-targets`) built both, examples included.
+    let bin = crate::target_dir().join("debug");
+    let agent = bin.join("pod-identity-agent");
+    let work = WorkDir::create()?;
+    match mode {
+        Mode::EksAuth => eks::demo(&agent, &bin.join("examples/eks_auth_standin"), &work.0),
+        Mode::Sts => sts::demo(&agent, &work.0),
+    }
+}
+
+/// The demo's files (pods' tokens, the audit log), removed on drop, even when a
+/// step panics.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> Result<WorkDir, String> {
+        let work = std::env::temp_dir().join(format!("pia-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
+        Ok(WorkDir(work))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn step(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
 }
 
-pub fn run() -> Result<(), String> {
-    let agent = crate::target_dir().join("debug/pod-identity-agent");
-    let work = std::env::temp_dir().join(format!("pia-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
-    let result = demo(&agent, &work);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+fn moto_url() -> String {
+    format!("http://{NODE_ADDR4}:{MOTO_PORT}")
 }
 
-fn demo(agent: &Path, work: &Path) -> Result<(), String> {
-    step("Simulated node: node netns + one netns and cgroup per pod (all removed at the end)");
-    let mut node = Node::new();
-    let mut pods_json = Vec::new();
-    let mut assoc_json = Vec::new();
-    for p in PODS {
-        let i = node.add_pod(p.name, p.uid, p.host_network);
-        let pod = &node.pods[i];
-        println!(
-            "  pod default/{:<20} sa={:<11} {} cgroup …/{}",
-            p.name,
-            p.service_account,
-            if p.host_network {
-                "hostNetwork        ".to_string()
-            } else {
-                format!("ip {:<15}", pod.addr4)
-            },
-            pod.cgroup
-                .path()
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        pods_json.push(format!(
-            r#"{{"uid":"{}","namespace":"default","name":"{}","serviceAccount":"{}","hostNetwork":{}}}"#,
-            p.uid, p.name, p.service_account, p.host_network
-        ));
-        if let Some(r) = p.role {
-            assoc_json.push(format!(
-                r#"{{"namespace":"default","serviceAccount":"{}","roleArn":"arn:aws:iam::{ACCOUNT}:role/{r}"}}"#,
-                p.service_account
-            ));
-        }
-        std::fs::write(work.join(format!("token-{}", p.name)), token(p))
-            .map_err(|e| e.to_string())?;
-    }
-    let pods_file = work.join("pods.json");
-    let assoc_file = work.join("associations.json");
-    std::fs::write(
-        &pods_file,
-        format!(r#"{{"pods":[{}]}}"#, pods_json.join(",")),
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(
-        &assoc_file,
-        format!(r#"{{"associations":[{}]}}"#, assoc_json.join(",")),
-    )
-    .map_err(|e| e.to_string())?;
-    println!("  associations: web→web-reader, worker→queue-worker, monitoring→metrics-writer; batch has none");
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
 
-    step(&format!("Local STS (moto) on {NODE_ADDR4}:{STS_PORT}"));
-    let mut sts = node.node_command("moto_server");
-    sts.args(["-H", &NODE_ADDR4.to_string(), "-p", &STS_PORT.to_string()])
+/// One line about pod `i`: name, service account, address, cgroup.
+fn show_pod(node: &Node, i: usize, service_account: &str) {
+    let pod = &node.pods[i];
+    println!(
+        "  pod default/{:<20} sa={:<11} {} cgroup …/{}",
+        pod.name,
+        service_account,
+        if pod.netns.is_none() {
+            "hostNetwork        ".to_string()
+        } else {
+            format!("ip {:<15}", pod.addr4)
+        },
+        pod.cgroup
+            .path()
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+}
+
+/// moto's server (IAM, STS, …) in the node netns, on the node address.
+fn start_moto(node: &mut Node) {
+    step(&format!("Local AWS (moto: IAM, STS) on {}", moto_url()));
+    let mut moto = node.node_command("moto_server");
+    moto.args(["-H", &NODE_ADDR4.to_string(), "-p", &MOTO_PORT.to_string()])
         .env("PATH", crate::setup::path_with_python_scripts());
-    node.spawn_until(sts, "Running on", Duration::from_secs(30));
+    node.spawn_until(moto, "Running on", Duration::from_secs(30));
+}
 
-    step("Agent: eBPF attached to the node's cgroup subtree, listening on the node address");
+/// The agent in the node netns, attached to the node's cgroup subtree, listening
+/// on the node address, with static credentials of its own; the caller adds the
+/// upstream's flags.
+fn agent_command(node: &Node, agent: &Path, work: &Path) -> Result<Command, String> {
     let mut a = node.node_command(agent.to_str().ok_or("agent path")?);
     a.arg("--cgroup")
         .arg(node.cgroup_root.path())
@@ -168,70 +128,67 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
             "--agent-addr6",
             &NODE_ADDR6.to_string(),
         ])
-        .args(["--upstream", "sts"])
-        .arg("--pods-file")
-        .arg(&pods_file)
-        .arg("--associations-file")
-        .arg(&assoc_file)
-        .args([
-            "--sts-endpoint",
-            &format!("http://{NODE_ADDR4}:{STS_PORT}"),
-            "--region",
-            "us-east-1",
-        ])
-        .args(["--cluster-name", "demo", "--bpffs-dir", "none"])
+        .args(["--region", "us-east-1", "--bpffs-dir", "none"])
         .arg("--audit-log")
         .arg(work.join("audit.log"))
         .env("AWS_ACCESS_KEY_ID", "AKIAAGENTDEMO0000001")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "info");
-    node.spawn_until(a, "pod-identity-agent ready", Duration::from_secs(30));
+    Ok(a)
+}
 
-    for (i, p) in PODS.iter().enumerate() {
-        step(&format!(
-            "pod default/{} runs `aws sts get-caller-identity`",
-            p.name
-        ));
-        // What the kernel says about a process of this pod.
-        let mut who = node.pod_command(i, "python3");
-        who.arg(testnode::CLIENT_PY);
-        let out = who.output().map_err(|e| format!("client: {e}"))?;
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        println!("  kernel says: {}", extract_body(&line));
-        let mut cli = node.pod_command(i, "aws");
-        cli.args([
-            "sts",
-            "get-caller-identity",
-            "--output",
-            "text",
-            "--query",
-            "Arn",
-        ])
-        .args(["--endpoint-url", &format!("http://{NODE_ADDR4}:{STS_PORT}")]);
-        testnode::sdk_env(
-            &mut cli,
-            &work.join(format!("token-{}", p.name)),
-            work,
-            &crate::setup::path_with_python_scripts(),
+/// What the kernel says about a process of pod `i` (the agent's /v1/whoami).
+fn kernel_says(node: &Node, i: usize) -> Result<(), String> {
+    let mut who = node.pod_command(i, "python3");
+    who.arg(testnode::CLIENT_PY);
+    let out = who.output().map_err(|e| format!("client: {e}"))?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    println!("  kernel says: {}", extract_body(&line));
+    Ok(())
+}
+
+/// The unmodified AWS CLI in pod `i`, with the EKS webhook's environment
+/// (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`),
+/// runs `aws sts get-caller-identity` against moto; prints the ARN it got or the
+/// CLI's error.
+fn caller_identity(node: &Node, i: usize, token_file: &Path, home: &Path) -> Result<(), String> {
+    let mut cli = node.pod_command(i, "aws");
+    cli.args([
+        "sts",
+        "get-caller-identity",
+        "--output",
+        "text",
+        "--query",
+        "Arn",
+    ])
+    .args(["--endpoint-url", &moto_url()]);
+    testnode::sdk_env(
+        &mut cli,
+        token_file,
+        home,
+        &crate::setup::path_with_python_scripts(),
+    );
+    let out = cli.output().map_err(|e| format!("aws: {e}"))?;
+    if out.status.success() {
+        println!(
+            "  \x1b[32mserved\x1b[0m: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
         );
-        let out = cli.output().map_err(|e| format!("aws: {e}"))?;
-        if out.status.success() {
-            println!(
-                "  \x1b[32mserved\x1b[0m: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let why = err
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
-            println!("  \x1b[31mrefused\x1b[0m: {why}");
-        }
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let why = err
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        println!("  \x1b[31mrefused\x1b[0m: {why}");
     }
+    Ok(())
+}
 
+/// A process of pod 0 connects to the agent's port itself, not through the redirect.
+fn direct_connection(node: &Node) -> Result<(), String> {
     step("a process connects to the agent port directly (no kernel record)");
     let mut direct = node.pod_command(0, "python3");
     direct.arg(testnode::CLIENT_PY).args([
@@ -246,7 +203,10 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
     ]);
     let out = direct.output().map_err(|e| format!("client: {e}"))?;
     println!("  {}", String::from_utf8_lossy(&out.stdout).trim());
+    Ok(())
+}
 
+fn audit_log(agent: &Path, work: &Path) -> Result<(), String> {
     step("the audit log, read with `pod-identity-agent audit` (ECS JSON lines underneath)");
     std::thread::sleep(Duration::from_millis(500));
     let table = Command::new(agent)
@@ -256,9 +216,6 @@ fn demo(agent: &Path, work: &Path) -> Result<(), String> {
         .output()
         .map_err(|e| format!("audit: {e}"))?;
     print!("{}", String::from_utf8_lossy(&table.stdout));
-
-    step("done: removing namespaces, cgroups and processes");
-    drop(node);
     Ok(())
 }
 

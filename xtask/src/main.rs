@@ -6,7 +6,8 @@
 //! * `build`      build-ebpf, then the agent
 //! * `test`       build, fmt/clippy, then every test (privileged ones included)
 //! * `manifests`  only the checks of deploy/ (schemas, admission policies, checkov)
-//! * `demo`       a simulated node with pods, a local STS and the AWS CLI
+//! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
+//!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
 //! * `bench`      side-by-side benchmarks
 #![forbid(unsafe_code)]
 
@@ -122,12 +123,20 @@ fn main() -> ExitCode {
         "build" => build(),
         "test" => test(rest),
         "manifests" => setup::python().and_then(|_| manifests::validate()),
-        "demo" => setup::all().and_then(|_| build()).and_then(|_| demo::run()),
+        "demo" => demo::Mode::parse(rest).and_then(|mode| {
+            setup::all()
+                .and_then(|_| build())
+                .and_then(|_| demo::run(mode))
+        }),
         "bench" => setup::all()
             .and_then(|_| build())
             .and_then(|_| bench::run()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo|bench>");
+            eprintln!(
+                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench>\n  \
+                 demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
+                 demo --sts  the agent assumes the roles of its own associations with STS"
+            );
             return ExitCode::from(2);
         }
     };
