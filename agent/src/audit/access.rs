@@ -69,6 +69,16 @@ impl AccessSink for TracingSink {
         let path = capped(&a.path);
         let comm = a.caller.as_ref().map(|c| capped(&c.comm));
         let reason = a.reason.as_deref().map(capped);
+        // The association's role, or (EKS Auth chose it) the role of what was issued.
+        let role = a
+            .association
+            .as_ref()
+            .map(|s| s.effective_role_arn().to_owned())
+            .or_else(|| {
+                a.assumed_role_arn
+                    .as_deref()
+                    .and_then(crate::credentials::types::role_arn_from_assumed)
+            });
         macro_rules! access {
             ($level:ident) => {
                 tracing::$level!(
@@ -78,7 +88,7 @@ impl AccessSink for TracingSink {
                     comm = comm.as_deref(),
                     cgroup_id = a.caller.as_ref().map(|c| c.cgroup_id),
                     pod = pod.as_deref(),
-                    role = a.association.as_ref().map(|s| s.effective_role_arn()),
+                    role = role.as_deref(),
                     access_key_id = a.access_key_id.as_deref(),
                     cache = a.cache.map(|c| c.as_str()),
                     reason = reason.as_deref(),

@@ -160,6 +160,12 @@ impl AuditLog {
             v["pod_identity"]["role_arn"] = json!(s.effective_role_arn());
         }
         if let Some(arn) = &a.assumed_role_arn {
+            // EKS Auth chose the role: name it from what it issued.
+            if a.association.is_none() {
+                if let Some(role) = crate::credentials::types::role_arn_from_assumed(arn) {
+                    v["pod_identity"]["role_arn"] = json!(role);
+                }
+            }
             v["pod_identity"]["assumed_role_arn"] = json!(arn);
             v["pod_identity"]["session_name"] = json!(arn.rsplit('/').next().unwrap_or(""));
             if let Some(acct) = crate::credentials::types::account_id_from_arn(arn) {

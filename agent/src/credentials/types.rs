@@ -118,6 +118,32 @@ pub fn account_id_from_arn(arn: &str) -> Option<String> {
     Some(account.to_owned())
 }
 
+/// The role ARN of an assumed-role ARN:
+/// `arn:aws:sts::111122223333:assumed-role/r/s` → `arn:aws:iam::111122223333:role/r`
+/// (an assumed-role ARN drops the role's path, so this one has none). `None` for
+/// anything else.
+pub fn role_arn_from_assumed(arn: &str) -> Option<String> {
+    let (head, resource) = arn.rsplit_once(':')?;
+    let mut parts = head.splitn(5, ':');
+    let (Some("arn"), Some(partition), Some("sts"), Some(_region), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let mut r = resource.splitn(3, '/');
+    let (Some("assumed-role"), Some(role), Some(_session)) = (r.next(), r.next(), r.next()) else {
+        return None;
+    };
+    if role.is_empty() || account.is_empty() {
+        return None;
+    }
+    Some(format!("arn:{partition}:iam::{account}:role/{role}"))
+}
+
 /// RFC 3339 in UTC with a `Z` and whole seconds (sub-seconds cut, never rounded up,
 /// so the served expiry is never later than the real one). Times before 1970
 /// cannot come from STS; they print as the epoch.
@@ -229,6 +255,27 @@ mod tests {
         assert_eq!(account_id_from_arn("not-an-arn"), None);
         assert_eq!(account_id_from_arn(""), None);
         assert_eq!(account_id_from_arn("arn:aws:sts::111122223333:"), None);
+    }
+
+    #[test]
+    fn role_of_an_assumed_role() {
+        assert_eq!(
+            role_arn_from_assumed("arn:aws:sts::111122223333:assumed-role/s3-role/eks-c-p-1")
+                .as_deref(),
+            Some("arn:aws:iam::111122223333:role/s3-role")
+        );
+        assert_eq!(
+            role_arn_from_assumed("arn:aws-cn:sts::111122223333:assumed-role/r/s").as_deref(),
+            Some("arn:aws-cn:iam::111122223333:role/r")
+        );
+        for bad in [
+            "arn:aws:iam::111122223333:role/r",
+            "arn:aws:sts::111122223333:assumed-role/r",
+            "arn:aws:sts::111122223333:federated-user/u",
+            "",
+        ] {
+            assert_eq!(role_arn_from_assumed(bad), None, "{bad}");
+        }
     }
 
     #[test]
