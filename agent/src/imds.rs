@@ -14,6 +14,7 @@
 //! * `off`: no redirect.
 //!
 //! * [`settings`]: [`ImdsMode`] and [`ImdsSettings`].
+pub mod policy;
 pub mod settings;
 
 pub use settings::{ImdsMode, ImdsSettings};
