@@ -14,7 +14,11 @@
 //! * `off`: no redirect.
 //!
 //! * [`settings`]: [`ImdsMode`] and [`ImdsSettings`].
+pub mod forward;
 pub mod policy;
 pub mod settings;
+
+#[cfg(test)]
+mod test_support;
 
 pub use settings::{ImdsMode, ImdsSettings};
