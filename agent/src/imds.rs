@@ -15,6 +15,7 @@
 //!
 //! * [`settings`]: [`ImdsMode`] and [`ImdsSettings`].
 pub mod forward;
+pub mod pod_role;
 pub mod policy;
 pub mod settings;
 
