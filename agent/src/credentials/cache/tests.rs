@@ -298,14 +298,14 @@ async fn sts_failure_serves_stale_while_valid_then_errors() {
         CacheOutcome::Stale
     );
     assert_eq!(cache.fetcher().calls(), 2);
-    // After the backoff, STS is asked again.
-    clock.advance(Duration::from_secs(31));
+    // After the backoff (30 s ± 20 %), STS is asked again.
+    clock.advance(Duration::from_secs(37));
     assert_eq!(
         cache.get(&req(&p, &a)).await.unwrap().1,
         CacheOutcome::Stale
     );
     assert_eq!(cache.fetcher().calls(), 3);
-    // 29 s left, below stale_floor: the error reaches the client.
+    // 23 s left, below stale_floor: the error reaches the client.
     clock.advance(9 * MIN);
     let err = cache.get(&req(&p, &a)).await.unwrap_err();
     assert_eq!(err.code(), "Throttling");
