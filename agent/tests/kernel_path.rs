@@ -126,7 +126,7 @@ fn ipv6_client_reaches_an_ipv4_only_agent_through_the_mapped_address() {
             .arg(testnode::NODE_ADDR4.to_string())
             .arg("--port")
             .arg(AGENT_PORT.to_string())
-            .args(["--bpffs-dir", "none"]);
+            .args(["--bpffs-dir", "none", "--upstream", "sts"]);
         c
     };
     node.spawn_until(
