@@ -2,9 +2,9 @@
 //! audit log as a table; `uninstall` removes the pins. Flags (and their environment
 //! variables) become one [`Config`]; nothing past this module reads them.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     attribution::cgroup,
@@ -32,9 +32,17 @@ pub struct Cli {
     pub run: Option<RunArgs>,
 }
 
+pub mod config_file;
+
+pub use config_file::ConfigFileError;
+
 /// What to do besides running the agent.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a config file: every key a setting, every value valid, the whole a
+    /// usable configuration (with this process's environment applied).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Read the audit log as a table.
     Audit(AuditArgs),
     /// Detach the programs and free the maps a pinned agent left on this node.
@@ -42,6 +50,16 @@ pub enum Command {
         /// The bpffs directory the agent pinned into.
         #[arg(default_value = DEFAULT_BPFFS_DIR)]
         dir: PathBuf,
+    },
+}
+
+/// `pod-identity-agent config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check FILE; exits non-zero naming the bad key and value.
+    Check {
+        /// The config file (TOML).
+        file: PathBuf,
     },
 }
 
@@ -116,6 +134,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Flags of the agent itself (no subcommand).
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A config file (TOML) whose keys are these flags' long names, e.g.
+    /// `cluster-name = "prod"`. Flags, then environment variables, override it.
+    #[arg(long, env = "POD_IDENTITY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// cgroup v2 directory to attach to [default: the host's cgroup2 root, from /proc/self/mountinfo].
     #[arg(long, env = "POD_IDENTITY_CGROUP")]
     pub cgroup: Option<PathBuf>,
@@ -278,6 +300,84 @@ pub struct RunArgs {
     /// With --imds: also refuse pods the instance's user data (often bootstrap secrets).
     #[arg(long)]
     pub imds_block_user_data: bool,
+}
+
+/// Why the command line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+}
+
+const SUBCOMMANDS: [&str; 4] = ["audit", "uninstall", "config", "help"];
+
+/// The agent's command as parsed with a config file: later occurrences of a flag
+/// override earlier ones (the file's arguments come first).
+fn command() -> clap::Command {
+    Cli::command().args_override_self(true)
+}
+
+/// Parses `argv` (program name first), applying the config file named by
+/// `--config` or `POD_IDENTITY_CONFIG` (see [`config_file`] for the precedence);
+/// `env` reads the environment.
+pub fn parse_from(
+    argv: Vec<OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Cli, ParseError> {
+    let cmd = command();
+    let is_subcommand = argv
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| SUBCOMMANDS.contains(&a));
+    let mut full: Vec<OsString> = argv.iter().take(1).cloned().collect();
+    if !is_subcommand {
+        if let Some(path) = config_file::config_path(&argv, &env) {
+            full.extend(config_file::file_args(&path, &cmd, &env)?);
+        }
+    }
+    full.extend(argv.into_iter().skip(1));
+    let matches = cmd.try_get_matches_from(full)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// [`parse_from`] with the process's arguments and environment; prints the error
+/// and exits as clap does.
+pub fn parse() -> Cli {
+    match parse_from(std::env::args_os().collect(), |k| std::env::var(k).ok()) {
+        Ok(cli) => cli,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// `config check FILE`: the configuration the agent would run with, given FILE
+/// and the environment `env`. The node address and the cgroup, which usually come
+/// from the downward API and the host, get placeholders when neither the file nor
+/// the environment sets them.
+pub fn check_config_file(
+    file: &std::path::Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, String> {
+    let cmd = command();
+    let args = config_file::file_args(file, &cmd, &env).map_err(|e| e.to_string())?;
+    let mut argv: Vec<OsString> = vec![
+        "pod-identity-agent".into(),
+        "--agent-addr4=192.0.2.1".into(),
+        "--cgroup=/".into(),
+    ];
+    argv.extend(args);
+    let matches = cmd
+        .try_get_matches_from(argv)
+        .map_err(|e| format!("{}: {}", file.display(), e.render().to_string().trim()))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let run = cli.run.ok_or("no settings")?;
+    run.to_config()
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// `pod-identity-agent audit`: read the audit log as a table.

@@ -3,10 +3,9 @@
 //! `anyhow` is used here only.
 
 use anyhow::Context;
-use clap::Parser;
 use pod_identity_agent::{
     app, audit,
-    cli::{Cli, Command},
+    cli::{self, Command, ConfigCommand},
     kernel,
 };
 
@@ -25,8 +24,20 @@ fn init_tracing(json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     match (cli.command, cli.run) {
+        (Some(Command::Config(ConfigCommand::Check { file })), _) => {
+            match cli::check_config_file(&file, |k| std::env::var(k).ok()) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
         (Some(Command::Uninstall { dir }), _) => {
             let n = kernel::unpin_all(&dir)?;
             println!("removed {n} pins from {}", dir.display());
