@@ -14,7 +14,9 @@ use crate::{
     audit::{self, AuditLog, TracingSink},
     config::{Config, EnforceMode, UpstreamConfig},
     credentials::{CredentialCache, EksAuthClient, StsFetcher, Upstream},
-    http::{handover, listener, probes, Service, ServiceSettings},
+    http::{
+        drain::DrainHandle, handover, health::Health, listener, probes, Service, ServiceSettings,
+    },
     imds::ImdsFront,
     kernel::{Kernel, KernelError, VerdictSink},
     metrics,
@@ -138,6 +140,8 @@ pub struct Agent {
     handed_over: watch::Receiver<bool>,
     kernel: Arc<Kernel>,
     listen: Vec<SocketAddr>,
+    drain: DrainHandle,
+    shutdown_timeout: Duration,
 }
 
 impl Agent {
@@ -162,10 +166,15 @@ impl Agent {
         self.handed_over.clone()
     }
 
-    /// Serve until SIGTERM/SIGINT (`Ok`) or until a task stops (`Err`, naming it).
-    /// After handing its sockets over, the agent stops serving and waits, not
-    /// ready, to be terminated: exiting would make Kubernetes restart it, and the
-    /// restarted agent would take the sockets back.
+    /// Serve until SIGTERM/SIGINT (`Ok`, after draining) or until a task stops
+    /// (`Err`, naming it). After handing its sockets over, the agent stops serving
+    /// and waits, not ready, to be terminated: exiting would make Kubernetes
+    /// restart it, and the restarted agent would take the sockets back.
+    ///
+    /// On SIGTERM the agent stops accepting and is no longer ready; requests in
+    /// flight get `shutdown_timeout` to finish; the pinned redirect stays, so a
+    /// pod connecting meanwhile waits for the next agent (or, with a `maxSurge`
+    /// rollout, has already been served by it).
     pub async fn run(mut self) -> Result<(), AppError> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(AppError::Signal)?;
@@ -184,8 +193,21 @@ impl Agent {
                 e = self.probes.first_stopped() => return Err(e),
             }
         }
-        tracing::info!("shutting down");
+        tracing::info!(open = self.drain.open(), "shutting down: draining");
+        let left = self.drain.drain(self.shutdown_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                open = left,
+                "connections still open after the shutdown timeout; closing them"
+            );
+        }
+        tracing::info!("shut down");
         Ok(())
+    }
+
+    /// Starts the drain as SIGTERM does and waits for it (tests).
+    pub async fn shutdown(self) -> usize {
+        self.drain.drain(self.shutdown_timeout).await
     }
 }
 
@@ -298,6 +320,11 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         let h = handed_over.clone();
         ready_checks.push(Box::new(move || !*h.borrow()));
     }
+    let (drain_handle, drain) = DrainHandle::new();
+    {
+        let d = drain.clone();
+        ready_checks.push(Box::new(move || !d.is_stopping()));
+    }
     let is_ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_checks.iter().all(|c| c()));
     let cache = CredentialCache::new(upstream(&cfg).await, cfg.cache.clone());
@@ -385,7 +412,13 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     }
     for l in listeners {
         let start = start_when(&ready);
-        let serve = listener::serve(l, kernel.clone(), service.clone(), cfg.connections);
+        let serve = listener::serve_until(
+            l,
+            kernel.clone(),
+            service.clone(),
+            cfg.connections,
+            drain.clone(),
+        );
         tasks.spawn("credentials listener", async move {
             start.await;
             serve.await
@@ -402,7 +435,13 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         ));
         for l in imds_listeners {
             let start = start_when(&ready);
-            let serve = listener::serve(l, kernel.clone(), front.clone(), cfg.connections);
+            let serve = listener::serve_until(
+                l,
+                kernel.clone(),
+                front.clone(),
+                cfg.connections,
+                drain.clone(),
+            );
             tasks.spawn("IMDS front listener", async move {
                 start.await;
                 serve.await
@@ -417,23 +456,28 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         audit: audit_log.clone(),
     };
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || render.render());
+    let sources_ready = is_ready.clone();
+    let health = Health::new(
+        Arc::new(move || {
+            (!sources_ready()).then(|| "sources not synced, handed over, or draining".to_owned())
+        }),
+        kernel.clone(),
+        listen.first().copied(),
+    );
     if let Some(addr) = cfg.probe_addr {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::BindProbes { addr, source })?;
         probe_tasks.spawn(
             "probe listener",
-            probes::serve_probes(l, is_ready.clone(), render.clone()),
+            probes::serve_probes(l, health.clone(), render.clone()),
         );
     }
     if let Some(addr) = cfg.metrics_addr {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::BindMetrics { addr, source })?;
-        probe_tasks.spawn(
-            "metrics listener",
-            probes::serve_probes(l, is_ready.clone(), render),
-        );
+        probe_tasks.spawn("metrics listener", probes::serve_probes(l, health, render));
     }
 
     // The readiness signal, once everything above serves: fires once when the
@@ -458,6 +502,8 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         handed_over,
         kernel,
         listen,
+        drain: drain_handle,
+        shutdown_timeout: cfg.shutdown_timeout,
     })
 }
 

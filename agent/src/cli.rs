@@ -300,6 +300,10 @@ pub struct RunArgs {
     /// With --imds: also refuse pods the instance's user data (often bootstrap secrets).
     #[arg(long)]
     pub imds_block_user_data: bool,
+    /// On SIGTERM: stop accepting, and give requests in flight this long to finish
+    /// (Go duration); the pinned redirect stays for the next agent.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Why the command line could not be read.
@@ -494,6 +498,7 @@ impl RunArgs {
                 cfg.prefetch_tokens_dir = self.kubelet_pods_dir.clone();
             }
         }
+        cfg.shutdown_timeout = self.shutdown_timeout;
         cfg.set_imds(ImdsSettings {
             mode: self.imds,
             block_user_data: self.imds_block_user_data,

@@ -136,6 +136,8 @@ pub struct Config {
     pub eks: Option<EksSettings>,
     /// The instance metadata front (the node-role guard).
     pub imds: ImdsSettings,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    pub shutdown_timeout: Duration,
 }
 
 /// Where the audit log goes.
@@ -206,6 +208,7 @@ impl Config {
                 mode: ImdsMode::Off,
                 ..ImdsSettings::default()
             },
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -3,17 +3,21 @@
 //!
 //! * [`listener`]: accept, attribute through the kernel, bound the port.
 //! * [`conn_limit`]: connections held, in total and per caller.
+//! * [`drain`]: graceful shutdown: stop accepting, finish what is in flight.
 //! * [`endpoint`]: the credentials endpoint (`/v1/credentials`, `/v1/whoami`).
 //! * [`refusal`]: why a caller gets nothing; each reason's status and body.
 //! * [`response`]: responses shaped like the stock agent's; the `Host` header.
 //! * [`ratelimit`]: per-caller token buckets.
 //! * [`token`]: decoding and cross-checking the pod's token (never picks identity).
 //! * [`handover`]: passing the listening sockets to the next agent, gaplessly.
-//! * [`probes`]: `/healthz`, `/readyz`, `/metrics` on localhost.
+//! * [`probes`]: `/healthz`, `/readyz`, `/metrics` on localhost; [`health`]: what
+//!   the first two check.
 
 pub mod conn_limit;
+pub mod drain;
 pub mod endpoint;
 pub mod handover;
+pub mod health;
 pub mod listener;
 pub mod probes;
 pub mod ratelimit;

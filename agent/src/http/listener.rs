@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::conn_limit::{ConnectionCounter, ConnectionLimits};
+use super::drain::Drain;
 use crate::{attribution::Caller, audit::ConnectionEvent};
 
 /// Who connected, as the kernel tells it.
@@ -112,12 +113,30 @@ pub async fn serve<A: Attribute, H: Handler>(
     handler: Arc<H>,
     limits: ConnectionLimits,
 ) {
+    serve_until(listener, attr, handler, limits, Drain::never()).await
+}
+
+/// [`serve`] until `drain` starts: then the listener stops accepting (it is
+/// dropped when this returns) and each open connection finishes the request it is
+/// serving and closes (hyper's graceful shutdown); `drain` counts them.
+pub async fn serve_until<A: Attribute, H: Handler>(
+    listener: TcpListener,
+    attr: Arc<A>,
+    handler: Arc<H>,
+    limits: ConnectionLimits,
+    drain: Drain,
+) {
     // The agent port is reachable from the node's network: bound the connections
     // anyone can hold open, and how long a request head may take.
     let open = ConnectionCounter::new(limits);
     let refused = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = drain.stopped() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
@@ -180,7 +199,10 @@ pub async fn serve<A: Attribute, H: Handler>(
             handler: handler.clone(),
             caller,
         });
+        let inflight = drain.track();
+        let drain = drain.clone();
         tokio::spawn(async move {
+            let _inflight = inflight;
             let _slot = slot;
             // Reports the close however the task ends (also on a panic).
             let _closed = closed;
@@ -195,9 +217,19 @@ pub async fn serve<A: Attribute, H: Handler>(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(stream), service);
+            let served = async {
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = drain.stopped() => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            };
             // Idle keep-alive connections are closed after a while too.
-            let conn = tokio::time::timeout(CONNECTION_LIFETIME, conn);
-            if let Ok(Err(e)) = conn.await {
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });

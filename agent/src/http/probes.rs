@@ -14,6 +14,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use super::health::Health;
 use super::response::text;
 
 /// Probe connections served at once; more are closed as soon as they are accepted.
@@ -23,8 +24,7 @@ pub const PROBE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest life of one probe connection (kubelet and Prometheus reconnect freely).
 pub const PROBE_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
-/// `/healthz` (the process answers) and `/readyz` (programs attached, sources
-/// synced) on a localhost port. Probes must not go through the link-local address:
+/// `/healthz` and `/readyz` ([`Health`]: what each checks) on a localhost port. Probes must not go through the link-local address:
 /// a probe timing out there killed working stock agents (its issue #26).
 /// `/metrics` serves Prometheus text from `metrics`.
 ///
@@ -33,7 +33,7 @@ pub const PROBE_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// agent's file descriptors.
 pub async fn serve_probes(
     listener: TcpListener,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    health: Arc<Health>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROBE_CONNECTIONS));
@@ -52,16 +52,21 @@ pub async fn serve_probes(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let ready = ready.clone();
+        let health = health.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: Request<Incoming>| {
-                let ready = ready.clone();
+                let health = health.clone();
                 let metrics = metrics.clone();
                 async move {
                     Ok::<_, Infallible>(match req.uri().path() {
-                        "/healthz" => text(StatusCode::OK, "ok"),
+                        "/healthz" => match health.live() {
+                            Ok(()) => text(StatusCode::OK, "ok"),
+                            Err(why) => {
+                                text(StatusCode::SERVICE_UNAVAILABLE, &format!("not live: {why}"))
+                            }
+                        },
                         "/metrics" => {
                             let mut r = Response::new(Full::new(Bytes::from(metrics())));
                             r.headers_mut().insert(
@@ -70,11 +75,13 @@ pub async fn serve_probes(
                             );
                             r
                         }
-                        "/readyz" if ready() => text(StatusCode::OK, "ready"),
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: sources not synced",
-                        ),
+                        "/readyz" => match health.ready().await {
+                            Ok(()) => text(StatusCode::OK, "ready"),
+                            Err(why) => text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                &format!("not ready: {why}"),
+                            ),
+                        },
                         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
                     })
                 }

@@ -98,6 +98,76 @@ pub enum KernelError {
     /// Pinning or re-adopting an object in bpffs failed.
     #[error("bpffs pin {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
+    /// `bpf(BPF_PROG_QUERY)` on the attach cgroup failed.
+    #[error("bpf(BPF_PROG_QUERY) on {path}: {source}")]
+    Query {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Each program and its `bpf_attach_type` (uapi `linux/bpf.h`), for
+/// [`Kernel::missing_programs`].
+const ATTACH_TYPES: [(&str, u32); 7] = [
+    (programs::SOCK_OPS, 3),      // BPF_CGROUP_SOCK_OPS
+    (programs::BIND4, 8),         // BPF_CGROUP_INET4_BIND
+    (programs::BIND6, 9),         // BPF_CGROUP_INET6_BIND
+    (programs::CONNECT4, 10),     // BPF_CGROUP_INET4_CONNECT
+    (programs::CONNECT6, 11),     // BPF_CGROUP_INET6_CONNECT
+    (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
+    (programs::GETPEERNAME6, 30), // BPF_CGROUP_INET6_GETPEERNAME
+];
+
+/// `bpf(BPF_PROG_QUERY)`: ids of the programs attached to the cgroup `target` for
+/// `attach_type` (not the inherited ones).
+fn prog_query(target: std::os::fd::BorrowedFd<'_>, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    /// The `query` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let mut capacity = 64usize;
+    loop {
+        let mut ids = vec![0u32; capacity];
+        let mut attr = Query {
+            target_fd: target.as_raw_fd() as u32,
+            attach_type,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: capacity as u32,
+            ..Query::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.query` of the size passed; the
+        // kernel writes at most `prog_cnt` ids into `ids`, which outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut Query,
+                std::mem::size_of::<Query>(),
+            )
+        };
+        if r == 0 {
+            ids.truncate((attr.prog_cnt as usize).min(capacity));
+            return Ok(ids);
+        }
+        let err = std::io::Error::last_os_error();
+        // More programs than room: the kernel says how many.
+        if err.raw_os_error() == Some(libc::ENOSPC) && (attr.prog_cnt as usize) > capacity {
+            capacity = attr.prog_cnt as usize;
+            continue;
+        }
+        return Err(err);
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
@@ -303,6 +373,44 @@ impl Kernel {
             self._pinned.push(pin_link(dir, programs::SOCK_OPS, fd)?);
         }
         Ok(())
+    }
+
+    /// Asks the kernel (`BPF_PROG_QUERY` on the attach cgroup, per attach type)
+    /// whether each of this agent's programs is attached; returns the names of
+    /// those that are not. A detached program is something `/readyz` must see,
+    /// whatever the agent believes it attached.
+    pub fn missing_programs(&self) -> Result<Vec<&'static str>, KernelError> {
+        let cgroup = File::open(&self.attached_to).map_err(|source| KernelError::Cgroup {
+            path: self.attached_to.clone(),
+            source,
+        })?;
+        let mut missing = Vec::new();
+        for (name, attach_type) in ATTACH_TYPES {
+            let id = self
+                .ebpf
+                .program(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .info()
+                .map_err(prog_err(name))?
+                .id();
+            let attached =
+                prog_query(std::os::fd::AsFd::as_fd(&cgroup), attach_type).map_err(|source| {
+                    KernelError::Query {
+                        path: self.attached_to.clone(),
+                        source,
+                    }
+                })?;
+            if !attached.contains(&id) {
+                missing.push(name);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Whether the maps answer (a read of `CONFIG[0]`).
+    pub fn maps_reachable(&self) -> Result<(), KernelError> {
+        let c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&0, 0).map(|_| ()).map_err(map_err(maps::CONFIG))
     }
 
     /// Teach the bind guard which network namespace the agent listens in: a bind of

@@ -150,3 +150,58 @@ async fn attributed_connections_are_reported_at_accept_and_close() {
     }
     server.abort();
 }
+
+struct Slow200;
+
+impl Handler for Slow200 {
+    async fn handle(&self, _ctx: RequestContext, _req: Request<Incoming>) -> Response<Full<Bytes>> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        text(StatusCode::OK, "slow ok")
+    }
+}
+
+/// SIGTERM's drain: the request in flight is answered, idle keep-alive
+/// connections are closed, new connections are not accepted, and the drain ends
+/// as soon as nothing is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_requests_in_flight_and_accepts_nothing_new() {
+    use crate::http::drain::DrainHandle;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handle, drain) = DrainHandle::new();
+    let server = tokio::spawn(serve_until(
+        listener,
+        Arc::new(ByAddress),
+        Arc::new(Slow200),
+        ConnectionLimits::default(),
+        drain,
+    ));
+    // An idle keep-alive connection, and one whose request is being served.
+    let mut idle = connect_from(3, addr).await;
+    let busy = tokio::spawn(get(connect_from(2, addr).await));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let left = handle.drain(Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert_eq!(left, 0);
+    assert!(took < Duration::from_secs(2), "drain took {took:?}");
+    let answer = busy.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slow ok"), "{answer}");
+    // The idle connection was closed without an answer.
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut buf))
+        .await
+        .expect("idle connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf));
+    // The accept loop has ended: nothing new is accepted.
+    tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .expect("accept loop ended")
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener still open"
+    );
+}

@@ -32,7 +32,7 @@ async fn idle_connections_cannot_exhaust_descriptors() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve_probes(
         listener,
-        Arc::new(|| true),
+        crate::http::health::Health::for_sources(Arc::new(|| None)),
         Arc::new(String::new),
     ));
     assert!(get(addr, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
