@@ -93,6 +93,9 @@ pub(super) struct Entry {
     /// What the next fetch asks for: the newest token the pod presented.
     request: Mutex<FetchRequest>,
     pub(super) state: Mutex<State>,
+    /// A request now waits for the background fetch of this entry: it must not
+    /// wait for its `--max-service-qps` turn any longer.
+    urgent: tokio::sync::Notify,
     /// Logical time of the last use, for LRU eviction.
     last_used: AtomicU64,
 }
@@ -157,6 +160,7 @@ impl<F: Fetch> Inner<F> {
         let entry = Arc::new(Entry {
             request: Mutex::new(req.clone()),
             state: Mutex::new(State::default()),
+            urgent: tokio::sync::Notify::new(),
             last_used: AtomicU64::new(tick),
         });
         entries.insert(key, Arc::clone(&entry));
@@ -232,6 +236,10 @@ impl<F: Fetch> Inner<F> {
                 .as_ref()
                 .filter(|rx| rx.has_changed().is_ok())
             {
+                if !background {
+                    // Someone waits now: a paced background fetch goes at once.
+                    entry.urgent.notify_one();
+                }
                 return Some(rx.clone());
             }
             let (tx, rx) = watch::channel(None);
@@ -265,7 +273,10 @@ impl<F: Fetch> Inner<F> {
         background: bool,
     ) {
         if background {
-            this.background.wait_turn().await;
+            tokio::select! {
+                () = this.background.wait_turn() => {}
+                () = entry.urgent.notified() => {}
+            }
         }
         // The newest request (token) at the time of the call.
         let req = lock(&entry.request).clone();

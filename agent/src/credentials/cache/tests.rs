@@ -592,3 +592,25 @@ async fn background_fetches_are_paced_by_max_service_qps() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_request_joining_a_paced_prefetch_does_not_wait_for_its_turn() {
+    let settings = CacheSettings {
+        max_service_qps: 1.0,
+        ..CacheSettings::default()
+    };
+    let (cache, _clock) = setup(settings, Duration::ZERO, HOUR);
+    let pods: Vec<PodInfo> = (0..4).map(|i| pod(&format!("j{i}"))).collect();
+    for p in &pods {
+        cache.prefetch(&req(p, &assoc()));
+    }
+    // The last prefetch's turn is ~3 s away; its pod asks now.
+    let start = std::time::Instant::now();
+    let (_, outcome) = cache.get(&req(&pods[3], &assoc())).await.unwrap();
+    assert_eq!(outcome, CacheOutcome::Miss);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "waited {:?} for the prefetch's turn",
+        start.elapsed()
+    );
+}
