@@ -25,7 +25,12 @@ fn links_of(cgroup_id: u64) -> Vec<Value> {
 fn readyz_reports_a_program_detached_behind_the_agents_back() {
     let mut s = Scenario::new();
     s.start_agent(&[]);
-    let ready = || node_get(&s.node, &format!("http://{PROBE}/readyz"));
+    let ready = || {
+        node_get_status(&s.node, &format!("http://{PROBE}/readyz"))
+            .1
+            .trim()
+            .to_owned()
+    };
     let first = wait_for("ready", Duration::from_secs(10), || {
         let r = ready();
         r.starts_with("ready").then_some(r)
@@ -51,7 +56,10 @@ fn readyz_reports_a_program_detached_behind_the_agents_back() {
     assert_eq!(why, "not ready: programs not attached: pia_connect4");
     // Liveness does not follow: restarting would not reattach anything a pinned
     // agent would not, and a live agent keeps serving what it still can.
-    assert_eq!(node_get(&s.node, &format!("http://{PROBE}/healthz")), "ok");
+    assert_eq!(
+        node_get(&s.node, &format!("http://{PROBE}/healthz")).trim(),
+        "ok"
+    );
 }
 
 #[test]

@@ -267,6 +267,26 @@ pub fn sdk_caller_arn(
     }
 }
 
+/// GET a URL from inside the node netns: (status, body) whatever the status.
+pub fn node_get_status(node: &Node, url: &str) -> (u16, String) {
+    const GET: &str = "import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode(), end='')
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode(), end='')";
+    let mut c = node.node_command("python3");
+    c.args(["-c", GET, url]);
+    let out = c.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// GET a URL from inside the node netns (metrics on the probe port).
 pub fn node_get(node: &Node, url: &str) -> String {
     let mut c = node.node_command("python3");

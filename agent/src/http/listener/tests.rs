@@ -187,7 +187,7 @@ async fn a_drain_finishes_requests_in_flight_and_accepts_nothing_new() {
     assert!(took < Duration::from_secs(2), "drain took {took:?}");
     let answer = busy.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("slow ok"), "{answer}");
+    assert!(answer.ends_with("slow ok\n"), "{answer}");
     // The idle connection was closed without an answer.
     let mut buf = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut buf))
