@@ -449,12 +449,12 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         }
     }
     let mut probe_tasks = Tasks::default();
-    let render = metrics::Renderer {
-        requests: request_metrics,
-        cache: cache.clone(),
-        kernel: kernel.clone(),
-        audit: audit_log.clone(),
-    };
+    let render = metrics::Renderer::new(
+        request_metrics,
+        cache.clone(),
+        kernel.clone(),
+        audit_log.clone(),
+    );
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || render.render());
     let sources_ready = is_ready.clone();
     let health = Health::new(

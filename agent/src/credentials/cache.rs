@@ -73,7 +73,7 @@ pub mod stats;
 
 pub use outcome::{CacheError, CacheOutcome};
 pub use settings::{CacheSettings, Clock};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, UpstreamLatency};
 
 #[cfg(test)]
 use entries::Key;
@@ -224,6 +224,11 @@ impl<F: Fetch> CredentialCache<F> {
     pub fn error_counts(&self) -> Vec<((&'static str, String), u64)> {
         let m = lock(&self.inner.stats.errors);
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Upstream call latency by API and outcome (shared: it moves as calls end).
+    pub fn upstream_latency(&self) -> UpstreamLatency {
+        self.inner.stats.upstream.0.clone()
     }
 
     /// Counters since start.

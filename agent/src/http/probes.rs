@@ -71,7 +71,7 @@ pub async fn serve_probes(
                             let mut r = Response::new(Full::new(Bytes::from(metrics())));
                             r.headers_mut().insert(
                                 CONTENT_TYPE,
-                                HeaderValue::from_static("text/plain; version=0.0.4"),
+                                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
                             );
                             r
                         }

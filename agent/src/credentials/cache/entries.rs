@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -281,7 +281,19 @@ impl<F: Fetch> Inner<F> {
         // The newest request (token) at the time of the call.
         let req = lock(&entry.request).clone();
         this.stats.sts_calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let fetched = this.fetcher.fetch(&req).await;
+        this.stats.upstream.observe(
+            match req.target {
+                Target::Association(_) => "sts",
+                Target::PodIdentity(_) => "eks-auth",
+            },
+            match &fetched {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
+            },
+            started.elapsed(),
+        );
         let now = this.now();
         let result = match fetched {
             Ok(creds) => {

@@ -2,12 +2,57 @@
 //! atomics the cache bumps.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::metrics::{
+    family::Family,
+    histogram::{exponential_buckets, Histogram},
+};
 
 /// Distinct (type, code) error counters kept; codes come from the upstream, so
 /// the set is capped.
 const MAX_ERROR_KINDS: usize = 64;
+
+/// Distinct (api, outcome) upstream latency series kept (outcomes are upstream
+/// error codes, so the set is capped; past the cap a new code is `other`).
+const MAX_UPSTREAM_SERIES: usize = 64;
+
+/// Upstream call latency by `api` (`sts` | `eks-auth`) and `outcome` (`ok` or the
+/// error code), in seconds: `pod_identity_upstream_request_duration_seconds`.
+/// Cheap to clone (shared).
+pub type UpstreamLatency = Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>;
+
+/// Buckets from 5 ms to ~20 s: STS and EKS Auth answer in tens to hundreds of
+/// milliseconds; the SDK's retries and timeouts make the long tail.
+fn upstream_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+/// The upstream latency histograms, shared with the metrics registry.
+pub(super) struct Upstream(pub(super) UpstreamLatency, AtomicUsize);
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self(
+            Family::new_with_constructor(upstream_histogram),
+            AtomicUsize::new(0),
+        )
+    }
+}
+
+impl Upstream {
+    pub(super) fn observe(&self, api: &'static str, outcome: &str, took: Duration) {
+        let mut labels = vec![("api", api.to_owned()), ("outcome", outcome.to_owned())];
+        if self.0.get(&labels).is_none()
+            && self.1.fetch_add(1, Ordering::Relaxed) >= MAX_UPSTREAM_SERIES
+        {
+            labels[1].1 = "other".to_owned();
+        }
+        self.0.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+}
 
 /// Counters since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +83,8 @@ pub(super) struct Counters {
     /// Failed fetches by (`fetch` | `refresh`, upstream error code), for the stock
     /// agent's `pod_identity_cache_errors{type,code}`.
     pub(super) errors: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Upstream call latency, observed where the call is made (`run_fetch`).
+    pub(super) upstream: Upstream,
 }
 
 impl Counters {

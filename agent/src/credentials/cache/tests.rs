@@ -614,3 +614,39 @@ async fn a_request_joining_a_paced_prefetch_does_not_wait_for_its_turn() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn upstream_latency_is_observed_by_api_and_outcome() {
+    let (cache, _clock) = setup(
+        CacheSettings::default(),
+        Duration::from_millis(20),
+        6 * HOUR,
+    );
+    let latency = cache.upstream_latency();
+    cache.get(&req(&pod("a"), &assoc())).await.unwrap();
+    cache.fetcher().set(Behavior::Fail(access_denied));
+    cache.get(&req(&pod("b"), &assoc())).await.unwrap_err();
+    // A hit calls nobody.
+    cache.get(&req(&pod("a"), &assoc())).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("up", "upstream latency", latency);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    assert_eq!(
+        value("up_count{api=\"sts\",outcome=\"ok\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("up_count{api=\"sts\",outcome=\"AccessDenied\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    let sum = value("up_sum{api=\"sts\",outcome=\"ok\"}").unwrap();
+    assert!(sum >= 0.02, "{text}");
+    assert!(!text.contains("eks-auth"), "{text}");
+}
