@@ -31,18 +31,23 @@ use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 
 // === waiting ===
 
-/// Wait (up to 10 s) until `cond` holds; fail the test naming `what` otherwise.
+/// How much longer to wait under emulation (`PIA_TEST_TIME_SCALE`, set by `cargo
+/// xtask test-kernels`): every wait below and `Node::spawn_until` use it; what a
+/// test asserts stays the same.
+pub use testnode::{scaled, time_scale};
+
+/// Wait (up to 10 s, [`scaled`]) until `cond` holds; fail the test naming `what` otherwise.
 pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
     assert!(
-        pod_identity_agent::testing::eventually(Duration::from_secs(10), cond).await,
+        pod_identity_agent::testing::eventually(scaled(Duration::from_secs(10)), cond).await,
         "timed out waiting for: {what}"
     );
 }
 
 /// Poll `f` (every 200 ms, blocking: the node tests are synchronous) until it
-/// returns a value; fail the test naming `what` after `timeout`.
+/// returns a value; fail the test naming `what` after `timeout` ([`scaled`]).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = std::time::Instant::now() + timeout;
+    let end = std::time::Instant::now() + scaled(timeout);
     loop {
         if let Some(v) = f() {
             return v;
@@ -100,6 +105,11 @@ pub fn agent_command(node: &Node, extra: &[&str]) -> Command {
         })
         .args(extra)
         .env("RUST_LOG", "info,pod_identity_agent=debug");
+    if time_scale() > 1.0 {
+        // Under emulation moto answers its first calls in tens of seconds.
+        c.arg("--upstream-timeout-scale")
+            .arg(time_scale().to_string());
+    }
     c
 }
 
