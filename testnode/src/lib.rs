@@ -56,6 +56,11 @@ pub fn scaled(d: Duration) -> Duration {
     d.mul_f64(time_scale())
 }
 
+/// Put on the pods' Python AWS clients' `PYTHONPATH` under emulation only: its
+/// `sitecustomize.py` stretches botocore's one hard-coded wait (2 s for the
+/// container credentials endpoint) by [`time_scale`].
+pub const EMULATED_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/emulated");
+
 /// Fail loudly (never skip) when privileged tests cannot run.
 pub fn require_root() {
     let uid = fs::read_to_string("/proc/self/status")
@@ -623,5 +628,9 @@ pub fn sdk_env(cmd: &mut Command, token_file: &Path, home: &Path, path: &str) {
         if let Ok(v) = std::env::var(k) {
             cmd.env(k, v);
         }
+    }
+    if time_scale() > 1.0 {
+        cmd.env(TIME_SCALE_VAR, time_scale().to_string())
+            .env("PYTHONPATH", EMULATED_PY);
     }
 }
