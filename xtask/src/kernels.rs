@@ -126,6 +126,8 @@ struct Kernel {
 struct Outcome {
     passed: u32,
     failed: u32,
+    /// The failed tests' names.
+    failures: Vec<String>,
     secs: f64,
     /// The binary ran to its summary line and exited 0.
     ok: bool,
@@ -191,6 +193,9 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
         .flat_map(|c| {
             opts.tests.iter().filter_map(|t| match c.results.get(t) {
                 Some(o) if o.ok && o.failed == 0 && o.note.is_none() => None,
+                Some(o) if !o.failures.is_empty() => {
+                    Some(format!("{t} on {} ({})", c.title, o.failures.join(", ")))
+                }
                 _ => Some(format!("{t} on {}", c.title)),
             })
         })
@@ -398,11 +403,25 @@ fn summary(log: &str) -> Option<(u32, u32)> {
     found
 }
 
+/// The failed tests' names: libtest's last `failures:` list, before its summary.
+fn failed_tests(log: &str) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let Some(start) = lines.iter().rposition(|l| *l == "failures:") else {
+        return Vec::new();
+    };
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
 fn outcome(log: &str, exit_ok: bool, secs: f64, why: Option<String>) -> Outcome {
     match summary(log) {
         Some((passed, failed)) => Outcome {
             passed,
             failed,
+            failures: failed_tests(log),
             secs,
             ok: exit_ok,
             note: (!exit_ok && failed == 0).then(|| why.unwrap_or_else(|| "exit non-zero".into())),
@@ -634,6 +653,8 @@ mod tests {
                    test result: FAILED. 3 passed; 4 failed; 0 ignored; 0 measured; 0 filtered out; finished in 701.2s\n\
                    test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n";
         assert_eq!(summary(log), Some((5, 4)));
+        let log = "failures:\n\n---- b_c stdout ----\npanicked\n\nfailures:\n    b_c\n    d\n\ntest result: FAILED. 1 passed; 2 failed;\n";
+        assert_eq!(failed_tests(log), ["b_c", "d"]);
         assert_eq!(summary("thread 'main' panicked\n"), None);
     }
 
