@@ -504,8 +504,8 @@ fn guest_script(bins: &[(String, PathBuf)], out: &Path, time_scale: &str) -> Str
     // uncached, 26 s cached). A second read-only view of the host's root
     // (`--rodir=/mnt=/`), remounted with cache=loose, is bound over the paths the
     // tests read, so the guest's page cache serves them.
+    // (Not /usr: vng puts the kernel's modules under it, and modprobe needs them.)
     let cached: Vec<String> = [
-        PathBuf::from("/usr"),
         PathBuf::from(python_prefix.trim()),
         target_dir().join("debug"),
     ]
@@ -531,12 +531,12 @@ fn guest_script(bins: &[(String, PathBuf)], out: &Path, time_scale: &str) -> Str
          mkdir -p \"$HOME\"\n\
          uname -r >{o}/uname\n\
          cat /proc/self/mountinfo >{o}/mountinfo\n\
+         modprobe veth\n\
          src=$(awk '$2 == \"{CACHED_VIEW}\" {{ print $1 }}' /proc/mounts)\n\
          if [ -n \"$src\" ] && umount {CACHED_VIEW} && mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 \"$src\" {CACHED_VIEW}; then\n\
          \x20 for d in {cached}; do mount --bind \"{CACHED_VIEW}$d\" \"$d\"; done\n\
          fi\n\
          mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
-         modprobe veth\n\
          cd '{agent}'\n",
         agent = root().join("agent").display(),
         cached = cached.join(" "),
@@ -734,7 +734,7 @@ mod tests {
         eprintln!("{s}");
         for want in [
             "mount -t bpf bpf /sys/fs/bpf",
-            "modprobe veth",
+            "modprobe veth\nsrc=",
             "PIA_TEST_TIME_SCALE='20'",
             "'/t/kp' --test-threads=1 >/r/kernel_path.log 2>&1",
             "echo $? >/r/kernel_path.rc",
