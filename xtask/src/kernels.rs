@@ -176,7 +176,28 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
         columns.push(host_column(&bins, &dir.join("results/host"))?);
     }
     for k in kernels.iter().filter(|k| opts.wants(&k.version)) {
-        columns.push(guest_column(k, &bins, &dir.join("results"), &opts)?);
+        // A guest that did not boot is a column of failures, not the end of the matrix.
+        let col = guest_column(k, &bins, &dir.join("results"), &opts).unwrap_or_else(|e| {
+            eprintln!("xtask: {e}");
+            Column {
+                title: k.version.clone(),
+                results: bins
+                    .iter()
+                    .map(|(name, _)| {
+                        let note = Some("guest did not run".to_owned());
+                        (
+                            name.clone(),
+                            Outcome {
+                                note,
+                                ..Outcome::default()
+                            },
+                        )
+                    })
+                    .collect(),
+                total_secs: 0.0,
+            }
+        });
+        columns.push(col);
     }
     if columns.is_empty() {
         return Err(format!(
