@@ -8,7 +8,7 @@
 //! | `cgroup/getpeername4`/`6` | 5.8 | the client keeps seeing 169.254.170.23:80 |
 //! | BPF links for cgroup programs | 5.7 | multi-attach next to Cilium; pinned links survive restarts |
 //! | `bpf_get_netns_cookie` in `cgroup/connect4`/`6` | 5.7 | host-network callers |
-//! | `bpf_get_socket_cookie` in `cgroup/connect` and `sock_ops` | 5.0 | carrying the identity from connect to `sock_ops` |
+//! | `bpf_get_socket_cookie` in `cgroup/connect` and `sock_ops` | 4.19 | carrying the identity from connect to `sock_ops` |
 //! | a cgroup v2 hierarchy mounted, the attach cgroup on it | — | cgroup ids are cgroup2 inodes; programs attach to cgroup2 |
 //! | bpffs mounted at the pin directory (unless `--bpffs-dir none`) | — | the redirect survives an agent restart |
 //!
