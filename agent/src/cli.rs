@@ -131,6 +131,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A factor of at least 1 (`--upstream-timeout-scale`).
+fn parse_scale(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (1.0..=1000.0).contains(s))
+        .ok_or_else(|| format!("{text:?}: a number from 1 to 1000"))
+}
+
 /// Flags of the agent itself (no subcommand).
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -282,6 +291,11 @@ pub struct RunArgs {
     /// How long a redirected connect waits for its request before it is audited alone.
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub audit_join_window_ms: u64,
+    /// Multiply the upstream timeouts (STS, EKS Auth, the real IMDS) by this factor:
+    /// for the tests under emulation (`cargo xtask test-kernels`), where every
+    /// process runs many times slower. Not for production.
+    #[arg(long, default_value_t = 1.0, hide = true, value_parser = parse_scale)]
+    pub upstream_timeout_scale: f64,
     /// Log as JSON lines.
     #[arg(long, env = "POD_IDENTITY_LOG_JSON")]
     pub log_json: bool,
@@ -459,6 +473,7 @@ impl RunArgs {
             cfg.sts.web_identity_token_dir = dir.clone();
         }
         cfg.sts.allow_node_role = self.allow_node_role;
+        cfg.sts.call_timeout = cfg.sts.call_timeout.mul_f64(self.upstream_timeout_scale);
         cfg.cgroup_prefix = self.cgroup_prefix.clone();
         cfg.audit = AuditSettings {
             target: if self.audit_log == "-" {
@@ -493,7 +508,7 @@ impl RunArgs {
                     region: self.region.clone(),
                     cluster_name: self.cluster_name.clone(),
                     node_name: self.node_name.clone(),
-                    ..EksAuthSettings::default()
+                    ..EksAuthSettings::default().scaled(self.upstream_timeout_scale)
                 });
                 cfg.prefetch_tokens_dir = self.kubelet_pods_dir.clone();
             }
@@ -504,6 +519,9 @@ impl RunArgs {
             block_user_data: self.imds_block_user_data,
             upstream: self.imds_endpoint.clone(),
             front_port: self.imds_port,
+            timeout: ImdsSettings::default()
+                .timeout
+                .mul_f64(self.upstream_timeout_scale),
             ..ImdsSettings::default()
         });
         if self.kube {
@@ -597,6 +615,41 @@ mod tests {
             .to_config()
             .unwrap();
         assert!(!cfg.upstream.is_eks_auth());
+    }
+
+    #[test]
+    fn upstream_timeouts_scale_only_when_asked() {
+        let base = run_args(&[]).to_config().unwrap();
+        let scaled = run_args(&["--upstream-timeout-scale", "20"])
+            .to_config()
+            .unwrap();
+        assert_eq!(base.sts.call_timeout, Duration::from_secs(5));
+        assert_eq!(scaled.sts.call_timeout, Duration::from_secs(100));
+        assert_eq!(scaled.imds.timeout, base.imds.timeout * 20);
+        let (UpstreamConfig::EksAuth(b), UpstreamConfig::EksAuth(s)) =
+            (&base.upstream, &scaled.upstream)
+        else {
+            panic!("eks-auth is the default upstream");
+        };
+        assert_eq!(s.call_timeout, b.call_timeout * 20);
+        assert_eq!(s.attempt_timeout, b.attempt_timeout * 20);
+        assert_eq!(s.connect_timeout, b.connect_timeout * 20);
+        for bad in ["0.5", "0", "-1", "nan", "inf", "x"] {
+            assert!(
+                Cli::try_parse_from([
+                    "pod-identity-agent",
+                    "--agent-addr4",
+                    "10.0.0.1",
+                    "--upstream-timeout-scale",
+                    bad,
+                ])
+                .is_err(),
+                "{bad}"
+            );
+        }
+        // A test knob: not in --help (nor in README's flag table).
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("--upstream-timeout-scale"), "{help}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ fn every_connect_is_audited_with_the_real_process_and_no_secret_is_logged() {
     let mut s = Scenario::new();
     let audit = s.dir.path().join("audit.log");
     let a = audit.to_str().unwrap().to_owned();
-    let agent = s.start_agent(&["--audit-log", &a, "--audit-join-window-ms", "1000"]);
+    let window = scaled(Duration::from_millis(1000)).as_millis().to_string();
+    let agent = s.start_agent(&["--audit-log", &a, "--audit-join-window-ms", &window]);
 
     let mut served = Vec::new();
     let mut pids_a = Vec::new();
@@ -197,9 +198,10 @@ fn ten_thousand_connects_lose_no_event_or_count_every_loss() {
     }
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
+    let window = scaled(Duration::from_millis(500)).as_millis().to_string();
     let mut c = agent_command(
         &node,
-        &["--probe-addr", PROBE, "--audit-join-window-ms", "500"],
+        &["--probe-addr", PROBE, "--audit-join-window-ms", &window],
     );
     c.arg("--audit-log").arg(&audit);
     node.spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20));

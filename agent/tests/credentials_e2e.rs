@@ -155,7 +155,7 @@ fn sts_outage_serves_cached_credentials_and_recovers() {
     s.pods
         .push(pod_json(&s.node, i, "default", "app-b", json!({})));
     write_json(&s.dir.path().join("pods.json"), &json!({"pods": s.pods}));
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(scaled(Duration::from_millis(2500)));
     let fresh = s.creds(i);
     let status = fresh["status"].as_u64().unwrap();
     assert!((500..600).contains(&status), "{fresh}");
@@ -169,7 +169,7 @@ fn sts_outage_serves_cached_credentials_and_recovers() {
             ok = Some(r);
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(scaled(Duration::from_millis(500)));
     }
     assert!(ok.is_some(), "no recovery after STS came back");
 }
@@ -179,7 +179,7 @@ fn concurrent_first_requests_from_one_pod_make_one_sts_call() {
     let mut s = Scenario::new();
     s.start_agent(&[]);
     // Let start-up prefetching settle, then add a brand-new pod.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     let i = s
         .node
         .add_pod("pod-burst", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", false);

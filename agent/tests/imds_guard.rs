@@ -61,7 +61,7 @@ import json, sys
 import boto3, botocore.exceptions
 from botocore.utils import IMDSFetcher
 out = {}
-f = IMDSFetcher(timeout=2, num_attempts=2)
+f = IMDSFetcher(timeout=2 * float(sys.argv[2]), num_attempts=2)
 token = f._fetch_metadata_token()
 out["imdsv2_token"] = bool(token)
 out["region"] = f._get_request("latest/meta-data/placement/region", None, token).text
@@ -73,12 +73,17 @@ except botocore.exceptions.NoCredentialsError as e:
 print(json.dumps(out))
 "#;
     let mut c = node.pod_command(i, "python3");
-    c.args(["-c", SCRIPT, &sts_url()])
+    // Under emulation botocore's IMDS waits are stretched like every other wait
+    // (its own variables; 1 s by default).
+    c.args(["-c", SCRIPT, &sts_url(), &time_scale().to_string()])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    if time_scale() > 1.0 {
+        c.env("AWS_METADATA_SERVICE_TIMEOUT", time_scale().to_string());
+    }
     for k in ["PYENV_ROOT", "PYENV_VERSION"] {
         if let Ok(v) = std::env::var(k) {
             c.env(k, v);
@@ -180,7 +185,7 @@ fn node_processes_keep_the_node_role() {
             .join("system.slice/node-agent.scope"),
     );
     // Let the agent's rescan classify it (then the kernel leaves it alone).
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(scaled(Duration::from_millis(2500)));
     let mut c = testnode::in_cgroup_and_netns(cg.path(), &s.node.netns.path(), "python3");
     c.args([
         testnode::CLIENT_PY,

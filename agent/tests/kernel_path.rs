@@ -67,7 +67,7 @@ fn same_source_port_in_two_pods_does_not_collide() {
                 (pod, connected, c.spawn().expect("spawn client"))
             })
             .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(10));
         while !clients.iter().all(|(_, c, _)| c.exists()) {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -278,7 +278,7 @@ fn the_redirect_survives_an_agent_restart() {
     let mut squatter = node.node_command("python3");
     squatter.args([
         "-c",
-        "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('169.254.199.1', 2710))\ns.listen()\nprint('listening', flush=True)\ntime.sleep(30)",
+        &format!("import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('169.254.199.1', 2710))\ns.listen()\nprint('listening', flush=True)\ntime.sleep({})", scaled(std::time::Duration::from_secs(30)).as_secs()),
     ]);
     let sq = node.spawn_until(squatter, "listening", std::time::Duration::from_secs(10));
     let cg2 = agent_cgroup(2);
@@ -537,4 +537,38 @@ fn an_incompatible_pinned_map_is_replaced() {
     drop(node);
     drop(cg);
     drop(bpffs);
+}
+
+/// Below the kernel floor the agent says what is missing in one line before it
+/// loads anything (no verifier dump): here, pinning asked for in a directory that
+/// is not on a bpffs mount.
+#[test]
+fn pinning_outside_bpffs_is_refused_in_one_line_before_loading() {
+    let node = Node::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("pins");
+    let out = agent_command(&node, &["--bpffs-dir", pins.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let named: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("is not on a bpffs mount"))
+        .collect();
+    assert_eq!(named.len(), 1, "{err}");
+    assert!(
+        named[0].contains(pins.to_str().unwrap()) && named[0].contains("--bpffs-dir none"),
+        "{err}"
+    );
+    assert!(!err.to_lowercase().contains("verifier"), "{err}");
+    assert!(!pins.exists(), "nothing was created or pinned");
+    // Nothing attached to the node's cgroup.
+    let show = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(node.cgroup_root.path())
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(!text.contains("pia_"), "{text}");
 }

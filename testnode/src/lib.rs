@@ -37,6 +37,30 @@ pub const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/pia_client.
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The environment variable that multiplies the tests' waits: `cargo xtask
+/// test-kernels` sets it in emulated guests, where every process is many times
+/// slower. It stretches how long a test waits for something, never what it asserts.
+pub const TIME_SCALE_VAR: &str = "PIA_TEST_TIME_SCALE";
+
+/// `PIA_TEST_TIME_SCALE` (a number ≥ 1), else 1.
+pub fn time_scale() -> f64 {
+    std::env::var(TIME_SCALE_VAR)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// `d` times [`time_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// Put on the pods' Python AWS clients' `PYTHONPATH` under emulation only: its
+/// `sitecustomize.py` stretches botocore's one hard-coded wait (2 s for the
+/// container credentials endpoint) by [`time_scale`].
+pub const EMULATED_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/emulated");
+
 /// Fail loudly (never skip) when privileged tests cannot run.
 pub fn require_root() {
     let uid = fs::read_to_string("/proc/self/status")
@@ -392,8 +416,10 @@ impl Node {
     }
 
     /// Start a process and wait until a line of its stderr or stdout contains
-    /// `ready`; other lines are passed through to our stderr.
+    /// `ready` (within `timeout` times [`time_scale`]); other lines are passed
+    /// through to our stderr.
     pub fn spawn_until(&mut self, mut cmd: Command, ready: &str, timeout: Duration) -> usize {
+        let timeout = scaled(timeout);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -602,5 +628,9 @@ pub fn sdk_env(cmd: &mut Command, token_file: &Path, home: &Path, path: &str) {
         if let Ok(v) = std::env::var(k) {
             cmd.env(k, v);
         }
+    }
+    if time_scale() > 1.0 {
+        cmd.env(TIME_SCALE_VAR, time_scale().to_string())
+            .env("PYTHONPATH", EMULATED_PY);
     }
 }

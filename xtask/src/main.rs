@@ -9,10 +9,13 @@
 //! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
 //!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
 //! * `bench`      side-by-side benchmarks
+//! * `test-kernels` the privileged test binaries on Debian's 6.1 and 6.12 kernels
+//!   (QEMU TCG under virtme-ng) and on the host: a kernel × test table
 #![forbid(unsafe_code)]
 
 mod bench;
 mod demo;
+mod kernels;
 mod manifests;
 mod setup;
 
@@ -55,7 +58,7 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())
         .env("PATH", setup::path_with_python_scripts());
@@ -128,14 +131,17 @@ fn main() -> ExitCode {
                 .and_then(|_| build())
                 .and_then(|_| demo::run(mode))
         }),
+        "test-kernels" => kernels::run_matrix(rest),
         "bench" => setup::all()
             .and_then(|_| build())
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench>\n  \
+                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench|test-kernels>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
-                 demo --sts  the agent assumes the roles of its own associations with STS"
+                 demo --sts  the agent assumes the roles of its own associations with STS\n  \
+                 test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N]\n              \
+                 the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host"
             );
             return ExitCode::from(2);
         }

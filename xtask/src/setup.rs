@@ -41,14 +41,19 @@ fn ok(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
-fn output(cmd: &mut Command) -> String {
+pub fn output(cmd: &mut Command) -> String {
     cmd.output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
 
 pub fn apt() -> Result<(), String> {
-    let missing: Vec<&str> = APT
+    apt_install(APT)
+}
+
+/// Install the Debian packages of `pkgs` that are not installed yet.
+pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = pkgs
         .iter()
         .copied()
         .filter(|p| {

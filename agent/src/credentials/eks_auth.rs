@@ -88,6 +88,19 @@ impl Default for EksAuthSettings {
     }
 }
 
+impl EksAuthSettings {
+    /// These settings with every timeout multiplied by `factor`
+    /// (`--upstream-timeout-scale`, for tests under emulation).
+    pub fn scaled(self, factor: f64) -> Self {
+        Self {
+            connect_timeout: self.connect_timeout.mul_f64(factor),
+            attempt_timeout: self.attempt_timeout.mul_f64(factor),
+            call_timeout: self.call_timeout.mul_f64(factor),
+            ..self
+        }
+    }
+}
+
 /// The service account EKS Auth issued credentials for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subject {

@@ -22,6 +22,7 @@ use aya::{
 };
 
 use super::{
+    floor,
     pins::{drop_incompatible_maps, pin_err, pin_link},
     settings::kernel_config,
     tuple::tuple_key,
@@ -59,6 +60,9 @@ unsafe impl aya::Pod for PodIdentity {}
 /// Failures of the kernel side, each naming what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// The kernel is below the floor or lacks cgroup2 or bpffs ([`floor`]).
+    #[error(transparent)]
+    Floor(#[from] floor::Missing),
     /// The agent binary carries no eBPF object.
     #[error("this agent was built without the eBPF object; build with `cargo xtask build` (or set POD_IDENTITY_EBPF_OBJECT)")]
     NoObject,
@@ -251,6 +255,7 @@ impl Kernel {
             return Err(KernelError::NoObject);
         }
         let pin_dir = cfg.pin_dir.as_deref();
+        floor::check_host(&cfg.cgroup, pin_dir)?;
         let mut ebpf = load(pin_dir)?;
 
         let mut config: Array<MapData, PodKConfig> = Array::try_from(

@@ -31,18 +31,23 @@ use testnode::{Node, NODE_ADDR4, NODE_ADDR6};
 
 // === waiting ===
 
-/// Wait (up to 10 s) until `cond` holds; fail the test naming `what` otherwise.
+/// How much longer to wait under emulation (`PIA_TEST_TIME_SCALE`, set by `cargo
+/// xtask test-kernels`): every wait below and `Node::spawn_until` use it; what a
+/// test asserts stays the same.
+pub use testnode::{scaled, time_scale};
+
+/// Wait (up to 10 s, [`scaled`]) until `cond` holds; fail the test naming `what` otherwise.
 pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
     assert!(
-        pod_identity_agent::testing::eventually(Duration::from_secs(10), cond).await,
+        pod_identity_agent::testing::eventually(scaled(Duration::from_secs(10)), cond).await,
         "timed out waiting for: {what}"
     );
 }
 
 /// Poll `f` (every 200 ms, blocking: the node tests are synchronous) until it
-/// returns a value; fail the test naming `what` after `timeout`.
+/// returns a value; fail the test naming `what` after `timeout` ([`scaled`]).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = std::time::Instant::now() + timeout;
+    let end = std::time::Instant::now() + scaled(timeout);
     loop {
         if let Some(v) = f() {
             return v;
@@ -100,6 +105,11 @@ pub fn agent_command(node: &Node, extra: &[&str]) -> Command {
         })
         .args(extra)
         .env("RUST_LOG", "info,pod_identity_agent=debug");
+    if time_scale() > 1.0 {
+        // Under emulation moto answers its first calls in tens of seconds.
+        c.arg("--upstream-timeout-scale")
+            .arg(time_scale().to_string());
+    }
     c
 }
 
@@ -175,7 +185,41 @@ pub fn role(name: &str) -> String {
 pub fn start_sts(node: &mut Node) -> usize {
     let mut c = node.node_command("moto_server");
     c.args(["-H", &NODE_ADDR4.to_string(), "-p", &STS_PORT.to_string()]);
-    node.spawn_until(c, "Running on", Duration::from_secs(30))
+    let h = node.spawn_until(c, "Running on", Duration::from_secs(30));
+    warm_up_moto(node, &sts_url());
+    h
+}
+
+/// Under emulation only: moto loads a service's code and models on its first call
+/// of that service, which takes tens of seconds in a TCG guest (under 0.1 s on the
+/// host). One read-only call of each service the tests use (STS
+/// GetCallerIdentity, IAM ListRoles: no state changes) makes the first calls of
+/// the agent, the stand-ins and the pods take what later ones take.
+pub fn warm_up_moto(node: &Node, url: &str) {
+    if time_scale() <= 1.0 {
+        return;
+    }
+    const WARM_UP: &str = r#"
+import sys, urllib.request
+for service, body in (("sts", "Action=GetCallerIdentity&Version=2011-06-15"),
+                      ("iam", "Action=ListRoles&Version=2010-05-08")):
+    auth = ("AWS4-HMAC-SHA256 Credential=AKIAWARMUPEXAMPLE000/20260101/us-east-1/%s/aws4_request, "
+            "SignedHeaders=host, Signature=0" % service)
+    req = urllib.request.Request(sys.argv[1] + "/", data=body.encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Authorization": auth})
+    urllib.request.urlopen(req, timeout=float(sys.argv[2])).read()
+"#;
+    let t = std::time::Instant::now();
+    let mut c = node.node_command("python3");
+    c.args(["-c", WARM_UP, url])
+        .arg(scaled(Duration::from_secs(30)).as_secs().to_string());
+    let out = c.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "warming moto up at {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("moto at {url} warmed up in {:?}", t.elapsed());
 }
 
 /// A pod entry of the agent's pods file.
