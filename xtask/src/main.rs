@@ -4,7 +4,9 @@
 //! * `setup`      apt packages, bpf-linker, nightly rust-src, PyPI tools
 //! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
 //! * `build`      build-ebpf, then the agent
-//! * `test`       build, fmt/clippy, then every test (privileged ones included)
+//! * `image`      the agent image `FROM scratch` (static musl agent), offline
+//! * `test`       build, image, fmt/clippy, then every test (privileged ones
+//!   included; agent/tests/container_run.rs plays the DaemonSet with the image)
 //! * `manifests`  only the checks of deploy/ (schemas, admission policies, checkov)
 //! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
 //!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
@@ -15,6 +17,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod kernels;
 mod manifests;
 mod setup;
@@ -101,6 +104,7 @@ fn build() -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     setup::all()?;
     build()?;
+    image::build()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         "setup" => setup::all(),
         "build-ebpf" => build_ebpf(),
         "build" => build(),
+        "image" => image::build(),
         "test" => test(rest),
         "manifests" => setup::python().and_then(|_| manifests::validate()),
         "demo" => demo::Mode::parse(rest).and_then(|mode| {
@@ -137,7 +142,7 @@ fn main() -> ExitCode {
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench|test-kernels>\n  \
+                "usage: cargo xtask <setup|build-ebpf|build|image|test|manifests|demo [--sts]|bench|test-kernels>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
                  demo --sts  the agent assumes the roles of its own associations with STS\n  \
                  test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N]\n              \

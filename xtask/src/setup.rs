@@ -16,6 +16,13 @@ const APT: &[&str] = &[
     "procps",
     "bpftool",
     "wrk",
+    // The container image and its run with a real OCI runtime (`cargo xtask
+    // image`, agent/tests/container_run.rs): aws-lc-sys needs a musl C compiler
+    // for the static build.
+    "podman",
+    "buildah",
+    "runc",
+    "musl-tools",
 ];
 
 /// PyPI tools the tests use as real parts (versions checked to work together).
@@ -118,6 +125,20 @@ pub fn toolchain() -> Result<(), String> {
     Ok(())
 }
 
+/// The target of the static agent in the image.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// `rustup target add` the musl target once.
+pub fn musl() -> Result<(), String> {
+    apt()?;
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if installed.lines().any(|l| l.trim() == MUSL) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {MUSL} target");
+    run(Command::new("rustup").args(["target", "add", MUSL]))
+}
+
 pub fn python() -> Result<(), String> {
     let want: Vec<String> = PIP.iter().map(|(p, v)| format!("{p}=={v}")).collect();
     let check = PIP
@@ -174,5 +195,6 @@ pub fn path_with_python_scripts() -> String {
 
 pub fn all() -> Result<(), String> {
     toolchain()?;
+    musl()?;
     python()
 }
