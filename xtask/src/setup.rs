@@ -22,6 +22,8 @@ const APT: &[&str] = &[
     "podman",
     "buildah",
     "runc",
+    // podman builds its pause image from catatonit (a Recommends of podman).
+    "catatonit",
     "musl-tools",
 ];
 
