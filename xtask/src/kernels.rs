@@ -201,7 +201,9 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
                 .zip(batch)
                 .map(|(h, k)| {
                     h.join()
-                        .unwrap_or_else(|_| Err(format!("{}: the guest's thread panicked", k.version)))
+                        .unwrap_or_else(|_| {
+                            Err(format!("{}: the guest's thread panicked", k.version))
+                        })
                         // A guest that did not boot is a column of failures, not the
                         // end of the matrix.
                         .unwrap_or_else(|e| {
