@@ -330,11 +330,20 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     // Cluster sources. Readiness: programs attached (done above) and every
     // configured source synced.
     let (gate_tx, gate_rx) = watch::channel(false);
+    let mut refusal_events = None;
     if let Some(ks) = cfg.kube.clone() {
+        let events = ks.events.clone();
+        let node_name = ks.node_name.clone();
         let src = kubernetes::KubeSources::connect(ks, pod_store.clone(), assoc_store.clone())
             .await
             .map_err(AppError::Kube)?
             .with_ready_gate(gate_rx.clone());
+        if let Some(settings) = events {
+            let (queue, publisher, stats) =
+                kubernetes::event_channel(src.client(), &node_name, settings, pod_store.clone());
+            tasks.spawn("kubernetes events", publisher.run());
+            refusal_events = Some((queue, stats));
+        }
         let status = src.status();
         ready_checks.push(Box::new(move || {
             status.pods_synced() && status.associations_synced()
@@ -379,12 +388,16 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         audit_log.clone(),
         request_metrics.clone(),
     ]));
-    let service = Arc::new(Service::new(
+    let mut service = Service::new(
         ServiceSettings::from(&cfg),
         resolver.clone(),
         cache.clone(),
         audit_sink.clone(),
-    ));
+    );
+    if let Some((queue, _)) = &refusal_events {
+        service = service.with_refusal_observer(queue.clone());
+    }
+    let service = Arc::new(service);
     // Verdicts serve enforce mode and the IMDS guard (which leaves node processes,
     // verdict NODE, alone).
     let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce
@@ -493,6 +506,10 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         kernel.clone(),
         audit_log.clone(),
     );
+    let render = match refusal_events {
+        Some((_, stats)) => render.with_kube_events(stats),
+        None => render,
+    };
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || render.render());
     let sources_ready = is_ready.clone();
     let health = Health::new(

@@ -75,6 +75,13 @@ pub enum Refusal {
     },
 }
 
+/// Told about each refusal on the credentials endpoint, with the pod when the
+/// agent knows it (e.g. to post a Kubernetes Event on it). Called on the request
+/// path: an implementation must return at once (queue, never wait).
+pub trait RefusalObserver: Send + Sync {
+    fn refused(&self, pod: Option<&crate::model::PodInfo>, refusal: &Refusal);
+}
+
 impl From<CacheError> for Refusal {
     fn from(e: CacheError) -> Self {
         Refusal::credentials(e)
