@@ -15,7 +15,8 @@ use crate::{
     config::{Config, EnforceMode, UpstreamConfig},
     credentials::{CredentialCache, EksAuthClient, StsFetcher, Upstream},
     http::{
-        drain::DrainHandle, handover, health::Health, listener, probes, Service, ServiceSettings,
+        drain::DrainHandle, fd_limit, handover, health::Health, listener, probes, Service,
+        ServiceSettings,
     },
     imds::ImdsFront,
     kernel::{Kernel, KernelError, VerdictSink},
@@ -309,6 +310,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
             Err(e) => return Err(fail_closed(&kernel, &cfg, e)),
         };
     }
+    raise_fd_limit(&cfg, listeners.len() + imds_listeners.len());
     // Only now does the redirect go live (or get replaced): someone answers.
     kernel
         .attach()
@@ -787,4 +789,24 @@ async fn bind(kernel: &mut Kernel, cfg: &mut Config) -> Result<Vec<TcpListener>,
         }
     }
     Ok(listeners)
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard one (as Go programs do at start) and
+/// say whether it covers what `listeners` pods' listeners and the probe listeners
+/// may hold at once ([`fd_limit`]): runtimes often start the agent at 1024.
+fn raise_fd_limit(cfg: &Config, listeners: usize) {
+    let probes = usize::from(cfg.probe_addr.is_some()) + usize::from(cfg.metrics_addr.is_some());
+    let needed = fd_limit::needed(cfg.connections, listeners, probes);
+    match fd_limit::raise() {
+        Ok(n) if fd_limit::covers(n.soft, needed) => {
+            tracing::info!(soft = ?n.soft, needed, "file descriptor limit");
+        }
+        Ok(n) => tracing::warn!(
+            soft = ?n.soft,
+            hard = ?n.hard,
+            needed,
+            "the hard RLIMIT_NOFILE is below what the listeners' connection limits allow: idle connections could run the agent out of descriptors; raise it (the container runtime's default, LimitNOFILE)"
+        ),
+        Err(e) => tracing::warn!(error = %e, needed, "file descriptor limit not raised"),
+    }
 }

@@ -82,6 +82,9 @@ pub fn build_ebpf() -> Result<(), String> {
             "agent-ebpf",
             "--bin",
             "pod-identity-ebpf",
+            // A test fixture (agent/tests/coexistence.rs), not part of the agent.
+            "--bin",
+            "vendor-socklb",
             "--features",
             "kernel",
             "--release",

@@ -97,6 +97,20 @@ impl<F: Fetch> Service<F> {
     }
 
     fn check_host<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
+        let hosts = req.headers().get_all(hyper::header::HOST);
+        if hosts.iter().count() > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is refused; which
+            // one a proxy on the way used is anyone's guess.
+            return Err(Refusal::InvalidHost {
+                addr4: self.settings.cred_addr4.clone(),
+                addr6: self.settings.cred_addr6.clone(),
+                host: hosts
+                    .iter()
+                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            });
+        }
         let host = crate::http::response::host_of(req).unwrap_or_default();
         if host == self.settings.cred_addr4 || host == self.settings.cred_addr6 {
             return Ok(());
@@ -383,6 +397,21 @@ mod tests {
         let (s, b, _) = call(&f, Some(f.pod_cgroup), "example.com", None).await;
         assert_eq!(s, 403);
         assert!(b.starts_with("Access Denied. Called agent through invalid address, please use either [169.254.170.23 fd00:ec2::23] address not example.com"), "{b}");
+        // Two Host headers, the first one right: refused all the same.
+        let mut two = req("169.254.170.23", None);
+        two.headers_mut()
+            .append("host", "evil.example".parse().unwrap());
+        let (resp, access) = f.svc.respond(&ctx(Some(f.pod_cgroup)), &two).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(access.reason.as_deref(), Some("InvalidHost"));
+        assert!(
+            access
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("not 169.254.170.23 and evil.example"),
+            "{access:?}"
+        );
         let (s, b, _) = call(&f, Some(f.host_cgroup), "169.254.170.23", None).await;
         assert_eq!(s, 403, "{b}");
         assert!(b.contains("not in a Kubernetes pod"), "{b}");

@@ -497,3 +497,29 @@ impl Scenario {
         node_get(&self.node, &format!("http://{PROBE}/metrics"))
     }
 }
+
+/// Instance metadata's address.
+pub const IMDS_ADDR: &str = "169.254.169.254";
+
+/// A "real IMDS" for `s`: moto's server (it answers `/latest/api/token`,
+/// `placement/region` and `iam/security-credentials/<role>` with the node role
+/// `default-role`) on 169.254.169.254:80 in the node netns, which has no route off
+/// the machine.
+pub fn with_real_imds(s: &mut Scenario) {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            s.node.netns.name(),
+            "addr",
+            "add",
+            &format!("{IMDS_ADDR}/32"),
+            "dev",
+            "lo",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut c = s.node.node_command("moto_server");
+    c.args(["-H", IMDS_ADDR, "-p", "80"]);
+    s.node.spawn_until(c, "Running on", Duration::from_secs(30));
+}
