@@ -80,7 +80,12 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
         "the agent survived SIGKILL"
     );
     // The redirect stays: the pins outlive the process.
-    for pin in ["link_pia_connect4", "link_pia_connect6", "map_TUPLES", "map_CONFIG"] {
+    for pin in [
+        "link_pia_connect4",
+        "link_pia_connect6",
+        "map_TUPLES",
+        "map_CONFIG",
+    ] {
         assert!(pins.join(pin).exists(), "{pin} gone with the agent");
     }
     // Nothing answers meanwhile: a connect to the credentials address is refused.
@@ -137,7 +142,10 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
     let after = recs.iter().filter(|r| t_of(r) > ready_at).count();
     assert!(after > 30, "too little load after the restart: {after}");
     let failures: usize = kinds.values().sum();
-    assert!(failures > 0, "the kill went unnoticed: the test proves nothing");
+    assert!(
+        failures > 0,
+        "the kill went unnoticed: the test proves nothing"
+    );
     eprintln!(
         "kill -9 under load: {} requests from {} pods, {failures} failed ({kinds:?}); \
          gap (last 200 before the kill to the first after) {:.0} ms; agent down \
@@ -150,7 +158,8 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
     // The successor re-adopted the pins and served the load.
     let log = strip_ansi(&s.node.output_of(second));
     assert!(
-        log.lines().any(|l| l.contains(" access ") && l.contains("status=200")),
+        log.lines()
+            .any(|l| l.contains(" access ") && l.contains("status=200")),
         "the next agent served nothing:\n{log}"
     );
     drop(s);
@@ -161,7 +170,10 @@ fn served(rec: &Value) {
     assert_eq!(rec["status"], 200, "{rec}");
     let b = body(rec);
     assert!(
-        b["AccessKeyId"].as_str().unwrap_or_default().starts_with("ASIA"),
+        b["AccessKeyId"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ASIA"),
         "not the agent's answer: {rec}"
     );
 }
