@@ -2,7 +2,9 @@
 //! programs, moto's STS server in the node netns behind a fault-injecting proxy
 //! (`support/fault_proxy.rs`: refused and reset connections, a black hole,
 //! throttling, 5xx, malformed and truncated bodies, credentials that expire too
-//! soon), and clients in the pods (the test client, the AWS CLI, boto3).
+//! soon), the same in front of the EKS Auth **stand-in** (the agent's default
+//! upstream; EKS Auth itself cannot run here), and clients in the pods (the test
+//! client, the AWS CLI, boto3).
 //!
 //! For every fault: a pod with cached credentials keeps being served; a pod with
 //! nothing cached gets a status the SDKs retry, fast (inside the SDKs' 1 s / 2 s
@@ -138,9 +140,8 @@ fn creds_args(count: usize, interval: &str) -> Vec<String> {
     .collect()
 }
 
-fn run_client(s: &Scenario, pod: usize, args: &[String]) -> Vec<Value> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    client(&s.node, pod, &args).1
+fn run_client(node: &testnode::Node, pod: usize, args: &[String]) -> Vec<Value> {
+    client(node, pod, &strs(args)).1
 }
 
 /// What one fault did, for the report.
@@ -155,21 +156,34 @@ struct Figures {
     recovery: Duration,
 }
 
-#[test]
-fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
-    let started = Instant::now();
-    let faults = faults();
-    let (mut s, proxy, pairs) = scenario_behind_proxy(faults.len(), &[]);
+/// Injects each fault in turn: per fault, a new pod gets credentials and lets
+/// them age past the retention (the cached pod), then the fault goes on, the cached
+/// pod and a brand-new pod ask, and the fault goes off. `auth(pod name)` adds the
+/// pod's `--token` for the client when the upstream needs one. Asserts, and
+/// returns what the pods saw.
+fn inject_faults(
+    node: &mut testnode::Node,
+    proxy: &FaultProxy,
+    faults: &[Fault],
+    pairs: &[[(String, String); 2]],
+    auth: &dyn Fn(&str) -> Vec<String>,
+) -> Vec<Figures> {
     let mut report = Vec::new();
-    for (fault, pair) in faults.iter().copied().zip(&pairs) {
+    for (fault, pair) in faults.iter().copied().zip(pairs) {
         proxy.set(Fault::Pass);
         // A pod whose credentials are cached, older than the retention.
-        let cached = s.node.add_pod(&pair[0].0, &pair[0].1, false);
+        let cached = node.add_pod(&pair[0].0, &pair[0].1, false);
         let warm = wait_for(
             "the cached pod's first credentials",
             Duration::from_secs(10),
             || {
-                let r = client1(&s.node, cached, &["--path", "/v1/credentials"]).1;
+                let r = client(
+                    node,
+                    cached,
+                    &strs(&with(creds_args(1, "0"), &auth(&pair[0].0))),
+                )
+                .1
+                .remove(0);
                 (r["status"] == 200).then_some(r)
             },
         );
@@ -178,7 +192,11 @@ fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
 
         proxy.set(fault);
         let c0 = proxy.calls();
-        let cached_recs = run_client(&s, cached, &creds_args(CACHED_POD_REQUESTS, "0.1"));
+        let cached_recs = run_client(
+            node,
+            cached,
+            &with(creds_args(CACHED_POD_REQUESTS, "0.1"), &auth(&pair[0].0)),
+        );
         let cached_calls = proxy.calls() - c0;
         let mut cached_max_ms: f64 = 0.0;
         for r in &cached_recs {
@@ -201,9 +219,16 @@ fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
         );
 
         // A pod with nothing cached: a status the SDKs retry, inside their budget.
-        let new = s.node.add_pod(&pair[1].0, &pair[1].1, false);
+        let new = node.add_pod(&pair[1].0, &pair[1].1, false);
         let c1 = proxy.calls();
-        let recs = run_client(&s, new, &creds_args(NEW_POD_REQUESTS as usize, "0.2"));
+        let recs = run_client(
+            node,
+            new,
+            &with(
+                creds_args(NEW_POD_REQUESTS as usize, "0.2"),
+                &auth(&pair[1].0),
+            ),
+        );
         let new_calls = proxy.calls() - c1;
         let mut new_statuses = Vec::new();
         let mut new_max_ms: f64 = 0.0;
@@ -232,12 +257,13 @@ fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
         proxy.set(Fault::Pass);
         let back = Instant::now();
         let ok = wait_for("recovery", Duration::from_secs(10), || {
-            let r = client1(
-                &s.node,
+            let r = client(
+                node,
                 new,
-                &["--path", "/v1/credentials", "--timeout", "4"],
+                &strs(&with(creds_args(1, "0"), &auth(&pair[1].0))),
             )
-            .1;
+            .1
+            .remove(0);
             (r["status"] == 200).then_some(r)
         });
         let recovery = back.elapsed();
@@ -257,8 +283,12 @@ fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
             recovery,
         });
     }
-    eprintln!("fault | cached pod: 200s, max ms, upstream calls | new pod: statuses, max ms, upstream calls | recovery");
-    for f in &report {
+    report
+}
+
+fn print_report(upstream: &str, report: &[Figures]) {
+    eprintln!("{upstream} fault | cached pod: 200s, max ms, upstream calls | new pod: statuses, max ms, upstream calls | recovery");
+    for f in report {
         eprintln!(
             "{} | {}/{CACHED_POD_REQUESTS}, {:.0} ms, {} | {:?}, {:.0} ms, {} | {} ms",
             f.fault.name(),
@@ -271,8 +301,116 @@ fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
             f.recovery.as_millis()
         );
     }
+}
+
+fn with(mut args: Vec<String>, more: &[String]) -> Vec<String> {
+    args.extend_from_slice(more);
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn every_upstream_fault_keeps_cached_pods_served_and_fails_new_pods_fast() {
+    let started = Instant::now();
+    let faults = faults();
+    let (mut s, proxy, pairs) = scenario_behind_proxy(faults.len(), &[]);
+    let report = inject_faults(&mut s.node, &proxy, &faults, &pairs, &|_| Vec::new());
+    print_report("STS", &report);
     eprintln!("all faults in {:?}", started.elapsed());
-    s.sts_endpoint = None;
+}
+
+/// The EKS Auth stand-in's port, on 127.0.0.1 in the node netns.
+const EKS_AUTH_PORT: u16 = 5080;
+const EKS_ROLE: &str = "s3-eks-pod-identity-role";
+
+/// The agent's default upstream, EKS Auth (`AssumeRoleForPodIdentity` with the
+/// pod's own token), behind the proxy: its error shapes (`ThrottlingException`
+/// 429, `InternalServerException` 500), a black hole, a malformed body and
+/// credentials expiring too soon. EKS Auth cannot run here: the **stand-in**
+/// (`examples/eks_auth_standin.rs`, backed by moto's IAM and STS) answers.
+#[test]
+fn eks_auth_faults_keep_cached_pods_served_and_fail_new_pods_fast() {
+    let faults = [
+        Fault::Throttle,
+        Fault::ServerError,
+        Fault::BlackHole,
+        Fault::Malformed,
+        Fault::ShortLived(Duration::from_secs(300)),
+    ];
+    let mut node = testnode::Node::new();
+    let dir = tempfile::tempdir().unwrap();
+    start_sts(&mut node);
+    let pairs: Vec<[(String, String); 2]> = (0..faults.len())
+        .map(|f| {
+            [
+                (format!("cached-{f}"), pod_uid_for(2 * f)),
+                (format!("new-{f}"), pod_uid_for(2 * f + 1)),
+            ]
+        })
+        .collect();
+    let standin = std::path::Path::new(AGENT)
+        .parent()
+        .unwrap()
+        .join("examples/eks_auth_standin");
+    assert!(
+        standin.exists(),
+        "{} missing: cargo test builds examples",
+        standin.display()
+    );
+    let mut c = node.node_command(standin.to_str().unwrap());
+    c.args([
+        "--listen",
+        &format!("127.0.0.1:{EKS_AUTH_PORT}"),
+        "--moto",
+        &sts_url(),
+        "--role",
+        EKS_ROLE,
+        "--associate",
+        &format!("default/app={EKS_ROLE}"),
+    ])
+    .arg("--token-dir")
+    .arg(dir.path().join("tokens"));
+    for (name, uid) in pairs.iter().flatten() {
+        c.args(["--pod", &format!("{name}:{uid}:default:app")]);
+    }
+    node.spawn_until(c, "EKS Auth stand-in ready", Duration::from_secs(30));
+    let proxy = FaultProxy::start(
+        &node.netns.path(),
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, EKS_AUTH_PORT)),
+        Api::EksAuth,
+    );
+    let mut agent = agent_command(
+        &node,
+        &[
+            "--upstream",
+            "eks-auth",
+            "--cluster-name",
+            "test-cluster",
+            "--endpoint",
+            &proxy.url(),
+            "--region",
+            "us-east-1",
+            "--probe-addr",
+            PROBE,
+            "--max-credential-retention-before-renewal",
+            "1s",
+        ],
+    );
+    agent
+        .env("AWS_ACCESS_KEY_ID", "AKIANODEROLEEXAMPLE1")
+        .env("AWS_SECRET_ACCESS_KEY", "node-role-secret-never-logged")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    node.spawn_until(agent, "pod-identity-agent ready", Duration::from_secs(20));
+    let tokens = dir.path().join("tokens");
+    let auth = |name: &str| {
+        let token = std::fs::read_to_string(tokens.join(name)).unwrap();
+        vec!["--token".to_owned(), token.trim().to_owned()]
+    };
+    let report = inject_faults(&mut node, &proxy, &faults, &pairs, &auth);
+    print_report("EKS Auth", &report);
 }
 
 /// Unmodified SDK clients through the faults: the AWS CLI in a pod with cached
