@@ -464,6 +464,7 @@ impl RunArgs {
             .map(|p| SocketAddr::new(self.metrics_address, p));
         cfg.cache.max_entries = self.max_cache_size;
         cfg.cache.max_retention = self.max_credential_retention_before_renewal;
+        cfg.cache.request_wait = cfg.cache.request_wait.mul_f64(self.upstream_timeout_scale);
         cfg.cache.max_service_qps = self.max_service_qps;
         cfg.limits = Limits {
             rate: self.max_rps_per_caller,

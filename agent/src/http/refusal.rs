@@ -279,7 +279,9 @@ fn credentials_status(e: &CacheError) -> StatusCode {
             UpstreamError::Misrouted => StatusCode::INTERNAL_SERVER_ERROR,
         },
         CacheError::ShortLived { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        CacheError::FetchAborted => StatusCode::SERVICE_UNAVAILABLE,
+        CacheError::UpstreamSlow { .. } | CacheError::FetchAborted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -401,6 +403,13 @@ mod tests {
         assert_eq!(
             Refusal::from(short).status(),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            Refusal::from(CacheError::UpstreamSlow {
+                waited: Duration::from_millis(900)
+            })
+            .status(),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
             Refusal::from(CacheError::FetchAborted).status(),
