@@ -15,7 +15,8 @@ use crate::{
     config::{Config, EnforceMode, UpstreamConfig},
     credentials::{CredentialCache, EksAuthClient, StsFetcher, Upstream},
     http::{
-        drain::DrainHandle, handover, health::Health, listener, probes, Service, ServiceSettings,
+        drain::DrainHandle, fd_limit, handover, health::Health, listener, probes, Service,
+        ServiceSettings,
     },
     imds::ImdsFront,
     kernel::{Kernel, KernelError, VerdictSink},
@@ -133,8 +134,8 @@ impl Tasks {
 pub struct Agent {
     /// Everything that serves pods; stopped when the sockets are handed over.
     tasks: Tasks,
-    /// The probe listener, kept after a handover (the old agent stays alive,
-    /// not ready, until it is terminated).
+    /// The probe and metrics listeners; stopped after a handover too (their
+    /// sockets went to the next agent).
     probes: Tasks,
     ready: watch::Receiver<bool>,
     handed_over: watch::Receiver<bool>,
@@ -184,13 +185,17 @@ impl Agent {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = became_true(&mut self.handed_over), if serving => {
-                    // Connections already accepted finish on their own tasks.
+                    // Connections already accepted finish on their own tasks. The
+                    // probe and metrics sockets went over too: the next agent
+                    // answers them (for this agent's pod as well, until it is
+                    // deleted), never this handed-over one.
                     self.tasks.set.abort_all();
+                    self.probes.set.abort_all();
                     serving = false;
                     tracing::info!("handed over to the next agent; idle until terminated");
                 }
                 e = self.tasks.first_stopped(), if serving => return Err(e),
-                e = self.probes.first_stopped() => return Err(e),
+                e = self.probes.first_stopped(), if serving => return Err(e),
             }
         }
         tracing::info!(open = self.drain.open(), "shutting down: draining");
@@ -266,7 +271,38 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     let mut kernel = Kernel::load(&cfg.kernel).map_err(kernel_err("loading the kernel side"))?;
     let events = kernel.take_events();
     let (listeners, taken_over) = listen(&mut kernel, &mut cfg).await?;
-    let (listeners, mut imds_listeners) = split_listeners(listeners, &cfg);
+    let Listeners {
+        creds: listeners,
+        imds: mut imds_listeners,
+        probes: probe_listener,
+        metrics: metrics_listener,
+    } = split_listeners(listeners, &cfg);
+    // Taken over, but not the pods' endpoint (its port changed between versions):
+    // bind it as on a first start.
+    let listeners = if listeners.is_empty() {
+        bind_or_fail_closed(&mut kernel, &mut cfg).await?
+    } else {
+        listeners
+    };
+    // Probes and metrics: taken over, or bound now (before anything attaches).
+    let probe_listener = match (cfg.probe_addr, probe_listener) {
+        (Some(_), Some(l)) => Some(l),
+        (Some(addr), None) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::BindProbes { addr, source })?,
+        ),
+        (None, _) => None,
+    };
+    let metrics_listener = match (cfg.metrics_addr, metrics_listener) {
+        (Some(_), Some(l)) => Some(l),
+        (Some(addr), None) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::BindMetrics { addr, source })?,
+        ),
+        (None, _) => None,
+    };
     if cfg.kernel.imds.is_some() && imds_listeners.is_empty() {
         // Fresh start, or the serving agent ran without the guard.
         imds_listeners = match bind_imds(&cfg).await {
@@ -274,6 +310,7 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
             Err(e) => return Err(fail_closed(&kernel, &cfg, e)),
         };
     }
+    raise_fd_limit(&cfg, listeners.len() + imds_listeners.len());
     // Only now does the redirect go live (or get replaced): someone answers.
     kernel
         .attach()
@@ -295,11 +332,20 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     // Cluster sources. Readiness: programs attached (done above) and every
     // configured source synced.
     let (gate_tx, gate_rx) = watch::channel(false);
+    let mut refusal_events = None;
     if let Some(ks) = cfg.kube.clone() {
+        let events = ks.events.clone();
+        let node_name = ks.node_name.clone();
         let src = kubernetes::KubeSources::connect(ks, pod_store.clone(), assoc_store.clone())
             .await
             .map_err(AppError::Kube)?
             .with_ready_gate(gate_rx.clone());
+        if let Some(settings) = events {
+            let (queue, publisher, stats) =
+                kubernetes::event_channel(src.client(), &node_name, settings, pod_store.clone());
+            tasks.spawn("kubernetes events", publisher.run());
+            refusal_events = Some((queue, stats));
+        }
         let status = src.status();
         ready_checks.push(Box::new(move || {
             status.pods_synced() && status.associations_synced()
@@ -344,12 +390,16 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         audit_log.clone(),
         request_metrics.clone(),
     ]));
-    let service = Arc::new(Service::new(
+    let mut service = Service::new(
         ServiceSettings::from(&cfg),
         resolver.clone(),
         cache.clone(),
         audit_sink.clone(),
-    ));
+    );
+    if let Some((queue, _)) = &refusal_events {
+        service = service.with_refusal_observer(queue.clone());
+    }
+    let service = Arc::new(service);
     // Verdicts serve enforce mode and the IMDS guard (which leaves node processes,
     // verdict NODE, alone).
     let verdicts: Option<Arc<dyn VerdictSink>> = (cfg.kernel.enforce == EnforceMode::Enforce
@@ -389,9 +439,12 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
     if let Some(dir) = cfg.kernel.pin_dir.clone() {
         // Be ready to hand these sockets to the next agent, once this one is
         // ready (an agent that took them over binds the name after confirming).
+        // All of them: the probe and metrics ports too (see [`listen`]).
         let copies: Vec<std::net::TcpListener> = listeners
             .iter()
             .chain(imds_listeners.iter())
+            .chain(probe_listener.iter())
+            .chain(metrics_listener.iter())
             .filter_map(|l| {
                 let fd = std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok()?;
                 Some(std::net::TcpListener::from(fd))
@@ -455,6 +508,10 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         kernel.clone(),
         audit_log.clone(),
     );
+    let render = match refusal_events {
+        Some((_, stats)) => render.with_kube_events(stats),
+        None => render,
+    };
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || render.render());
     let sources_ready = is_ready.clone();
     let health = Health::new(
@@ -464,19 +521,13 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         kernel.clone(),
         listen.first().copied(),
     );
-    if let Some(addr) = cfg.probe_addr {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::BindProbes { addr, source })?;
+    if let Some(l) = probe_listener {
         probe_tasks.spawn(
             "probe listener",
             probes::serve_probes(l, health.clone(), render.clone()),
         );
     }
-    if let Some(addr) = cfg.metrics_addr {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::BindMetrics { addr, source })?;
+    if let Some(l) = metrics_listener {
         probe_tasks.spawn("metrics listener", probes::serve_probes(l, health, render));
     }
 
@@ -565,6 +616,15 @@ async fn listen(
     if let Some(a6) = cfg.kernel.agent_addr6 {
         expected.push(SocketAddr::from((a6, cfg.imds.front_port)));
     }
+    // And the probe and metrics sockets: the ports are the node's (hostNetwork),
+    // so with both agents up (`maxSurge`) this one could bind neither; the old
+    // agent stops answering them once this one serves.
+    expected.extend(
+        [cfg.probe_addr, cfg.metrics_addr]
+            .into_iter()
+            .flatten()
+            .filter(|a| a.port() != 0),
+    );
     // Fresh pins: no agent ran here before, nobody to take over from.
     let Some(serving) = kernel.serving_handover_nonce() else {
         return Ok((bind_or_fail_closed(kernel, cfg).await?, None));
@@ -667,18 +727,41 @@ async fn bind_imds(cfg: &Config) -> Result<Vec<TcpListener>, AppError> {
 
 /// Splits the listening sockets into (credentials, IMDS front), by port; IMDS
 /// front sockets taken over while the guard is off are closed.
-fn split_listeners(
-    listeners: Vec<TcpListener>,
-    cfg: &Config,
-) -> (Vec<TcpListener>, Vec<TcpListener>) {
-    let (imds, creds): (Vec<_>, Vec<_>) = listeners.into_iter().partition(|l| {
-        l.local_addr()
-            .is_ok_and(|a| a.port() == cfg.imds.front_port && a.port() != cfg.kernel.agent_port)
-    });
-    if cfg.kernel.imds.is_none() {
-        return (creds, Vec::new());
+/// The listeners an agent serves, sorted out of what [`listen`] bound or took over.
+struct Listeners {
+    /// The pods' endpoint (IPv4, and IPv6 when the node has it).
+    creds: Vec<TcpListener>,
+    /// The IMDS front (only with the guard on; a serving agent's are dropped
+    /// otherwise).
+    imds: Vec<TcpListener>,
+    /// The probe and metrics listeners taken over from the serving agent (`None`:
+    /// bind them).
+    probes: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+fn split_listeners(listeners: Vec<TcpListener>, cfg: &Config) -> Listeners {
+    let mut out = Listeners {
+        creds: Vec::new(),
+        imds: Vec::new(),
+        probes: None,
+        metrics: None,
+    };
+    for l in listeners {
+        let Ok(a) = l.local_addr() else { continue };
+        if Some(a) == cfg.probe_addr {
+            out.probes = Some(l);
+        } else if Some(a) == cfg.metrics_addr {
+            out.metrics = Some(l);
+        } else if a.port() == cfg.imds.front_port && a.port() != cfg.kernel.agent_port {
+            if cfg.kernel.imds.is_some() {
+                out.imds.push(l);
+            }
+        } else {
+            out.creds.push(l);
+        }
     }
-    (creds, imds)
+    out
 }
 
 /// Bind the agent's listeners.
@@ -706,4 +789,24 @@ async fn bind(kernel: &mut Kernel, cfg: &mut Config) -> Result<Vec<TcpListener>,
         }
     }
     Ok(listeners)
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard one (as Go programs do at start) and
+/// say whether it covers what `listeners` pods' listeners and the probe listeners
+/// may hold at once ([`fd_limit`]): runtimes often start the agent at 1024.
+fn raise_fd_limit(cfg: &Config, listeners: usize) {
+    let probes = usize::from(cfg.probe_addr.is_some()) + usize::from(cfg.metrics_addr.is_some());
+    let needed = fd_limit::needed(cfg.connections, listeners, probes);
+    match fd_limit::raise() {
+        Ok(n) if fd_limit::covers(n.soft, needed) => {
+            tracing::info!(soft = ?n.soft, needed, "file descriptor limit");
+        }
+        Ok(n) => tracing::warn!(
+            soft = ?n.soft,
+            hard = ?n.hard,
+            needed,
+            "the hard RLIMIT_NOFILE is below what the listeners' connection limits allow: idle connections could run the agent out of descriptors; raise it (the container runtime's default, LimitNOFILE)"
+        ),
+        Err(e) => tracing::warn!(error = %e, needed, "file descriptor limit not raised"),
+    }
 }

@@ -240,6 +240,10 @@ pub struct RunArgs {
     /// With --kube: do not watch the PodIdentityAssociation CRD (not installed).
     #[arg(long)]
     pub no_crd: bool,
+    /// With --kube: do not post Kubernetes Events on pods refused for lack of an
+    /// association, another pod's token, or the upstream's AccessDenied.
+    #[arg(long)]
+    pub no_kube_events: bool,
     /// With --kube: a kubeconfig file instead of in-cluster access.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -460,6 +464,7 @@ impl RunArgs {
             .map(|p| SocketAddr::new(self.metrics_address, p));
         cfg.cache.max_entries = self.max_cache_size;
         cfg.cache.max_retention = self.max_credential_retention_before_renewal;
+        cfg.cache.request_wait = cfg.cache.request_wait.mul_f64(self.upstream_timeout_scale);
         cfg.cache.max_service_qps = self.max_service_qps;
         cfg.limits = Limits {
             rate: self.max_rps_per_caller,
@@ -533,6 +538,9 @@ impl RunArgs {
             // EKS Auth finds associations itself: the CRD would be unused.
             ks.crd = !self.no_crd && self.upstream == UpstreamKind::Sts;
             ks.startup_taint = self.startup_taint.clone();
+            if self.no_kube_events {
+                ks.events = None;
+            }
             if let Some(k) = &self.kubeconfig {
                 ks.access = kubernetes::ClusterAccess::Kubeconfig(k.clone());
             }
@@ -650,6 +658,20 @@ mod tests {
         // A test knob: not in --help (nor in README's flag table).
         let help = Cli::command().render_long_help().to_string();
         assert!(!help.contains("--upstream-timeout-scale"), "{help}");
+    }
+
+    #[test]
+    fn kube_events_are_on_with_kube_unless_turned_off() {
+        let kube = ["--upstream", "sts", "--kube", "--node-name", "n1"];
+        let on = run_args(&kube).to_config().unwrap();
+        let ks = on.kube.expect("--kube");
+        assert_eq!(ks.events, Some(kubernetes::EventSettings::default()));
+        let mut off_args = kube.to_vec();
+        off_args.push("--no-kube-events");
+        let off = run_args(&off_args).to_config().unwrap();
+        assert_eq!(off.kube.expect("--kube").events, None);
+        // Without --kube there is no API access, hence no Events.
+        assert!(run_args(&[]).to_config().unwrap().kube.is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! * [`listener`]: accept, attribute through the kernel, bound the port.
 //! * [`conn_limit`]: connections held, in total and per caller.
+//! * [`fd_limit`]: the descriptor limit raised to cover what the listeners may hold.
 //! * [`drain`]: graceful shutdown: stop accepting, finish what is in flight.
 //! * [`endpoint`]: the credentials endpoint (`/v1/credentials`, `/v1/whoami`).
 //! * [`refusal`]: why a caller gets nothing; each reason's status and body.
@@ -16,6 +17,7 @@
 pub mod conn_limit;
 pub mod drain;
 pub mod endpoint;
+pub mod fd_limit;
 pub mod handover;
 pub mod health;
 pub mod listener;

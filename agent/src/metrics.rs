@@ -35,6 +35,7 @@ use crate::{
     audit::{Access, AccessSink, AuditLog, AuditStats},
     credentials::{CredentialCache, Upstream},
     kernel::Kernel,
+    sources::kubernetes::EventStats,
 };
 
 /// The `Content-Type` of what [`Renderer::render`] returns.
@@ -404,6 +405,31 @@ fn encode_audit(stats: &AuditStats, mut e: DescriptorEncoder) -> Result<(), std:
     )
 }
 
+/// The Kubernetes Events' counters, read at scrape time.
+#[derive(Debug)]
+struct KubeEventsCollector(Arc<EventStats>);
+
+impl Collector for KubeEventsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter_family(
+            &mut e,
+            "pod_identity_kubernetes_events",
+            "Kubernetes Events for refused pods by outcome: created, series_updated, rate_limited (folded into an Event), dropped (queue full or too many pods), failed (API call)",
+            self.0
+                .snapshot()
+                .into_iter()
+                .map(|(outcome, n)| ([("outcome", outcome)], n)),
+        )
+    }
+}
+
+/// Prometheus text for the Kubernetes Events' counters alone (tests).
+pub fn render_kube_events(stats: Arc<EventStats>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(KubeEventsCollector(stats)));
+    encode(&registry)
+}
+
 /// The audit counters alone (tests).
 #[derive(Debug)]
 struct AuditStatsCollector(Arc<AuditStats>);
@@ -517,6 +543,13 @@ impl Renderer {
         registry.register_collector(Box::new(AuditCollector(audit)));
         registry.register_collector(Box::new(ProcessCollector));
         Self { registry }
+    }
+
+    /// Also count the Kubernetes Events posted for refused pods.
+    pub fn with_kube_events(mut self, stats: Arc<EventStats>) -> Self {
+        self.registry
+            .register_collector(Box::new(KubeEventsCollector(stats)));
+        self
     }
 
     /// Prometheus text exposition (0.0.4, [`CONTENT_TYPE`]).

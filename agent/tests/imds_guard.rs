@@ -22,22 +22,7 @@ const NODE_ROLE: &str = "default-role";
 /// netns.
 fn scenario() -> Scenario {
     let mut s = Scenario::new();
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            s.node.netns.name(),
-            "addr",
-            "add",
-            &format!("{IMDS}/32"),
-            "dev",
-            "lo",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let mut c = s.node.node_command("moto_server");
-    c.args(["-H", IMDS, "-p", "80"]);
-    s.node.spawn_until(c, "Running on", Duration::from_secs(30));
+    with_real_imds(&mut s);
     s
 }
 

@@ -1,21 +1,26 @@
 //! The Kubernetes sources (`pod_identity_agent::sources::kubernetes`) against
 //! `support::kube_api`, an in-process stand-in of the Kubernetes API server
-//! (there is no API server on this machine; see that module for what it serves).
+//! (there is no API server on this machine; see that module for what it serves),
+//! and the Events posted on refused pods (`events.k8s.io/v1`, validated by the
+//! stand-in as the API server validates them).
 
 mod support;
 
 use std::time::Duration;
 
 use hyper::Method;
+use pod_identity_agent::http::refusal::{Refusal, RefusalObserver};
+use pod_identity_agent::http::token::TokenError;
 use pod_identity_agent::model::AssumeMode;
 use pod_identity_agent::model::{PodInfo, Source};
 use pod_identity_agent::sources::associations::AssociationStore;
 use pod_identity_agent::sources::kubernetes::{
-    ClusterAccess, KubeSettings, KubeSources, KubeStatus,
+    connect, event_channel, ClusterAccess, EventSettings, EventStats, KubeSettings, KubeSources,
+    KubeStatus,
 };
 use pod_identity_agent::sources::pods::PodStore;
 use pod_identity_agent::testing::pod_uid;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::eventually;
 use support::kube_api::{node, pia, pod, service_account, ApiServer, Res};
 
@@ -539,4 +544,278 @@ async fn a_taint_that_cannot_be_removed_does_not_stop_the_sources() {
         agent.pod(UID_LATE).is_some()
     })
     .await;
+}
+
+// === Events on refused pods ===
+
+/// Events with a 1 s window, posting to the stand-in; `pods` names the pod of a
+/// token refusal.
+async fn events_for(
+    api: &ApiServer,
+    pods: PodStore,
+) -> (
+    std::sync::Arc<pod_identity_agent::sources::kubernetes::EventQueue>,
+    std::sync::Arc<EventStats>,
+    tokio::task::JoinHandle<()>,
+) {
+    let client = connect(&ClusterAccess::Url(api.url())).await.unwrap();
+    let settings = EventSettings {
+        window: Duration::from_secs(1),
+        ..EventSettings::default()
+    };
+    let (queue, publisher, stats) = event_channel(client, NODE, settings, pods);
+    (queue, stats, tokio::spawn(publisher.run()))
+}
+
+fn no_association(pod: &PodInfo) -> Refusal {
+    Refusal::NoAssociation {
+        namespace: pod.namespace.clone(),
+        service_account: pod.service_account.clone(),
+        pod: pod.name.clone(),
+    }
+}
+
+fn count(stats: &EventStats, outcome: &str) -> u64 {
+    stats
+        .snapshot()
+        .into_iter()
+        .find(|(o, _)| *o == outcome)
+        .unwrap()
+        .1
+}
+
+#[tokio::test]
+async fn refused_pods_get_one_warning_event_per_reason_with_repeats_as_a_series() {
+    let api = ApiServer::start().await;
+    seed(&api);
+    let agent = start_agent(&api, |s| s.crd = false).await;
+    eventually("pods synced", || agent.pods.is_synced()).await;
+    let web = agent.pod(UID_WEB).unwrap();
+    let hostnet = agent.pod(UID_HOSTNET).unwrap();
+    let (queue, stats, task) = events_for(&api, agent.pods.clone()).await;
+
+    // Three refusals of web for no association, one right after the other.
+    for _ in 0..3 {
+        queue.refused(Some(&web), &no_association(&web));
+    }
+    // The token check refuses before the pod is looked up: the kernel's pod UID
+    // names it, through the pod directory.
+    queue.refused(
+        None,
+        &Refusal::Token(TokenError::PodMismatch {
+            token_pod: UID_LATE.into(),
+            kernel_pod: pod_uid(UID_HOSTNET),
+        }),
+    );
+    // STS's AccessDenied, for the hostNetwork pod.
+    queue.refused(
+        Some(&hostnet),
+        &Refusal::from(pod_identity_agent::testing::access_denied()),
+    );
+    // Not an Event's business.
+    queue.refused(Some(&web), &Refusal::Throttled);
+
+    eventually("three events", || api.lock().events.len() == 3).await;
+    let events = api.events_for("shop", "web-6d5f8");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(e["kind"], "Event");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "NoPodIdentityAssociation");
+    assert_eq!(e["action"], "ServeCredentials");
+    assert_eq!(e["reportingController"], "pod-identity-agent");
+    assert_eq!(e["reportingInstance"], NODE);
+    assert_eq!(
+        e["regarding"],
+        json!({"apiVersion": "v1", "kind": "Pod", "namespace": "shop", "name": "web-6d5f8", "uid": UID_WEB})
+    );
+    assert_eq!(e["metadata"]["namespace"], "shop");
+    assert!(
+        e["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("web-6d5f8."),
+        "{e:#?}"
+    );
+    let note = e["note"].as_str().unwrap();
+    assert!(
+        note.contains("No Pod Identity association for service account shop/web")
+            && note.contains("(404)"),
+        "{note}"
+    );
+    assert!(e["series"].is_null(), "a new Event has no series");
+
+    let mut reasons: Vec<(String, String)> = api
+        .lock()
+        .events
+        .values()
+        .map(|e| {
+            (
+                e["regarding"]["name"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "node-exporter-q8z7x".to_owned(),
+                "CredentialsAccessDenied".to_owned()
+            ),
+            ("node-exporter-q8z7x".to_owned(), "TokenMismatch".to_owned()),
+            (
+                "web-6d5f8".to_owned(),
+                "NoPodIdentityAssociation".to_owned()
+            ),
+        ]
+    );
+
+    // When the window ends the two repeats are folded in: one merge PATCH, count 3.
+    eventually("the series update", || {
+        api.events_for("shop", "web-6d5f8")[0]["series"]["count"] == 3
+    })
+    .await;
+    let e = &api.events_for("shop", "web-6d5f8")[0];
+    assert!(e["series"]["lastObservedTime"].is_string(), "{e:#?}");
+    let requests = api.lock().event_requests.clone();
+    let posts = requests
+        .iter()
+        .filter(|(m, _, _)| *m == Method::POST)
+        .count();
+    let patches: Vec<&Value> = requests
+        .iter()
+        .filter(|(m, _, _)| *m == Method::PATCH)
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!((posts, patches.len()), (3, 1), "{requests:#?}");
+    assert_eq!(patches[0]["series"]["count"], 3);
+    assert_eq!(count(&stats, "created"), 3);
+    assert_eq!(count(&stats, "rate_limited"), 2);
+    assert_eq!(count(&stats, "series_updated"), 1);
+    assert_eq!((count(&stats, "dropped"), count(&stats, "failed")), (0, 0));
+
+    // A quiet window later, the next refusal is a new Event.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    queue.refused(Some(&web), &no_association(&web));
+    eventually("a second event", || {
+        api.events_for("shop", "web-6d5f8").len() == 2
+    })
+    .await;
+    assert_eq!(count(&stats, "created"), 4);
+    let text = pod_identity_agent::metrics::render_kube_events(stats.clone());
+    assert!(
+        text.contains("pod_identity_kubernetes_events_total{outcome=\"created\"} 4"),
+        "{text}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn events_the_api_refuses_are_counted_and_not_retried_in_a_loop() {
+    let api = ApiServer::start().await;
+    api.lock().forbid_events = true;
+    let web = pod_identity_agent::testing::pod("shop", "web-6d5f8", "web");
+    let (queue, stats, task) = events_for(&api, PodStore::new()).await;
+    for _ in 0..20 {
+        queue.refused(Some(&web), &no_association(&web));
+    }
+    eventually("the failure counted", || count(&stats, "failed") == 1).await;
+    eventually("the repeats held back", || {
+        count(&stats, "rate_limited") == 19
+    })
+    .await;
+    // One POST for twenty refusals, and no PATCH of an Event that does not exist.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api.lock().event_requests.len(), 1);
+    assert_eq!(count(&stats, "created"), 0);
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_stand_in_refuses_events_the_api_server_would() {
+    // What the agent's Events are checked against must itself refuse bad ones.
+    let api = ApiServer::start().await;
+    let client = reqwest_like_post(&api).await;
+    let good = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web-6d5f8.1", "namespace": "shop"},
+        "eventTime": "2025-06-02T10:20:00.000000Z",
+        "type": "Warning", "reason": "TokenMismatch", "action": "ServeCredentials",
+        "note": "n", "reportingController": "pod-identity-agent", "reportingInstance": NODE,
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": "shop", "name": "web-6d5f8"}
+    });
+    assert_eq!(client(good.clone(), "shop").await, 200, "accepted");
+    assert_eq!(client(good.clone(), "shop").await, 409, "name taken");
+    assert_eq!(
+        client(good.clone(), "other").await,
+        400,
+        "namespace mismatch"
+    );
+    let bad = |edit: &dyn Fn(&mut Value)| {
+        let mut e = good.clone();
+        e["metadata"]["name"] = "web-6d5f8.2".into();
+        edit(&mut e);
+        e
+    };
+    for (what, e) in [
+        ("no eventTime", bad(&|e| e["eventTime"] = Value::Null)),
+        (
+            "no reportingController",
+            bad(&|e| e["reportingController"] = Value::Null),
+        ),
+        (
+            "reportingController not a qualified name",
+            bad(&|e| e["reportingController"] = "pod identity agent".into()),
+        ),
+        ("type", bad(&|e| e["type"] = "Error".into())),
+        (
+            "note too long",
+            bad(&|e| e["note"] = "x".repeat(1025).into()),
+        ),
+        (
+            "reason too long",
+            bad(&|e| e["reason"] = "R".repeat(129).into()),
+        ),
+        (
+            "deprecatedCount set",
+            bad(&|e| e["deprecatedCount"] = 1.into()),
+        ),
+        (
+            "series of one",
+            bad(&|e| {
+                e["series"] = json!({"count": 1, "lastObservedTime": "2025-06-02T10:20:00.000000Z"})
+            }),
+        ),
+        (
+            "name not a subdomain",
+            bad(&|e| e["metadata"]["name"] = "Web_6d5f8".into()),
+        ),
+    ] {
+        assert_eq!(client(e, "shop").await, 422, "{what}");
+    }
+}
+
+/// POSTs an Event body to the stand-in and returns the status.
+async fn reqwest_like_post(
+    api: &ApiServer,
+) -> impl Fn(Value, &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+    let client = connect(&ClusterAccess::Url(api.url())).await.unwrap();
+    move |body: Value, ns: &str| {
+        let client = client.clone();
+        let uri = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+        Box::pin(async move {
+            let req = hyper::Request::post(uri)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            match client.request_text(req).await {
+                Ok(_) => 200,
+                Err(kube::Error::Api(s)) => s.code,
+                Err(e) => panic!("{e}"),
+            }
+        })
+    }
 }

@@ -87,3 +87,114 @@ fn sigterm_stops_cleanly_and_says_so() {
     assert!(log.contains("shutting down: draining"), "{log}");
     assert!(log.contains("shut down"), "{log}");
 }
+
+/// A DaemonSet rolling update with `maxSurge: 1` (deploy/): the new agent starts
+/// on the node while the old one serves, takes over *every* listener (the pods'
+/// endpoint on IPv4 and IPv6, the IMDS front on both, the probes and the
+/// metrics: the ports are the node's, and the new agent could bind none of them
+/// while the old one holds them), becomes ready, and the old one is deleted. The
+/// pods see no refusal; the probe port answers `ready` throughout once the new
+/// agent serves (the old one, handed over, must no longer answer it), and still
+/// after the old one is gone.
+#[test]
+fn a_maxsurge_rollout_hands_every_listener_over() {
+    let mut s = Scenario::new();
+    let bpffs = testnode::BpfFs::mount();
+    let pins = bpffs.path().join("pod-identity-agent");
+    let pins = pins.to_str().unwrap().to_owned();
+    let args = [
+        "--bpffs-dir",
+        &pins,
+        "--max-rps-per-caller",
+        "0",
+        // The IMDS front listens too (nothing here asks it).
+        "--imds",
+        "block-credentials",
+        "--imds-endpoint",
+        "http://169.254.169.254:80",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "2705",
+    ];
+    let root = s.node.cgroup_root.path().to_path_buf();
+    let agent_cgroup =
+        |n: u32| testnode::Cgroup::create(root.join(format!("system.slice/agent-{n}.scope")));
+    let spawn = |s: &mut Scenario, cg: &testnode::Cgroup| {
+        let c = testnode::in_cgroup(cg.path(), &s.agent_command(&args));
+        s.node
+            .spawn_until(c, "pod-identity-agent ready", Duration::from_secs(20))
+    };
+    let (cg1, cg2) = (agent_cgroup(1), agent_cgroup(2));
+    let old = spawn(&mut s, &cg1);
+    let probe =
+        |s: &Scenario, path: &str| node_get_status(&s.node, &format!("http://{PROBE}{path}"));
+    assert_eq!(probe(&s, "/readyz").0, 200);
+
+    // Steady load from a pod (a new connection per request, as SDKs do).
+    let mut load = s.node.pod_command(0, "python3");
+    load.arg(testnode::CLIENT_PY)
+        .args([
+            "--path",
+            "/v1/credentials",
+            "--count",
+            "1500",
+            "--timeout",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let load = load.spawn().expect("spawn load");
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+
+    let new = spawn(&mut s, &cg2);
+    let log = strip_ansi(&s.node.output_of(new));
+    assert!(
+        log.contains("took the listening sockets over") && log.contains("listeners=6"),
+        "the new agent did not take all six listeners over:\n{log}"
+    );
+    // The old agent keeps running, handed over and idle, until it is deleted.
+    wait_for(
+        "the old agent to hand over",
+        Duration::from_secs(10),
+        || {
+            strip_ansi(&s.node.output_of(old))
+                .contains("idle until terminated")
+                .then_some(())
+        },
+    );
+    assert!(
+        s.node.is_running(old),
+        "the old agent exited after handing over"
+    );
+    // Only the new agent answers the probe port now: never the old one's 503.
+    for _ in 0..10 {
+        let (status, body) = probe(&s, "/readyz");
+        assert_eq!((status, body.trim()), (200, "ready"));
+    }
+    assert!(
+        probe(&s, "/metrics").1.contains("pod_identity_build_info"),
+        "no metrics on the probe port"
+    );
+    let metrics = node_get(&s.node, "http://127.0.0.1:2705/metrics");
+    assert!(metrics.contains("pod_identity_build_info"), "{metrics}");
+
+    // The DaemonSet controller deletes the old pod once the new one is ready.
+    s.node.kill(old);
+    assert_eq!(probe(&s, "/readyz").0, 200);
+    assert_eq!(probe(&s, "/healthz").0, 200);
+
+    let out = load.wait_with_output().unwrap();
+    let mut total = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let rec: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            rec["status"], 200,
+            "a pod's request failed during the rollout: {rec}"
+        );
+        total += 1;
+    }
+    assert_eq!(total, 1500);
+    drop(s);
+    drop((cg1, cg2));
+    drop(bpffs);
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Test client for the simulated node: opens real TCP connections and reports, per
 connection, what the socket layer saw (peer name, local name, errno) and what the
-agent answered. One JSON line per connection on stdout.
+agent answered, when it started (`t`, Unix time) and how long it took (`ms`).
+One JSON line per connection on stdout.
 
 It never sends anything anywhere by itself: it runs inside a test-made network
 namespace whose only routes lead to the simulated node.
@@ -16,7 +17,15 @@ import time
 
 
 def one(args):
-    rec = {"pid": os.getpid()}
+    rec = {"pid": os.getpid(), "t": time.time()}
+    start = time.monotonic()
+    try:
+        return attempt(args, rec)
+    finally:
+        rec["ms"] = round((time.monotonic() - start) * 1000, 1)
+
+
+def attempt(args, rec):
     fam = socket.AF_INET if args.family == "4" else socket.AF_INET6
     s = socket.socket(fam, socket.SOCK_STREAM)
     # PIA_TEST_TIME_SCALE (cargo xtask test-kernels, emulated guests) stretches
@@ -55,7 +64,11 @@ def one(args):
         )
         if args.token:
             req += f"Authorization: {args.token}\r\n"
-        s.sendall((req + "\r\n").encode())
+        try:
+            s.sendall((req + "\r\n").encode())
+        except OSError as e:
+            rec["send_errno"] = errno.errorcode.get(e.errno, str(e.errno))
+            return rec
         data = b""
         while True:
             try:
@@ -85,6 +98,9 @@ def main():
     p.add_argument("--token", default=None)
     p.add_argument("--bind-port", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=0,
+                   help="repeat for this long instead of --count times (at most 120 s)")
+    p.add_argument("--interval", type=float, default=0, help="pause between connections")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--no-http", action="store_true")
     p.add_argument("--connected-file", default=None, help="create this file once connected")
@@ -94,7 +110,15 @@ def main():
         args.host = f"[{args.addr}]" if ":" in args.addr else args.addr
         if args.family == "mapped" and args.addr.startswith("::ffff:"):
             args.host = args.addr[len("::ffff:"):]
-    for _ in range(max(1, min(args.count, 100000))):
+    if args.seconds > 0:
+        end = time.monotonic() + min(args.seconds, 120.0)
+        while time.monotonic() < end:
+            print(json.dumps(one(args)), flush=True)
+            time.sleep(args.interval)
+        return 0
+    for i in range(max(1, min(args.count, 100000))):
+        if i and args.interval:
+            time.sleep(args.interval)
         print(json.dumps(one(args)), flush=True)
 
 

@@ -35,6 +35,10 @@ pub const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x199, 0, 0, 0, 0, 0, 1);
 /// The Python client used by the attribution tests and the demo.
 pub const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/pia_client.py");
 
+/// The hostile client (raw malformed bytes, slowloris, idle and pipelining floods)
+/// of `agent/tests/hostile_input.rs`.
+pub const HOSTILE_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/hostile_client.py");
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The environment variable that multiplies the tests' waits: `cargo xtask

@@ -18,7 +18,9 @@
 //!
 //! Options: `--kernel host|6.1|6.12` (repeatable; default all), `--test NAME`
 //! (repeatable; default every privileged binary), `--time-scale N` (the guests';
-//! default [`GUEST_TIME_SCALE`]).
+//! default [`GUEST_TIME_SCALE`]), `--jobs N` (guests booted at once; default 1:
+//! each TCG guest keeps about one host core busy, so `--jobs 2` on this 2-core
+//! machine runs two kernels in about the time of one).
 
 use std::{
     collections::BTreeMap,
@@ -65,6 +67,7 @@ struct Options {
     kernels: Vec<String>,
     tests: Vec<String>,
     time_scale: String,
+    jobs: usize,
 }
 
 impl Options {
@@ -73,6 +76,7 @@ impl Options {
             kernels: Vec::new(),
             tests: Vec::new(),
             time_scale: GUEST_TIME_SCALE.to_owned(),
+            jobs: 1,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -97,6 +101,14 @@ impl Options {
                         .filter(|s| *s >= 1.0)
                         .ok_or_else(|| format!("--time-scale {v}: a number ≥ 1"))?;
                     o.time_scale = v;
+                }
+                "--jobs" => {
+                    let v = value()?;
+                    o.jobs = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|j| (1..=4).contains(j))
+                        .ok_or_else(|| format!("--jobs {v}: 1 to 4 guests at once"))?;
                 }
                 _ => return Err(format!("unknown argument {a}")),
             }
@@ -175,29 +187,33 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
     if opts.wants("host") {
         columns.push(host_column(&bins, &dir.join("results/host"))?);
     }
-    for k in kernels.iter().filter(|k| opts.wants(&k.version)) {
-        // A guest that did not boot is a column of failures, not the end of the matrix.
-        let col = guest_column(k, &bins, &dir.join("results"), &opts).unwrap_or_else(|e| {
-            eprintln!("xtask: {e}");
-            Column {
-                title: k.version.clone(),
-                results: bins
-                    .iter()
-                    .map(|(name, _)| {
-                        let note = Some("guest did not run".to_owned());
-                        (
-                            name.clone(),
-                            Outcome {
-                                note,
-                                ..Outcome::default()
-                            },
-                        )
-                    })
-                    .collect(),
-                total_secs: 0.0,
-            }
+    let guests: Vec<&Kernel> = kernels.iter().filter(|k| opts.wants(&k.version)).collect();
+    // Up to `--jobs` guests at once; the columns keep the kernels' order.
+    for batch in guests.chunks(opts.jobs) {
+        let results = &dir.join("results");
+        let batch_columns: Vec<Column> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|k| s.spawn(|| guest_column(k, &bins, results, &opts)))
+                .collect();
+            handles
+                .into_iter()
+                .zip(batch)
+                .map(|(h, k)| {
+                    h.join()
+                        .unwrap_or_else(|_| {
+                            Err(format!("{}: the guest's thread panicked", k.version))
+                        })
+                        // A guest that did not boot is a column of failures, not the
+                        // end of the matrix.
+                        .unwrap_or_else(|e| {
+                            eprintln!("xtask: {e}");
+                            not_run_column(k, &bins)
+                        })
+                })
+                .collect()
         });
-        columns.push(col);
+        columns.extend(batch_columns);
     }
     if columns.is_empty() {
         return Err(format!(
@@ -233,6 +249,26 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
             bad.join("; "),
             dir.join("results").display()
         ))
+    }
+}
+
+fn not_run_column(k: &Kernel, bins: &[(String, PathBuf)]) -> Column {
+    Column {
+        title: k.version.clone(),
+        results: bins
+            .iter()
+            .map(|(name, _)| {
+                let note = Some("guest did not run".to_owned());
+                (
+                    name.clone(),
+                    Outcome {
+                        note,
+                        ..Outcome::default()
+                    },
+                )
+            })
+            .collect(),
+        total_secs: 0.0,
     }
 }
 
@@ -566,8 +602,10 @@ fn guest_script(bins: &[(String, PathBuf)], out: &Path, time_scale: &str) -> Str
         let _ = write!(
             s,
             "t0=$(date +%s.%N)\n\
+             head -1 /proc/stat >{o}/{name}.cpu\n\
              timeout -k 30 {GUEST_BINARY_LIMIT_SECS} '{bin}' --test-threads=1 >{o}/{name}.log 2>&1\n\
              echo $? >{o}/{name}.rc\n\
+             head -1 /proc/stat >>{o}/{name}.cpu\n\
              echo \"$(date +%s.%N) $t0\" | awk '{{ print $1 - $2 }}' >{o}/{name}.secs\n",
             bin = bin.display()
         );
@@ -743,6 +781,12 @@ mod tests {
         assert!(o.wants("host") && o.wants("6.12.117+deb12-amd64"));
         assert_eq!(o.tests.len(), TESTS.len());
         assert!(Options::parse(&["--test".into(), "nope".into()]).is_err());
+        assert_eq!(o.jobs, 1);
+        assert_eq!(
+            Options::parse(&["--jobs".into(), "2".into()]).unwrap().jobs,
+            2
+        );
+        assert!(Options::parse(&["--jobs".into(), "0".into()]).is_err());
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub fn build_ebpf() -> Result<(), String> {
             "agent-ebpf",
             "--bin",
             "pod-identity-ebpf",
+            // A test fixture (agent/tests/coexistence.rs), not part of the agent.
+            "--bin",
+            "vendor-socklb",
             "--features",
             "kernel",
             "--release",
@@ -145,7 +148,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <setup|build-ebpf|build|image|test|manifests|demo [--sts]|bench|test-kernels>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
                  demo --sts  the agent assumes the roles of its own associations with STS\n  \
-                 test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N]\n              \
+                 test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N] [--jobs N]\n              \
                  the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host"
             );
             return ExitCode::from(2);

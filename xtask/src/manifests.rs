@@ -12,7 +12,9 @@
 //!   errors), with the `jsonschema` package `kubernetes-validate` brings along. The
 //!   CRD's CEL rules (`x-kubernetes-validations`) are not evaluated here.
 //! * `kustomization.yaml` files are kustomize's configuration, not API objects:
-//!   only the paths they reference are checked.
+//!   only the paths they reference are checked. Components (`deploy/components/`)
+//!   are applied to each flavour's DaemonSet (their inline JSON 6902 patches) and
+//!   the results validated like the manifests.
 //! * Security scan: PyPI `checkov` ([`CHECKOV_VERSION`]), frameworks kubernetes and
 //!   dockerfile. It pins an old `boto3` that conflicts with the one the STS tests
 //!   use, so it lives in its own virtualenv under the target directory, installed
@@ -44,6 +46,7 @@ pub fn validate() -> Result<(), String> {
     }
     let crd_kinds = custom_resources(&files)?;
     schemas(&files, &crd_kinds)?;
+    components(&deploy)?;
     admission_policies(&files)?;
     checkov(&deploy)?;
     Ok(())
@@ -242,6 +245,47 @@ fn custom_resources(files: &[PathBuf]) -> Result<BTreeSet<(String, String)>, Str
         kinds.len()
     );
     Ok(kinds)
+}
+
+// === components ===
+
+/// Every component in `deploy/components/` applied to each flavour's DaemonSet (as
+/// kustomize applies its inline JSON 6902 patches), and the results validated
+/// against the Kubernetes schema like the plain manifests: a patch whose path no
+/// longer exists, or that produces an invalid pod template, fails here.
+fn components(deploy: &Path) -> Result<(), String> {
+    let out = target_dir().join("tmp/deploy-components");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(include_str!("components.py"))
+        .arg(deploy)
+        .arg(&out);
+    let (ok, text) = output(
+        &mut cmd,
+        Some("rendering deploy/components/ onto each flavour's DaemonSet"),
+    )?;
+    let failures: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    if !ok || !failures.is_empty() {
+        eprint!("{text}");
+        return Err(format!("deploy/components: {}", failures.join("\n  ")));
+    }
+    let rendered: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("RENDERED "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .map(PathBuf::from)
+        .collect();
+    if rendered.is_empty() {
+        return Err("deploy/components: nothing rendered".into());
+    }
+    schemas(&rendered, &BTreeSet::new())?;
+    eprintln!(
+        "xtask: {} component renderings valid ({} component checks)",
+        rendered.len(),
+        text.lines().filter(|l| l.starts_with("CHECK")).count()
+    );
+    Ok(())
 }
 
 // === admission policies ===

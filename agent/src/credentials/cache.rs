@@ -38,6 +38,13 @@
 //!   invariant 6 strict even during an STS outage. STS is asked again at most every
 //!   `retry_backoff` (30 s, ± 20 % jitter) per key while stale credentials can be
 //!   served, so an outage is not amplified by client retries.
+//! * A request waits at most `request_wait` (800 ms) for the upstream: then it is
+//!   answered with a retryable 503 (or the still-valid old credentials) while the
+//!   fetch goes on, and the pod's retry joins it. A black-holed upstream, or the
+//!   upstream client's own retries and back-off, never push a pod past the SDKs'
+//!   budgets (botocore gives the endpoint 2 s).
+//! * Credentials that expire too soon to serve (`ShortLived`) count as a retryable
+//!   failure: never served, still-valid old ones kept, the key backed off.
 //! * Final errors (AccessDenied, InvalidParameter, a missing IRSA token...): the
 //!   entry is dropped at once, credentials included: the association was probably
 //!   revoked, and the next request asks STS again.
@@ -154,11 +161,16 @@ impl<F: Fetch> CredentialCache<F> {
             });
         }
 
+        let wait = inner.settings.request_wait;
         let result = match Inner::start_fetch(inner, &entry, false) {
-            Some(mut rx) => match rx.wait_for(Option::is_some).await {
-                Ok(value) => value.clone().unwrap_or(Err(CacheError::FetchAborted)),
-                Err(_) => Err(CacheError::FetchAborted),
-            },
+            Some(mut rx) => {
+                match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+                    Ok(Ok(value)) => value.clone().unwrap_or(Err(CacheError::FetchAborted)),
+                    Ok(Err(_)) => Err(CacheError::FetchAborted),
+                    // The fetch goes on (it is its own task); the pod's retry joins it.
+                    Err(_) => Err(CacheError::UpstreamSlow { waited: wait }),
+                }
+            }
             None => Err(CacheError::FetchAborted),
         };
         match result {

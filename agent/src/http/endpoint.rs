@@ -25,6 +25,7 @@ use crate::{
     http::{
         listener::{Handler, RequestContext, Unattributed},
         ratelimit,
+        refusal::RefusalObserver,
         response::{json, text},
         token, Refusal,
     },
@@ -68,6 +69,7 @@ pub struct Service<F: Fetch> {
     cache: CredentialCache<F>,
     sink: Arc<dyn AccessSink>,
     limiter: ratelimit::RateLimiter,
+    observer: Option<Arc<dyn RefusalObserver>>,
 }
 
 impl<F: Fetch> Service<F> {
@@ -84,10 +86,31 @@ impl<F: Fetch> Service<F> {
             cache,
             sink,
             limiter,
+            observer: None,
         }
     }
 
+    /// Tell `observer` about every refusal (Kubernetes Events for refused pods).
+    pub fn with_refusal_observer(mut self, observer: Arc<dyn RefusalObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     fn check_host<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
+        let hosts = req.headers().get_all(hyper::header::HOST);
+        if hosts.iter().count() > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is refused; which
+            // one a proxy on the way used is anyone's guess.
+            return Err(Refusal::InvalidHost {
+                addr4: self.settings.cred_addr4.clone(),
+                addr6: self.settings.cred_addr6.clone(),
+                host: hosts
+                    .iter()
+                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            });
+        }
         let host = crate::http::response::host_of(req).unwrap_or_default();
         if host == self.settings.cred_addr4 || host == self.settings.cred_addr6 {
             return Ok(());
@@ -212,6 +235,9 @@ impl<F: Fetch> Service<F> {
         let resp = match result {
             Ok(r) => r,
             Err(refusal) => {
+                if let Some(observer) = &self.observer {
+                    observer.refused(access.pod.as_ref(), &refusal);
+                }
                 access.reason = Some(refusal.code().to_owned());
                 access.message = Some(refusal.to_string());
                 text(refusal.status(), &refusal.to_string())
@@ -371,6 +397,21 @@ mod tests {
         let (s, b, _) = call(&f, Some(f.pod_cgroup), "example.com", None).await;
         assert_eq!(s, 403);
         assert!(b.starts_with("Access Denied. Called agent through invalid address, please use either [169.254.170.23 fd00:ec2::23] address not example.com"), "{b}");
+        // Two Host headers, the first one right: refused all the same.
+        let mut two = req("169.254.170.23", None);
+        two.headers_mut()
+            .append("host", "evil.example".parse().unwrap());
+        let (resp, access) = f.svc.respond(&ctx(Some(f.pod_cgroup)), &two).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(access.reason.as_deref(), Some("InvalidHost"));
+        assert!(
+            access
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("not 169.254.170.23 and evil.example"),
+            "{access:?}"
+        );
         let (s, b, _) = call(&f, Some(f.host_cgroup), "169.254.170.23", None).await;
         assert_eq!(s, 403, "{b}");
         assert!(b.contains("not in a Kubernetes pod"), "{b}");
@@ -488,6 +529,80 @@ mod tests {
             (s, b.as_str()),
             (400, "Service account token cannot be empty\n")
         );
+    }
+
+    /// Records what the endpoint tells its refusal observer.
+    #[derive(Default)]
+    struct Observed(std::sync::Mutex<Vec<(Option<String>, String, String)>>);
+
+    impl RefusalObserver for Observed {
+        fn refused(&self, pod: Option<&crate::model::PodInfo>, refusal: &Refusal) {
+            let note = crate::sources::kubernetes::EventReason::of(refusal)
+                .map(|r| crate::sources::kubernetes::event_note(r, refusal))
+                .unwrap_or_default();
+            self.0.lock().unwrap().push((
+                pod.map(|p| format!("{}/{}", p.namespace, p.name)),
+                refusal.code().to_owned(),
+                note,
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_reach_the_observer_with_the_pod_and_no_token() {
+        let observed = Arc::new(Observed::default());
+        let mut f = fixture_with(true, FailingSts::new(testing::access_denied));
+        f.svc = f.svc.with_refusal_observer(observed.clone());
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let mine = testing::fake_pod_token("ns", "app", "web", POD_UID, exp);
+        let theirs = testing::fake_pod_token(
+            "ns",
+            "app",
+            "db",
+            "8a1f0e2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+            exp,
+        );
+        // No association for service account "nobody".
+        f.pods.upsert(pod("nobody"));
+        let (s, _, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(s, 404);
+        // Association, but STS says AccessDenied.
+        f.pods.upsert(pod("app"));
+        let (s, _, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(s, 400);
+        // Another pod's token.
+        let (s, _, _) = call(&f, Some(f.pod_cgroup), "169.254.170.23", Some(&theirs)).await;
+        assert_eq!(s, 403);
+        // A host process: no pod.
+        let (s, _, _) = call(&f, Some(f.host_cgroup), "169.254.170.23", Some(&mine)).await;
+        assert_eq!(s, 403);
+        let seen = observed.0.lock().unwrap().clone();
+        let codes: Vec<(Option<&str>, &str)> = seen
+            .iter()
+            .map(|(p, c, _)| (p.as_deref(), c.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (Some("ns/web"), "NoAssociation"),
+                (Some("ns/web"), "AccessDenied"),
+                (Some("ns/web"), "TokenPodMismatch"),
+                (None, "NotAPod"),
+            ]
+        );
+        for (_, code, note) in &seen {
+            for tok in [&mine, &theirs] {
+                // No token, nor any of its three parts, in what an Event would say.
+                for part in tok.split('.').filter(|p| p.len() > 8) {
+                    assert!(!note.contains(part), "{code}: {note}");
+                }
+            }
+        }
+        assert!(seen[2].2.contains("8a1f0e2b-"), "{:?}", seen[2]);
     }
 
     /// `[<id>]: (<code>): <message>, fault: <fault>` plus newline; returns the id.

@@ -40,8 +40,9 @@ use tokio::sync::watch;
 
 use crate::kernel::Kernel;
 
-/// Listening sockets one agent has (IPv4, and IPv6 when the node has it).
-const MAX_LISTENERS: usize = 2;
+/// Listening sockets one agent has: the pods' endpoint and the IMDS front (IPv4,
+/// and IPv6 when the node has it), the probes and the metrics; room to spare.
+const MAX_LISTENERS: usize = 8;
 /// How long either side waits for the other's request or sockets.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the serving agent keeps accepting while the new one starts up
@@ -81,11 +82,6 @@ pub enum HandoverError {
     NotTheAgent,
     #[error("the serving agent passed something that is not a listening TCP socket")]
     NotAListener,
-    #[error("the serving agent passed a socket on {found}, not one of {expected:?}")]
-    WrongSocket {
-        found: String,
-        expected: Vec<SocketAddr>,
-    },
 }
 
 /// The abstract socket name for agents sharing `pin_dir`.
@@ -162,10 +158,10 @@ pub fn take_over(
         let l = std::net::TcpListener::from(fd);
         let found = l.local_addr().map_err(io_err(&name))?;
         if !expected.contains(&found) {
-            return Err(HandoverError::WrongSocket {
-                found: found.to_string(),
-                expected: expected.to_vec(),
-            });
+            // A socket this agent would not bind (a port changed between
+            // versions): closed here, the serving agent's copy closes with it.
+            tracing::warn!(socket = %found, expected = ?expected, "not taking over a listener this agent does not serve");
+            continue;
         }
         l.set_nonblocking(true).map_err(io_err(&name))?;
         listeners.push(l);

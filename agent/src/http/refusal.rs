@@ -75,6 +75,13 @@ pub enum Refusal {
     },
 }
 
+/// Told about each refusal on the credentials endpoint, with the pod when the
+/// agent knows it (e.g. to post a Kubernetes Event on it). Called on the request
+/// path: an implementation must return at once (queue, never wait).
+pub trait RefusalObserver: Send + Sync {
+    fn refused(&self, pod: Option<&crate::model::PodInfo>, refusal: &Refusal);
+}
+
 impl From<CacheError> for Refusal {
     fn from(e: CacheError) -> Self {
         Refusal::credentials(e)
@@ -272,7 +279,9 @@ fn credentials_status(e: &CacheError) -> StatusCode {
             UpstreamError::Misrouted => StatusCode::INTERNAL_SERVER_ERROR,
         },
         CacheError::ShortLived { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        CacheError::FetchAborted => StatusCode::SERVICE_UNAVAILABLE,
+        CacheError::UpstreamSlow { .. } | CacheError::FetchAborted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -394,6 +403,13 @@ mod tests {
         assert_eq!(
             Refusal::from(short).status(),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            Refusal::from(CacheError::UpstreamSlow {
+                waited: Duration::from_millis(900)
+            })
+            .status(),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
             Refusal::from(CacheError::FetchAborted).status(),

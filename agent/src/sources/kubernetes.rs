@@ -32,6 +32,13 @@
 //! retry an HTTP 410 at watch start forever; re-listing is cheap for one node's
 //! pods and errors are rare, so the simpler, always-convergent rule wins.
 //!
+//! # Events
+//!
+//! With [`KubeSettings::events`] (on by default), a pod refused for a reason it can
+//! fix (no association, another pod's token, the upstream's AccessDenied) gets a
+//! `Warning` Event, at most one per pod and reason per window, repeats counted as
+//! its series ([`event_channel`]; the request path only queues).
+//!
 //! # Startup taint
 //!
 //! With [`KubeSettings::startup_taint`] set, the agent removes that taint from its
@@ -40,6 +47,8 @@
 //! can serve them (stock agent issue #159).
 
 mod crd;
+mod event_limiter;
+mod events;
 mod pod_directory;
 mod relisting;
 mod settings;
@@ -57,6 +66,11 @@ use crate::sources::pods::PodStore;
 
 pub use crd::{
     crd_association, crd_associations, PodIdentityAssociation, PodIdentityAssociationSpec,
+};
+pub use event_limiter::{EventLimiter, SeriesUpdate, Verdict};
+pub use events::{
+    event_channel, note as event_note, EventPublisher, EventQueue, EventReason, EventSettings,
+    EventStats, ACTION as EVENT_ACTION, REPORTING_CONTROLLER,
 };
 pub use pod_directory::pod_info;
 pub use settings::{connect, ClusterAccess, KubeSettings};

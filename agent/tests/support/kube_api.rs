@@ -15,6 +15,17 @@
 //!   410 / reason `Expired` ("too old resource version"), or an HTTP 410 answer;
 //! * field selectors on pods (`spec.nodeName=…`), applied as the server would;
 //! * nodes: `GET` and merge `PATCH` with `resourceVersion` preconditions (409).
+//! * Events (`events.k8s.io/v1`): `POST` (201, with uid, resourceVersion and
+//!   creationTimestamp added; 409 AlreadyExists for a taken name) and merge `PATCH`
+//!   (`application/merge-patch+json` only, else 415), validated as the API server
+//!   does for that group version (`pkg/apis/core/validation/events.go`:
+//!   `eventTime`, `reportingController` as a qualified name, `reportingInstance`,
+//!   `action` and `reason` required and at most 128 characters, `note` at most
+//!   1024, `type` Normal or Warning, the deprecated core/v1 fields unset,
+//!   `series.count` at least 2 with `lastObservedTime`, immutable fields on update;
+//!   the URL's namespace must be the object's), answering 422 `Invalid` with the
+//!   causes. Accepted Events are recorded ([`State::events`]); `forbid_events`
+//!   answers 403 as RBAC without the events rule would.
 //!
 //! Object bodies ([`pod`], [`service_account`], [`pia`], [`node`]) are modelled
 //! on `kubectl get -o json` output from an EKS 1.33 cluster (pods with the Pod
@@ -119,6 +130,12 @@ pub struct State {
     pub node_patches: Vec<Value>,
     /// Answer the next node PATCH with 409 Conflict.
     pub conflict_next_patch: bool,
+    /// Accepted Events by "namespace/name", as stored.
+    pub events: BTreeMap<String, Value>,
+    /// Every Event request body (POSTs and PATCHes), accepted or not.
+    pub event_requests: Vec<(Method, String, Value)>,
+    /// Answer Event requests with 403 Forbidden (no RBAC rule for events).
+    pub forbid_events: bool,
 }
 
 /// The Kubernetes API server stand-in, on a loopback port.
@@ -242,6 +259,9 @@ impl ApiServer {
                 nodes: BTreeMap::new(),
                 node_patches: Vec::new(),
                 conflict_next_patch: false,
+                events: BTreeMap::new(),
+                event_requests: Vec::new(),
+                forbid_events: false,
             })),
         };
         let s = server.clone();
@@ -378,6 +398,16 @@ impl ApiServer {
             path: path.clone(),
             query: query.clone(),
         });
+        if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+            let content_type = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            return self.event(method, rest, &content_type, &body);
+        }
         if let Some(node) = path.strip_prefix("/api/v1/nodes/") {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             return self.node(method, node, &body);
@@ -551,6 +581,319 @@ impl ApiServer {
             ),
         }
     }
+}
+
+// === events.k8s.io/v1 ===
+
+impl ApiServer {
+    /// Accepted Events about the pod `namespace/name`.
+    pub fn events_for(&self, namespace: &str, name: &str) -> Vec<Value> {
+        self.lock()
+            .events
+            .values()
+            .filter(|e| e["regarding"]["namespace"] == namespace && e["regarding"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// `rest`: `<namespace>/events` (POST) or `<namespace>/events/<name>` (PATCH).
+    fn event(&self, method: Method, rest: &str, content_type: &str, body: &[u8]) -> Response<Body> {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (namespace, name) = match parts.as_slice() {
+            [ns, "events"] => (*ns, None),
+            [ns, "events", name] => (*ns, Some(*name)),
+            _ => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &status(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ),
+                )
+            }
+        };
+        let Ok(object) = serde_json::from_slice::<Value>(body) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status(
+                    400,
+                    "BadRequest",
+                    "the body of the request was in an unknown format",
+                ),
+            );
+        };
+        let mut st = self.lock();
+        st.event_requests
+            .push((method.clone(), rest.to_owned(), object.clone()));
+        if st.forbid_events {
+            let verb = if method == Method::POST {
+                "create"
+            } else {
+                "patch"
+            };
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &status(
+                    403,
+                    "Forbidden",
+                    &format!("events.events.k8s.io is forbidden: User \"system:serviceaccount:kube-system:pod-identity-agent\" cannot {verb} resource \"events\" in API group \"events.k8s.io\" in the namespace \"{namespace}\""),
+                ),
+            );
+        }
+        match (method, name) {
+            (Method::POST, None) => {
+                let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                if let Some(ns) = object["metadata"]["namespace"].as_str() {
+                    if ns != namespace {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            &status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"),
+                        );
+                    }
+                }
+                let causes = validate_event(&object);
+                if !causes.is_empty() {
+                    return invalid_event(&name, causes);
+                }
+                let key = format!("{namespace}/{name}");
+                if st.events.contains_key(&key) {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &status(
+                            409,
+                            "AlreadyExists",
+                            &format!("events.events.k8s.io \"{name}\" already exists"),
+                        ),
+                    );
+                }
+                st.rv += 1;
+                let mut stored = object;
+                stored["metadata"]["namespace"] = namespace.into();
+                stored["metadata"]["uid"] =
+                    format!("7e3f0c1a-2b4d-4c6e-8f0a-{:012x}", st.rv).into();
+                stored["metadata"]["resourceVersion"] = st.rv.to_string().into();
+                stored["metadata"]["creationTimestamp"] = "2025-06-02T10:20:00Z".into();
+                st.events.insert(key, stored.clone());
+                json_response(StatusCode::CREATED, &stored)
+            }
+            (Method::PATCH, Some(name)) => {
+                if content_type != "application/merge-patch+json" {
+                    return json_response(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        &status(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"),
+                    );
+                }
+                let key = format!("{namespace}/{name}");
+                let Some(old) = st.events.get(&key).cloned() else {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        &status(
+                            404,
+                            "NotFound",
+                            &format!("events.events.k8s.io \"{name}\" not found"),
+                        ),
+                    );
+                };
+                let mut new = old.clone();
+                merge_patch(&mut new, &object);
+                let mut causes = validate_event(&new);
+                for field in [
+                    "regarding",
+                    "related",
+                    "reason",
+                    "note",
+                    "type",
+                    "eventTime",
+                    "action",
+                    "reportingController",
+                    "reportingInstance",
+                ] {
+                    if new[field] != old[field] {
+                        causes.push((
+                            "FieldValueInvalid",
+                            "field is immutable".into(),
+                            field.into(),
+                        ));
+                    }
+                }
+                if !causes.is_empty() {
+                    return invalid_event(name, causes);
+                }
+                st.rv += 1;
+                new["metadata"]["resourceVersion"] = st.rv.to_string().into();
+                st.events.insert(key, new.clone());
+                json_response(StatusCode::OK, &new)
+            }
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", "method not allowed"),
+            ),
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// `validation.IsQualifiedName`: an optional DNS-subdomain prefix and `/`, then a
+/// name of at most 63 alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
+fn is_qualified_name(s: &str) -> bool {
+    let name = s.rsplit_once('/').map_or(s, |(_, n)| n);
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || "-_.".contains(c))
+}
+
+/// `IsDNS1123Subdomain`.
+fn is_dns_subdomain(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.starts_with(ok)
+        && s.ends_with(ok)
+        && s.chars().all(|c| ok(c) || c == '-' || c == '.')
+}
+
+/// An RFC 3339 time as the API's MicroTime decodes it.
+fn is_time(v: &Value) -> bool {
+    v.as_str().is_some_and(|t| {
+        t.len() >= 20 && t.as_bytes()[10] == b'T' && (t.ends_with('Z') || t.contains('+'))
+    })
+}
+
+/// `ValidateEventCreate` for events.k8s.io/v1: (reason, message, field) causes.
+fn validate_event(e: &Value) -> Vec<(&'static str, String, String)> {
+    let mut causes = Vec::new();
+    let mut required = |field: &str| {
+        causes.push((
+            "FieldValueRequired",
+            "Required value".to_owned(),
+            field.to_owned(),
+        ))
+    };
+    let str_of = |f: &str| e[f].as_str().unwrap_or("");
+    let name = e["metadata"]["name"].as_str().unwrap_or("");
+    if name.is_empty() {
+        required("metadata.name");
+    }
+    if e["eventTime"].is_null() {
+        required("eventTime");
+    }
+    if str_of("reportingController").is_empty() {
+        required("reportingController");
+    }
+    if str_of("reportingInstance").is_empty() {
+        required("reportingInstance");
+    }
+    if str_of("action").is_empty() {
+        required("action");
+    }
+    if str_of("reason").is_empty() {
+        required("reason");
+    }
+    let mut invalid = |field: &str, message: String| {
+        causes.push(("FieldValueInvalid", message, field.to_owned()))
+    };
+    if !name.is_empty() && !is_dns_subdomain(name) {
+        invalid("metadata.name", "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".into());
+    }
+    if !e["eventTime"].is_null() && !is_time(&e["eventTime"]) {
+        invalid("eventTime", "not a time".into());
+    }
+    let controller = str_of("reportingController");
+    if !controller.is_empty() && !is_qualified_name(controller) {
+        invalid(
+            "reportingController",
+            "name part must consist of alphanumeric characters, '-', '_' or '.'".into(),
+        );
+    }
+    for (field, limit) in [
+        ("reportingInstance", 128),
+        ("action", 128),
+        ("reason", 128),
+        ("note", 1024),
+    ] {
+        if str_of(field).len() > limit {
+            invalid(field, format!("can have at most {limit} characters"));
+        }
+    }
+    if !matches!(str_of("type"), "Normal" | "Warning") {
+        invalid("type", format!("has invalid value: {}", str_of("type")));
+    }
+    for field in [
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "deprecatedCount",
+        "deprecatedSource",
+    ] {
+        if !e[field].is_null() {
+            invalid(field, "needs to be unset".into());
+        }
+    }
+    let regarding = &e["regarding"];
+    if regarding["namespace"].as_str().unwrap_or("").is_empty()
+        && !matches!(
+            e["metadata"]["namespace"].as_str(),
+            Some("default" | "kube-system")
+        )
+    {
+        invalid(
+            "involvedObject.namespace",
+            "does not match event.namespace".into(),
+        );
+    }
+    if !e["series"].is_null() {
+        if e["series"]["count"].as_i64().unwrap_or(0) < 2 {
+            invalid("series.count", "should be at least 2".into());
+        }
+        if !is_time(&e["series"]["lastObservedTime"]) {
+            causes.push((
+                "FieldValueRequired",
+                "Required value".into(),
+                "series.lastObservedTime".into(),
+            ));
+        }
+    }
+    causes
+}
+
+fn invalid_event(name: &str, causes: Vec<(&'static str, String, String)>) -> Response<Body> {
+    let summary: Vec<String> = causes.iter().map(|(_, m, f)| format!("{f}: {m}")).collect();
+    let mut body = status(
+        422,
+        "Invalid",
+        &format!(
+            "Event.events.k8s.io \"{name}\" is invalid: [{}]",
+            summary.join(", ")
+        ),
+    );
+    body["details"] = json!({
+        "name": name,
+        "group": "events.k8s.io",
+        "kind": "Event",
+        "causes": causes.iter().map(|(r, m, f)| json!({"reason": r, "message": m, "field": f})).collect::<Vec<_>>(),
+    });
+    json_response(StatusCode::UNPROCESSABLE_ENTITY, &body)
 }
 
 // === fixtures (shapes of real API objects) ===

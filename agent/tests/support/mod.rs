@@ -11,6 +11,8 @@
 //! * [`eks_auth_api`]: a **stand-in** for EKS Auth (`AssumeRoleForPodIdentity`,
 //!   in-process, on loopback, backed by moto's IAM and STS), and the test's
 //!   service-account token signer, for `eks_auth_standin.rs`.
+//! * [`fault_proxy`]: a fault-injecting proxy in front of moto's STS (or the EKS
+//!   Auth stand-in) in the node's network namespace, for `upstream_faults.rs`.
 //!
 //! Fakes of the agent's own parts (STS behind `Fetch`, pod and association
 //! builders, pod tokens) are in `pod_identity_agent::testing`, shared with the unit
@@ -19,6 +21,7 @@
 
 pub mod eks_api;
 pub mod eks_auth_api;
+pub mod fault_proxy;
 pub mod kube_api;
 pub mod moto;
 
@@ -257,6 +260,33 @@ pub fn sdk_caller_arn(
     token_file: &std::path::Path,
     home: &std::path::Path,
 ) -> Result<String, String> {
+    let out = sdk_command(node, i, sdk, token_file, home)
+        .output()
+        .expect("run sdk client");
+    sdk_result(out)
+}
+
+/// The caller ARN an SDK client printed, or its output when it failed.
+pub fn sdk_result(out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The command running `sdk` in pod `i` (`sts get-caller-identity` against moto).
+pub fn sdk_command(
+    node: &Node,
+    i: usize,
+    sdk: Sdk,
+    token_file: &std::path::Path,
+    home: &std::path::Path,
+) -> Command {
     let mut c = match sdk {
         Sdk::Cli => {
             let mut c = node.pod_command(i, "aws");
@@ -299,16 +329,7 @@ pub fn sdk_caller_arn(
         home,
         &std::env::var("PATH").unwrap_or_default(),
     );
-    let out = c.output().expect("run sdk client");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    c
 }
 
 /// GET a URL from inside the node netns: (status, body) whatever the status.
@@ -380,6 +401,8 @@ pub struct Scenario {
     pub pods: Vec<Value>,
     pub tokens: Vec<std::path::PathBuf>,
     pub sts: usize,
+    /// The agent's STS endpoint when not moto's directly (a fault proxy).
+    pub sts_endpoint: Option<String>,
 }
 
 impl Scenario {
@@ -440,6 +463,7 @@ impl Scenario {
             pods,
             tokens,
             sts,
+            sts_endpoint: None,
         }
     }
 
@@ -460,7 +484,7 @@ impl Scenario {
             .arg(d.join("kubelet"))
             .args([
                 "--sts-endpoint",
-                &sts_url(),
+                &self.sts_endpoint.clone().unwrap_or_else(sts_url),
                 "--region",
                 "us-east-1",
                 "--cluster-name",
@@ -496,4 +520,30 @@ impl Scenario {
     pub fn metrics(&self) -> String {
         node_get(&self.node, &format!("http://{PROBE}/metrics"))
     }
+}
+
+/// Instance metadata's address.
+pub const IMDS_ADDR: &str = "169.254.169.254";
+
+/// A "real IMDS" for `s`: moto's server (it answers `/latest/api/token`,
+/// `placement/region` and `iam/security-credentials/<role>` with the node role
+/// `default-role`) on 169.254.169.254:80 in the node netns, which has no route off
+/// the machine.
+pub fn with_real_imds(s: &mut Scenario) {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            s.node.netns.name(),
+            "addr",
+            "add",
+            &format!("{IMDS_ADDR}/32"),
+            "dev",
+            "lo",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut c = s.node.node_command("moto_server");
+    c.args(["-H", IMDS_ADDR, "-p", "80"]);
+    s.node.spawn_until(c, "Running on", Duration::from_secs(30));
 }

@@ -44,6 +44,14 @@ pub enum CacheError {
         /// The configured minimum.
         min_remaining: Duration,
     },
+    /// The upstream did not answer within the request's wait
+    /// ([`CacheSettings::request_wait`](super::CacheSettings::request_wait)); the
+    /// fetch goes on and the next request joins it.
+    #[error("the upstream did not answer within {waited:?}; the fetch goes on, ask again")]
+    UpstreamSlow {
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// The fetch ended without a result (it panicked, or the runtime is shutting
     /// down, or there is no Tokio runtime to run it on).
     #[error("credential fetch aborted")]
@@ -55,8 +63,10 @@ impl CacheError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CacheError::Upstream(e) => e.is_retryable(),
-            CacheError::ShortLived { .. } => false,
-            CacheError::FetchAborted => true,
+            // Still-valid credentials are kept and the key backs off: a session
+            // that short may be the upstream's glitch, and it is never served.
+            CacheError::ShortLived { .. } => true,
+            CacheError::UpstreamSlow { .. } | CacheError::FetchAborted => true,
         }
     }
 
@@ -64,7 +74,9 @@ impl CacheError {
     pub fn request_id(&self) -> Option<&str> {
         match self {
             CacheError::Upstream(e) => e.request_id(),
-            CacheError::ShortLived { .. } | CacheError::FetchAborted => None,
+            CacheError::ShortLived { .. }
+            | CacheError::UpstreamSlow { .. }
+            | CacheError::FetchAborted => None,
         }
     }
 
@@ -73,6 +85,7 @@ impl CacheError {
         match self {
             CacheError::Upstream(e) => e.code(),
             CacheError::ShortLived { .. } => "ShortLived",
+            CacheError::UpstreamSlow { .. } => "UpstreamSlow",
             CacheError::FetchAborted => "FetchAborted",
         }
     }

@@ -27,6 +27,11 @@ pub struct CacheSettings {
     /// (the stock agent's `--max-service-qps`); 0: unlimited. Requests that wait
     /// for credentials are not limited by it.
     pub max_service_qps: f64,
+    /// How long a request waits for the upstream before it is answered with a
+    /// retryable error (the fetch goes on, and the pod's retry joins it): inside
+    /// the SDKs' budgets (botocore gives the endpoint 2 s) whatever the upstream
+    /// does (a black hole, retries with back-off).
+    pub request_wait: Duration,
 }
 
 impl Default for CacheSettings {
@@ -39,6 +44,7 @@ impl Default for CacheSettings {
             stale_floor: Duration::from_secs(60),
             retry_backoff: Duration::from_secs(30),
             max_service_qps: 3.0,
+            request_wait: Duration::from_millis(800),
         }
     }
 }

@@ -486,13 +486,54 @@ async fn short_lived_credentials_are_refused() {
     let (cache, _clock) = setup(CacheSettings::default(), Duration::ZERO, 10 * MIN);
     let err = cache.get(&req(&pod("a"), &assoc())).await.unwrap_err();
     assert!(matches!(err, CacheError::ShortLived { .. }), "{err}");
-    assert!(!err.is_retryable());
-    assert_eq!(cache.len(), 0);
+    // Retryable: the SDKs get a 5xx and ask again.
+    assert!(err.is_retryable());
     cache.fetcher().set_lifetime(HOUR);
     assert_eq!(
         cache.get(&req(&pod("a"), &assoc())).await.unwrap().1,
         CacheOutcome::Miss
     );
+}
+
+/// A refresh that brings credentials expiring too soon keeps the still-valid
+/// ones (found by tests/upstream_faults.rs: they used to be dropped, and the pod
+/// got 500s until the upstream mended).
+#[tokio::test]
+async fn short_lived_refresh_keeps_the_still_valid_credentials() {
+    let (cache, clock) = setup(CacheSettings::default(), Duration::ZERO, HOUR);
+    let (p, a) = (pod("a"), assoc());
+    cache.get(&req(&p, &a)).await.unwrap();
+    cache.fetcher().set_lifetime(5 * MIN);
+    clock.advance(31 * MIN); // refresh ahead: the background refresh is too short
+    assert_eq!(cache.get(&req(&p, &a)).await.unwrap().1, CacheOutcome::Hit);
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.fetcher().calls(), 2);
+    let (creds, outcome) = cache.get(&req(&p, &a)).await.unwrap();
+    assert_eq!(
+        (creds.access_key_id.as_str(), outcome),
+        ("ASIA1", CacheOutcome::Stale)
+    );
+    assert_eq!(cache.fetcher().calls(), 2, "backed off");
+}
+
+/// A request waits `request_wait` at most; the fetch goes on and the next
+/// request gets its result.
+#[tokio::test]
+async fn a_slow_upstream_answers_the_request_in_time_and_the_fetch_goes_on() {
+    let settings = CacheSettings {
+        request_wait: Duration::from_millis(50),
+        ..CacheSettings::default()
+    };
+    let (cache, _clock) = setup(settings, Duration::from_millis(300), HOUR);
+    let (p, a) = (pod("a"), assoc());
+    let started = std::time::Instant::now();
+    let err = cache.get(&req(&p, &a)).await.unwrap_err();
+    assert!(matches!(err, CacheError::UpstreamSlow { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_millis(250));
+    settle(&cache, &p, &a).await;
+    assert_eq!(cache.get(&req(&p, &a)).await.unwrap().1, CacheOutcome::Hit);
+    assert_eq!(cache.fetcher().calls(), 1, "one fetch, not one per request");
 }
 
 #[tokio::test]

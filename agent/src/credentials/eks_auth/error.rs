@@ -236,6 +236,15 @@ pub enum EksAuthError {
 impl EksAuthError {
     pub(super) fn from_sdk(err: SdkFailure) -> Self {
         match &err {
+            // A success status the SDK could not read (a malformed or cut body
+            // turns into an error without a code): nothing usable, retryable,
+            // and no reason to drop a pod's cached credentials.
+            SdkError::ServiceError(ctx) if ctx.raw().status().is_success() => {
+                EksAuthError::InvalidResponse {
+                    message: "the response could not be parsed".into(),
+                    source: Some(Box::new(err)),
+                }
+            }
             SdkError::ServiceError(ctx) => {
                 let kind = ErrorKind::of(ctx.err());
                 let code = err
@@ -460,6 +469,31 @@ mod tests {
             assert!(source.downcast_ref::<Box<SdkFailure>>().is_some());
             assert!(matches!(e.sdk_error(), Some(SdkError::ServiceError(_))));
         }
+    }
+
+    /// Found by tests/upstream_faults.rs: a malformed 200 became an
+    /// `UnknownError`, and the pod's still-valid credentials were dropped.
+    #[test]
+    fn an_unreadable_success_is_an_invalid_response() {
+        let raw = |status: u16| {
+            HttpResponse::new(
+                status.try_into().unwrap(),
+                SdkBody::from(r#"{"credentials": {"accessKeyId": "#),
+            )
+        };
+        let unreadable = || {
+            AssumeRoleForPodIdentityError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder().build(),
+            )
+        };
+        let e = EksAuthError::from_sdk(SdkError::service_error(unreadable(), raw(200)));
+        assert!(matches!(e, EksAuthError::InvalidResponse { .. }), "{e}");
+        assert!(e.is_retryable() && !e.is_irrecoverable());
+        let e = EksAuthError::from_sdk(SdkError::service_error(unreadable(), raw(403)));
+        assert!(
+            matches!(e, EksAuthError::Service { status: 403, .. }),
+            "{e}"
+        );
     }
 
     #[test]

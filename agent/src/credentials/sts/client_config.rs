@@ -148,8 +148,19 @@ pub(super) fn timeout_config(settings: &StsSettings) -> TimeoutConfig {
         .build()
 }
 
+/// First retry backoff (doubling, with jitter): short, as for EKS Auth, so a
+/// fetch that meets throttling or a 5xx retries soon and pods waiting on it
+/// recover within a second of STS (the SDK's default starts at 1 s). The cache
+/// backs a failing key off for much longer (`retry_backoff`, 30 s ± 20 %).
+const RETRY_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest retry backoff.
+const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(400);
+
 pub(super) fn retry_config(settings: &StsSettings) -> RetryConfig {
-    RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1))
+    RetryConfig::standard()
+        .with_max_attempts(settings.max_attempts.max(1))
+        .with_initial_backoff(RETRY_INITIAL_BACKOFF)
+        .with_max_backoff(RETRY_MAX_BACKOFF)
 }
 
 /// Per-operation override for the second hop: sign with the first hop's

@@ -284,6 +284,15 @@ impl StsError {
             };
         }
         match &err {
+            // A success status the SDK could not read (a malformed or cut body
+            // turns into an error without a code): STS answered nothing usable,
+            // which is retryable, not a final "Unknown" client error.
+            SdkError::ServiceError(ctx) if ctx.raw().status().is_success() => {
+                StsError::InvalidResponse {
+                    request_id,
+                    source: Box::new(err),
+                }
+            }
             SdkError::ServiceError(ctx) => StsError::Service {
                 code: err.code().unwrap_or("Unknown").to_owned(),
                 message: err.message().unwrap_or_default().to_owned(),
@@ -395,6 +404,28 @@ mod tests {
         assert!(sts_error("NoSuchEntity", 404).is_not_found());
         assert!(sts_error("ResourceNotFound", 400).is_not_found());
         assert!(!sts_error("AccessDenied", 403).is_not_found());
+    }
+
+    /// Found by tests/upstream_faults.rs: a malformed 200 became a final
+    /// `Unknown` 400, and the pod's still-valid credentials were dropped.
+    #[test]
+    fn an_unreadable_success_is_an_invalid_response() {
+        use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+        let raw = |status: u16| {
+            HttpResponse::new(
+                status.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::from("<html><body>proxy error</body></html"),
+            )
+        };
+        let unreadable =
+            || AssumeRoleError::generic(aws_smithy_types::error::ErrorMetadata::builder().build());
+        let e = StsError::from_sdk(SdkError::service_error(unreadable(), raw(200)));
+        assert!(matches!(e, StsError::InvalidResponse { .. }), "{e}");
+        assert!(e.is_retryable());
+        // An error status keeps its classification.
+        let e = StsError::from_sdk(SdkError::service_error(unreadable(), raw(403)));
+        assert!(matches!(e, StsError::Service { status: 403, .. }), "{e}");
+        assert!(!e.is_retryable());
     }
 
     #[test]

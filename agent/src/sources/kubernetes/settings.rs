@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ::kube::Client;
 
-use super::KubeError;
+use super::{EventSettings, KubeError};
 
 /// How to reach the API server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,10 +38,13 @@ pub struct KubeSettings {
     pub min_backoff: Duration,
     /// Longest delay between attempts.
     pub max_backoff: Duration,
+    /// Post Kubernetes Events on refused pods (None: off).
+    pub events: Option<EventSettings>,
 }
 
 impl KubeSettings {
-    /// Defaults for `node_name`: infer access, CRD on, no taint, back-off 1 s to 60 s.
+    /// Defaults for `node_name`: infer access, CRD on, no taint, back-off 1 s to 60 s,
+    /// Events on (one per pod and reason per 5 minutes).
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
@@ -50,6 +53,7 @@ impl KubeSettings {
             startup_taint: None,
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            events: Some(EventSettings::default()),
         }
     }
 }
