@@ -381,8 +381,25 @@ pub fn check_config_file(
     file: &std::path::Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, String> {
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        config_file::ConfigFileError::Read {
+            path: file.to_owned(),
+            source,
+        }
+        .to_string()
+    })?;
+    check_config_text(file, &text, env)
+}
+
+/// [`check_config_file`] for the file's text, already read from `file` (which only
+/// names the file in errors).
+pub fn check_config_text(
+    file: &std::path::Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, String> {
     let cmd = command();
-    let args = config_file::file_args(file, &cmd, &env).map_err(|e| e.to_string())?;
+    let args = config_file::args_from_text(file, text, &cmd, &env).map_err(|e| e.to_string())?;
     let mut argv: Vec<OsString> = vec![
         "pod-identity-agent".into(),
         "--agent-addr4=192.0.2.1".into(),
