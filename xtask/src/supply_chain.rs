@@ -121,5 +121,44 @@ pub fn check() -> Result<(), String> {
         use_snapshot(&why)?;
     }
     // `--offline`: the database as it is now (fetched above, or the snapshot).
-    run(cargo_deny().args(["--offline", "check"]))
+    run(cargo_deny().args(["--offline", "check"]))?;
+    audit_summary();
+    Ok(())
+}
+
+/// One line in `cargo audit`'s terms (its JSON report, which cargo deny writes
+/// with `--audit-compatible-output`): dependencies scanned, vulnerabilities and
+/// warnings found. Informational: `check` above has already decided.
+fn audit_summary() {
+    let mut c = cargo_deny();
+    c.args([
+        "--offline",
+        "--format",
+        "json",
+        "check",
+        "--audit-compatible-output",
+        "advisories",
+    ]);
+    let out = setup::output(&mut c);
+    for report in out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let Some(vulns) = report["vulnerabilities"].as_array() else {
+            continue;
+        };
+        let ids: Vec<&str> = vulns
+            .iter()
+            .filter_map(|v| v["advisory"]["id"].as_str())
+            .collect();
+        let warnings: usize = report["warnings"]
+            .as_object()
+            .map(|w| w.values().filter_map(|v| v.as_array()).map(Vec::len).sum())
+            .unwrap_or(0);
+        eprintln!(
+            "xtask: cargo audit (equivalent): {} dependencies, vulnerabilities: {}, warnings: {warnings}",
+            report["lockfile"]["dependency-count"],
+            if ids.is_empty() { "none".to_owned() } else { ids.join(", ") },
+        );
+    }
 }
