@@ -126,7 +126,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+        let part = Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
     }
     Ok(total)
 }
@@ -720,5 +721,22 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("Go's form"), "{bad}: {err}");
         }
+    }
+
+    /// Parts that each fit a `Duration` but whose sum does not: an error, not the
+    /// "overflow when adding durations" panic (a config file's
+    /// `shutdown-timeout` took the agent and `config check` down).
+    #[test]
+    fn durations_whose_sum_overflows_are_refused() {
+        let part = "5000000000000000000s";
+        let err = parse_duration(&part.repeat(4)).unwrap_err();
+        assert!(err.contains("Go's form"), "{err}");
+        let err = crate::cli::check_config_text(
+            std::path::Path::new("c.toml"),
+            &format!("shutdown-timeout = \"{}\"\n", part.repeat(4)),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.contains("shutdown-timeout"), "{err}");
     }
 }
