@@ -4,7 +4,10 @@
 //! * `setup`      apt packages, bpf-linker, nightly rust-src, PyPI tools
 //! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
 //! * `build`      build-ebpf, then the agent
-//! * `test`       build, fmt/clippy, then every test (privileged ones included)
+//! * `test`       build, fmt/clippy, `cargo deny`, every test (privileged ones
+//!   included), then each fuzz target for a few seconds
+//! * `fuzz`       the fuzz targets, longer: `fuzz [--target T]... [--secs N]`
+//! * `supply-chain` only `cargo deny check` (licenses, bans, sources, advisories)
 //! * `manifests`  only the checks of deploy/ (schemas, admission policies, checkov)
 //! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
 //!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
@@ -15,9 +18,11 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod kernels;
 mod manifests;
 mod setup;
+mod supply_chain;
 
 use std::{
     path::{Path, PathBuf},
@@ -113,10 +118,17 @@ fn test(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // Licenses, bans, sources, RustSec advisories of the dependency tree.
+    supply_chain::check()?;
     // deploy/: schema validation and the security scan.
     manifests::validate()?;
     // Privileged tests run here, as root; they fail (never skip) otherwise.
-    run(cargo().args(["test", "--workspace"]).args(extra))
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    // A bounded fuzz run: every target for a few seconds, a crash fails the test.
+    fuzz::run_targets(&fuzz::Options {
+        targets: fuzz::TARGETS.iter().map(|t| t.to_string()).collect(),
+        secs: fuzz::TEST_SECS,
+    })
 }
 
 fn main() -> ExitCode {
@@ -135,16 +147,21 @@ fn main() -> ExitCode {
                 .and_then(|_| demo::run(mode))
         }),
         "test-kernels" => kernels::run_matrix(rest),
+        "fuzz" => fuzz::Options::parse(rest).and_then(|o| fuzz::run_targets(&o)),
+        "supply-chain" => supply_chain::check(),
         "bench" => setup::all()
             .and_then(|_| build())
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench|test-kernels>\n  \
+                "usage: cargo xtask <setup|build-ebpf|build|test|manifests|demo [--sts]|bench|test-kernels|fuzz|supply-chain>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
                  demo --sts  the agent assumes the roles of its own associations with STS\n  \
                  test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N] [--jobs N]\n              \
-                 the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host"
+                 the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host\n  \
+                 fuzz [--target T]... [--secs N]\n              \
+                 the fuzz targets, N seconds each (default 60)\n  \
+                 supply-chain  cargo deny check (licenses, bans, sources, advisories)"
             );
             return ExitCode::from(2);
         }

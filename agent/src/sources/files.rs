@@ -41,7 +41,13 @@ pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let file: PodsFile = serde_json::from_slice(&text).map_err(|source| PodError::Parse {
+    parse_pods_file(path, &text)
+}
+
+/// [`load_pods_file`] for the file's bytes, already read from `path` (which only
+/// names the file in errors).
+pub fn parse_pods_file(path: &Path, text: &[u8]) -> Result<Vec<PodInfo>, PodError> {
+    let file: PodsFile = serde_json::from_slice(text).map_err(|source| PodError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
@@ -156,8 +162,17 @@ pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, Associati
         path: path.to_path_buf(),
         source,
     })?;
+    parse_associations_file(path, &text)
+}
+
+/// [`load_associations_file`] for the file's bytes, already read from `path`
+/// (which only names the file in errors).
+pub fn parse_associations_file(
+    path: &Path,
+    text: &[u8],
+) -> Result<Vec<Association>, AssociationError> {
     let file: AssociationsFile =
-        serde_json::from_slice(&text).map_err(|source| AssociationError::Parse {
+        serde_json::from_slice(text).map_err(|source| AssociationError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
