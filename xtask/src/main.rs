@@ -132,8 +132,10 @@ fn main() -> ExitCode {
                 .and_then(|_| demo::run(mode))
         }),
         "test-kernels" => kernels::run_matrix(rest),
+        // The bench builds the release agent itself; the debug workspace (tests
+        // included) is not needed.
         "bench" => setup::all()
-            .and_then(|_| build())
+            .and_then(|_| build_ebpf())
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
