@@ -673,6 +673,7 @@ fn agent_command(
     files: (&Path, &Path),
     audit_log: &Path,
     bpffs_dir: &str,
+    probe: &str,
 ) -> Result<Command, String> {
     let (pods_file, assoc_file) = files;
     let mut a = node.node_command(agent.to_str().ok_or("agent path is not UTF-8")?);
@@ -690,7 +691,7 @@ fn agent_command(
             "--region",
             "us-east-1",
         ])
-        .args(["--cluster-name", "bench", "--probe-addr", PROBE])
+        .args(["--cluster-name", "bench", "--probe-addr", probe])
         .arg("--audit-log")
         .arg(audit_log)
         // Never pin under the machine's /sys/fs/bpf: `none` (detach on exit) or a
@@ -753,6 +754,7 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
         (&pods_file, &assoc_file),
         &work.join("audit.log"),
         "none",
+        PROBE,
     )?;
     let handle = node.spawn_until(a, "pod-identity-agent ready", Duration::from_secs(30));
     let pid = agent_pid(&node, handle)?;

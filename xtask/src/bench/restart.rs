@@ -47,6 +47,8 @@ pub fn run(
             files,
             &b.work.join(format!("audit-p6-{n}.log")),
             &pins,
+            // The probe listener is not handed over: one port per agent.
+            &format!("127.0.0.1:{}", 2720 + n),
         )?;
         Ok(b.node
             .spawn_until(cmd, "pod-identity-agent ready", Duration::from_secs(30)))
