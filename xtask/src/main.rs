@@ -149,8 +149,10 @@ fn main() -> ExitCode {
         "test-kernels" => kernels::run_matrix(rest),
         "fuzz" => fuzz::Options::parse(rest).and_then(|o| fuzz::run_targets(&o)),
         "supply-chain" => supply_chain::check(),
+        // The bench builds the release agent itself; the debug workspace (tests
+        // included) is not needed.
         "bench" => setup::all()
-            .and_then(|_| build())
+            .and_then(|_| build_ebpf())
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
