@@ -685,6 +685,11 @@ fn no_pod_ever_gets_another_pods_identity_or_a_stale_one() {
                         }
                         let pod = [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 18]
                             [(2 * c + (kind == Kind::Boto3) as usize) % 16];
+                        while sh.pausing[pod].load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        // Not killed by a recreation half-way.
+                        let _gate = sh.gates[pod].read().unwrap();
                         out.push(run_sdk(sh, pod, kind));
                     }
                     out
