@@ -259,6 +259,16 @@ pub async fn build(mut cfg: Config) -> Result<Agent, AppError> {
         assoc_store
             .replace_source(Source::File, list)
             .map_err(file_err)?;
+        let watch = associations::watch_associations_file(
+            path.clone(),
+            assoc_store.clone(),
+            Duration::from_secs(2),
+        );
+        tasks.spawn("associations-file watcher", async move {
+            if let Err(e) = watch.await {
+                tracing::error!(error = %e, "associations file watcher stopped");
+            }
+        });
     }
 
     let audit_log = AuditLog::open_with_window(

@@ -126,7 +126,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+        let part = Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
     }
     Ok(total)
 }
@@ -385,8 +386,25 @@ pub fn check_config_file(
     file: &std::path::Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, String> {
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        config_file::ConfigFileError::Read {
+            path: file.to_owned(),
+            source,
+        }
+        .to_string()
+    })?;
+    check_config_text(file, &text, env)
+}
+
+/// [`check_config_file`] for the file's text, already read from `file` (which only
+/// names the file in errors).
+pub fn check_config_text(
+    file: &std::path::Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, String> {
     let cmd = command();
-    let args = config_file::file_args(file, &cmd, &env).map_err(|e| e.to_string())?;
+    let args = config_file::args_from_text(file, text, &cmd, &env).map_err(|e| e.to_string())?;
     let mut argv: Vec<OsString> = vec![
         "pod-identity-agent".into(),
         "--agent-addr4=192.0.2.1".into(),
@@ -725,5 +743,22 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("Go's form"), "{bad}: {err}");
         }
+    }
+
+    /// Parts that each fit a `Duration` but whose sum does not: an error, not the
+    /// "overflow when adding durations" panic (a config file's
+    /// `shutdown-timeout` took the agent and `config check` down).
+    #[test]
+    fn durations_whose_sum_overflows_are_refused() {
+        let part = "5000000000000000000s";
+        let err = parse_duration(&part.repeat(4)).unwrap_err();
+        assert!(err.contains("Go's form"), "{err}");
+        let err = crate::cli::check_config_text(
+            std::path::Path::new("c.toml"),
+            &format!("shutdown-timeout = \"{}\"\n", part.repeat(4)),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.contains("shutdown-timeout"), "{err}");
     }
 }

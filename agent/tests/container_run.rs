@@ -23,7 +23,9 @@
 //!   CAP_PERFMON, as containerd's and CRI-O's RuntimeDefault profiles do.
 //!
 //! Needs podman and runc (`cargo xtask setup`) and the image (`cargo xtask
-//! image`; `cargo xtask test` builds it first). Fails, never skips, without them.
+//! image`). `cargo xtask test-container` builds the image and runs this test
+//! (`--features container-test`; `.ci/run` runs it after `cargo xtask test`).
+//! Fails, never skips, without them.
 
 mod support;
 

@@ -198,3 +198,60 @@ fn a_maxsurge_rollout_hands_every_listener_over() {
     drop((cg1, cg2));
     drop(bpffs);
 }
+
+/// Taking the agent off a node: SIGTERM leaves the pins (the redirect stays, so
+/// pods are refused rather than sent elsewhere); `pod-identity-agent uninstall`
+/// then removes every pin, which detaches the programs: the node's cgroup has no
+/// link of ours left and a pod's connect is no longer redirected.
+#[test]
+fn uninstall_removes_the_pins_and_the_redirect() {
+    let mut s = Scenario::new();
+    let bpffs = testnode::BpfFs::mount();
+    let pins = bpffs.path().join("pod-identity-agent");
+    let pins_s = pins.to_str().unwrap().to_owned();
+    let agent = s.start_agent(&["--bpffs-dir", &pins_s, "--shutdown-timeout", "1s"]);
+    let cgroup_id = s.node.cgroup_root.id();
+    assert!(!links_of(cgroup_id).is_empty(), "no links while serving");
+    let connect = |s: &Scenario| {
+        client1(&s.node, 0, &["--no-http", "--timeout", "1"])
+            .1
+            .get("errno")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+
+    let pid = s.node.pid(agent).to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("the agent to exit", Duration::from_secs(10), || {
+        (!s.node.is_running(agent)).then_some(())
+    });
+    // Stopped, not uninstalled: the pinned redirect still sends the pod to the
+    // agent's (closed) port.
+    assert!(
+        !links_of(cgroup_id).is_empty(),
+        "the links went with the agent"
+    );
+    assert!(pins.read_dir().unwrap().next().is_some(), "no pins left");
+    assert_eq!(connect(&s).as_deref(), Some("ECONNREFUSED"));
+
+    let out = std::process::Command::new(AGENT)
+        .args(["uninstall", &pins_s])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.starts_with("removed ") && said.contains(" pins from "),
+        "{said}"
+    );
+    assert!(!pins.exists(), "{} still exists", pins.display());
+    assert_eq!(links_of(cgroup_id), Vec::<Value>::new());
+    // Not redirected any more: the pod's own (routeless) network answers.
+    assert_ne!(connect(&s).as_deref(), Some("ECONNREFUSED"));
+    drop(s);
+    drop(bpffs);
+}

@@ -188,10 +188,13 @@ fn inject_faults(
             },
         );
         let key = served_key(&warm, 15 * 60);
-        std::thread::sleep(Duration::from_millis(1100));
-
+        // The fault goes on before the retention passes: the renewal it makes due
+        // (in the background, or on the next request) meets the fault. (Set after
+        // the retention, a renewal racing the switch could still pass, and the
+        // cached pod would rightly be served the renewed key.)
         proxy.set(fault);
         let c0 = proxy.calls();
+        std::thread::sleep(Duration::from_millis(1100));
         let cached_recs = run_client(
             node,
             cached,

@@ -62,8 +62,9 @@ def attempt(args, rec):
             f"GET {args.path} HTTP/1.1\r\nHost: {args.host}\r\n"
             f"Accept: application/json\r\nConnection: close\r\n"
         )
-        if args.token:
-            req += f"Authorization: {args.token}\r\n"
+        token = read_token(args)
+        if token:
+            req += f"Authorization: {token}\r\n"
         try:
             s.sendall((req + "\r\n").encode())
         except OSError as e:
@@ -88,6 +89,75 @@ def attempt(args, rec):
         s.close()
 
 
+def read_token(args):
+    """The token to send: --token, or the --token-file read now (as SDKs do)."""
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return args.token
+
+
+def read_response(f):
+    """One HTTP/1.1 response (Content-Length framed) from the file `f`:
+    (status, headers dict, body) or None when the connection closed first."""
+    status_line = f.readline()
+    if not status_line:
+        return None
+    parts = status_line.decode(errors="replace").split()
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = line.decode(errors="replace").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body = f.read(int(headers.get("content-length", "0") or 0))
+    return status, headers, body
+
+
+def keep_alive(args):
+    """--count requests on one persistent connection, one JSON line per request
+    (`req` numbers them, `conn` is the same for all)."""
+    fam = socket.AF_INET if args.family == "4" else socket.AF_INET6
+    timeout = args.timeout * max(1.0, float(os.environ.get("PIA_TEST_TIME_SCALE") or 1))
+    conn_t = time.time()
+    s = socket.create_connection((args.addr, args.port), timeout=timeout) if fam == socket.AF_INET \
+        else socket.create_connection((args.addr, args.port, 0, 0), timeout=timeout)
+    try:
+        f = s.makefile("rb")
+        for n in range(max(1, min(args.count, 10000))):
+            rec = {"pid": os.getpid(), "t": time.time(), "conn": conn_t, "req": n}
+            start = time.monotonic()
+            req = (
+                f"GET {args.path} HTTP/1.1\r\nHost: {args.host}\r\n"
+                f"Accept: application/json\r\n"
+            )
+            token = read_token(args)
+            if token:
+                req += f"Authorization: {token}\r\n"
+            try:
+                s.sendall((req + "\r\n").encode())
+                got = read_response(f)
+            except OSError as e:
+                rec["errno"] = errno.errorcode.get(e.errno, str(e.errno))
+                got = None
+            rec["ms"] = round((time.monotonic() - start) * 1000, 1)
+            if got is None:
+                rec.setdefault("errno", "closed")
+                print(json.dumps(rec), flush=True)
+                return
+            rec["status"], headers, body = got
+            rec["body"] = body.decode(errors="replace")
+            print(json.dumps(rec), flush=True)
+            if headers.get("connection", "").lower() == "close":
+                return
+            if args.interval:
+                time.sleep(args.interval)
+    finally:
+        s.close()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--addr", default="169.254.170.23")
@@ -96,6 +166,10 @@ def main():
     p.add_argument("--path", default="/v1/whoami")
     p.add_argument("--host", default=None, help="Host header (default: the address)")
     p.add_argument("--token", default=None)
+    p.add_argument("--token-file", default=None,
+                   help="send this file's content as the token, read for every request")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="send --count requests on one persistent connection")
     p.add_argument("--bind-port", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--seconds", type=float, default=0,
@@ -110,6 +184,8 @@ def main():
         args.host = f"[{args.addr}]" if ":" in args.addr else args.addr
         if args.family == "mapped" and args.addr.startswith("::ffff:"):
             args.host = args.addr[len("::ffff:"):]
+    if args.keep_alive:
+        return keep_alive(args)
     if args.seconds > 0:
         end = time.monotonic() + min(args.seconds, 120.0)
         while time.monotonic() < end:

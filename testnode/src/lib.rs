@@ -395,6 +395,31 @@ impl Node {
         i
     }
 
+    /// Delete pod `i` and create it again with the same name, network namespace
+    /// and addresses but a new UID (and container id): its old cgroup is removed
+    /// with every process in it, a new one is made for `new_uid`.
+    pub fn recreate_pod(&mut self, i: usize, new_uid: &str) {
+        let pod = &mut self.pods[i];
+        remove_cgroup_tree(pod.cgroup.path());
+        let container_id = format!(
+            "{}{:016x}{:016x}",
+            new_uid.replace('-', ""),
+            i,
+            std::process::id()
+        );
+        let uid_ = new_uid.replace('-', "_");
+        let cg = self.cgroup_root.path().join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{container_id}.scope"
+        ));
+        // The old pod's `pod…slice` parent goes too, as the kubelet removes it.
+        if let Some(parent) = pod.cgroup.path().parent() {
+            remove_cgroup_tree(parent);
+        }
+        pod.cgroup = Cgroup::create(cg);
+        pod.uid = new_uid.to_owned();
+        pod.container_id = container_id;
+    }
+
     /// A command that runs in pod `i`'s cgroup and network namespace.
     pub fn pod_command(&self, i: usize, program: &str) -> Command {
         let pod = &self.pods[i];

@@ -45,3 +45,21 @@ pub fn build() -> Result<(), String> {
         .args(["--tag", TAG])
         .arg(&ctx))
 }
+
+/// `cargo xtask test-container`: the image, then agent/tests/container_run.rs
+/// (behind the `container-test` feature, so `cargo test --workspace` leaves it to
+/// this command; `.ci/run` runs both).
+pub fn test_container() -> Result<(), String> {
+    build()?;
+    // The test runs the EKS Auth stand-in (an example) in the node netns.
+    run(crate::cargo().args(["build", "--package", "pod-identity-agent", "--examples"]))?;
+    run(crate::cargo().args([
+        "test",
+        "--package",
+        "pod-identity-agent",
+        "--features",
+        "container-test",
+        "--test",
+        "container_run",
+    ]))
+}

@@ -5,8 +5,12 @@
 //! * `build-ebpf` the kernel object (nightly, bpfel-unknown-none, release)
 //! * `build`      build-ebpf, then the agent
 //! * `image`      the agent image `FROM scratch` (static musl agent), offline
-//! * `test`       build, image, fmt/clippy, then every test (privileged ones
-//!   included; agent/tests/container_run.rs plays the DaemonSet with the image)
+//! * `test`       build, fmt/clippy, `cargo deny`, every test (privileged ones
+//!   included), then each fuzz target for a few seconds
+//! * `test-container` the image, then the DaemonSet's pod template played with it
+//!   under podman/runc (agent/tests/container_run.rs); `.ci/run` runs it after `test`
+//! * `fuzz`       the fuzz targets, longer: `fuzz [--target T]... [--secs N]`
+//! * `supply-chain` only `cargo deny check` (licenses, bans, sources, advisories)
 //! * `manifests`  only the checks of deploy/ (schemas, admission policies, checkov)
 //! * `demo`       a simulated node with pods, the agent and the AWS CLI, in the
 //!   EKS mode (EKS Auth stand-in); `demo --sts` with the agent's own associations
@@ -17,10 +21,12 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod kernels;
 mod manifests;
 mod setup;
+mod supply_chain;
 
 use std::{
     path::{Path, PathBuf},
@@ -107,7 +113,6 @@ fn build() -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     setup::all()?;
     build()?;
-    image::build()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -117,10 +122,17 @@ fn test(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // Licenses, bans, sources, RustSec advisories of the dependency tree.
+    supply_chain::check()?;
     // deploy/: schema validation and the security scan.
     manifests::validate()?;
     // Privileged tests run here, as root; they fail (never skip) otherwise.
-    run(cargo().args(["test", "--workspace"]).args(extra))
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    // A bounded fuzz run: every target for a few seconds, a crash fails the test.
+    fuzz::run_targets(&fuzz::Options {
+        targets: fuzz::TARGETS.iter().map(|t| t.to_string()).collect(),
+        secs: fuzz::TEST_SECS,
+    })
 }
 
 fn main() -> ExitCode {
@@ -132,6 +144,7 @@ fn main() -> ExitCode {
         "build-ebpf" => build_ebpf(),
         "build" => build(),
         "image" => image::build(),
+        "test-container" => setup::all().and_then(|_| image::test_container()),
         "test" => test(rest),
         "manifests" => setup::python().and_then(|_| manifests::validate()),
         "demo" => demo::Mode::parse(rest).and_then(|mode| {
@@ -140,16 +153,23 @@ fn main() -> ExitCode {
                 .and_then(|_| demo::run(mode))
         }),
         "test-kernels" => kernels::run_matrix(rest),
+        "fuzz" => fuzz::Options::parse(rest).and_then(|o| fuzz::run_targets(&o)),
+        "supply-chain" => supply_chain::check(),
+        // The bench builds the release agent itself; the debug workspace (tests
+        // included) is not needed.
         "bench" => setup::all()
-            .and_then(|_| build())
+            .and_then(|_| build_ebpf())
             .and_then(|_| bench::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|image|test|manifests|demo [--sts]|bench|test-kernels>\n  \
+                "usage: cargo xtask <setup|build-ebpf|build|image|test|test-container|manifests|demo [--sts]|bench|test-kernels|fuzz|supply-chain>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
                  demo --sts  the agent assumes the roles of its own associations with STS\n  \
                  test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N] [--jobs N]\n              \
-                 the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host"
+                 the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host\n  \
+                 fuzz [--target T]... [--secs N]\n              \
+                 the fuzz targets, N seconds each (default 60)\n  \
+                 supply-chain  cargo deny check (licenses, bans, sources, advisories)"
             );
             return ExitCode::from(2);
         }

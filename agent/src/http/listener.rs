@@ -206,33 +206,49 @@ pub async fn serve_until<A: Attribute, H: Handler>(
             let _slot = slot;
             // Reports the close however the task ends (also on a panic).
             let _closed = closed;
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handler.handle(ctx, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .max_buf_size(64 * 1024)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .keep_alive(keep_alive)
-                .serve_connection(TokioIo::new(stream), service);
-            let served = async {
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = drain.stopped() => {
-                        // Finish the request in flight, then close.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            };
             // Idle keep-alive connections are closed after a while too.
+            let served = serve_connection(TokioIo::new(stream), ctx, handler, keep_alive, drain);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serve the requests of one accepted connection `io` (any byte stream: the
+/// listener's TCP streams; in the fuzz target, an in-memory pipe) with `handler`,
+/// HTTP/1.1 with the listener's bounds (request head size and read timeout). When
+/// `drain` starts, the request in flight is finished and the connection closed.
+pub async fn serve_connection<I, H>(
+    io: I,
+    ctx: RequestContext,
+    handler: Arc<H>,
+    keep_alive: bool,
+    drain: Drain,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Handler,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handler.handle(ctx, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(keep_alive)
+        .serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.stopped() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::model::{Association, AssumeMode, PodInfo, Source, IRSA_ROLE_ANNOTATIO
 
 // The associations file lives with the other file formats (`sources::files`);
 // re-exported here so callers keep their paths.
-pub use crate::sources::files::load_associations_file;
+pub use crate::sources::files::{load_associations_file, watch_associations_file};
 
 /// Sources, highest precedence first. An explicit, cluster-managed association
 /// (`crd`) beats the EKS API's (`eks`), which beats the node-local file (`file`).

@@ -4,7 +4,8 @@
 //!   [`PodStore`] by [`watch_pods_file`] (polled, reloaded on change).
 //! * Associations file: `{"associations": [...]}`, read by
 //!   [`load_associations_file`] as the `file` source of the
-//!   [`AssociationStore`](crate::sources::associations::AssociationStore).
+//!   [`AssociationStore`] and kept there by [`watch_associations_file`] (polled,
+//!   reloaded on change).
 //!
 //! Their errors are [`PodError`] and [`AssociationError`], beside the stores; both
 //! loaders are re-exported from [`pods`](crate::sources::pods) and
@@ -18,7 +19,7 @@ use crate::model::{Association, AssumeMode, PodInfo, PodUid};
 use crate::sources::pods::{PodError, PodStore};
 use crate::{
     model::Source,
-    sources::associations::{index_source, AssociationError},
+    sources::associations::{index_source, AssociationError, AssociationStore},
 };
 
 // === pods file ===
@@ -41,7 +42,13 @@ pub fn load_pods_file(path: &Path) -> Result<Vec<PodInfo>, PodError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let file: PodsFile = serde_json::from_slice(&text).map_err(|source| PodError::Parse {
+    parse_pods_file(path, &text)
+}
+
+/// [`load_pods_file`] for the file's bytes, already read from `path` (which only
+/// names the file in errors).
+pub fn parse_pods_file(path: &Path, text: &[u8]) -> Result<Vec<PodInfo>, PodError> {
+    let file: PodsFile = serde_json::from_slice(text).map_err(|source| PodError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
@@ -156,8 +163,17 @@ pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, Associati
         path: path.to_path_buf(),
         source,
     })?;
+    parse_associations_file(path, &text)
+}
+
+/// [`load_associations_file`] for the file's bytes, already read from `path`
+/// (which only names the file in errors).
+pub fn parse_associations_file(
+    path: &Path,
+    text: &[u8],
+) -> Result<Vec<Association>, AssociationError> {
     let file: AssociationsFile =
-        serde_json::from_slice(&text).map_err(|source| AssociationError::Parse {
+        serde_json::from_slice(text).map_err(|source| AssociationError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
@@ -184,6 +200,46 @@ pub fn load_associations_file(path: &Path) -> Result<Vec<Association>, Associati
         error: Box::new(error),
     })?;
     Ok(assocs)
+}
+
+/// Load the associations file as the `file` source of `store`, then poll every
+/// `poll` and reload when the file changes: an edited association (a role moved
+/// to another service account, one removed) takes effect, as a change through the
+/// Kubernetes or EKS API does.
+///
+/// Returns only if the first load fails. A file that breaks later (unreadable,
+/// invalid, conflicting) is logged and the previous associations stay: a bad edit
+/// must not drop or change every pod's role.
+pub async fn watch_associations_file(
+    path: PathBuf,
+    store: AssociationStore,
+    poll: Duration,
+) -> Result<(), AssociationError> {
+    let mut stamp = file_stamp(&path);
+    let list = load_associations_file(&path)?;
+    tracing::info!(path = %path.display(), associations = list.len(), "loaded associations file");
+    store.replace_source(Source::File, list)?;
+    loop {
+        tokio::time::sleep(poll).await;
+        let now = file_stamp(&path);
+        if now == stamp {
+            continue;
+        }
+        // A broken file is reported once, not every poll.
+        stamp = now;
+        let loaded = load_associations_file(&path).and_then(|list| {
+            let n = list.len();
+            store.replace_source(Source::File, list).map(|()| n)
+        });
+        match loaded {
+            Ok(n) => {
+                tracing::info!(path = %path.display(), associations = n, "reloaded associations file");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "associations file not reloaded; keeping the previous associations");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub struct PodToken {
 ///   no `kubernetes.io.pod.uid`;
 /// * [`TokenError::PodMismatch`] (403): the token names another pod;
 /// * [`TokenError::Claims`] (400): audience not `pods.eks.amazonaws.com`, no
-///   namespace or service account claim.
+///   namespace or service account claim, an `exp` too large for a time.
 pub fn check_pod_token(
     token: Option<&str>,
     kernel_pod_uid: &crate::model::PodUid,
@@ -81,15 +81,21 @@ pub fn check_pod_token(
     ))?;
     let pod_name = text(&k8s["pod"]["name"])
         .ok_or(TokenError::Claims("missing claim: kubernetes.io/pod/name"))?;
+    let expires_at = match claims["exp"].as_u64() {
+        None => None,
+        Some(exp) => Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(exp))
+                .ok_or(TokenError::Claims("token expiry is out of range"))?,
+        ),
+    };
     Ok(PodToken {
         token: Secret::new(raw),
         namespace,
         service_account,
         pod_name,
         pod_uid: kernel_pod_uid.to_string(),
-        expires_at: claims["exp"]
-            .as_u64()
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+        expires_at,
     })
 }
 
@@ -176,6 +182,18 @@ mod tests {
             now(),
         )
         .unwrap();
+    }
+
+    /// An `exp` past what `SystemTime` holds (u64::MAX seconds) is refused like
+    /// any bad claim, not the "overflow when adding duration to instant" panic
+    /// that killed the connection's task.
+    #[test]
+    fn an_expiry_out_of_range_is_a_400() {
+        let mut c = claims(json!(AUDIENCE));
+        c["exp"] = json!(u64::MAX);
+        let e = check_pod_token(Some(&jwt(&c)), &crate::testing::pod_uid(UID), now()).unwrap_err();
+        assert!(matches!(e, TokenError::Claims(_)), "{e}");
+        assert_eq!(token_status(&e).as_u16(), 400);
     }
 
     #[test]

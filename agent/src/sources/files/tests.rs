@@ -287,4 +287,73 @@ mod associations_file {
         let err = in_file(two);
         assert!(matches!(err, AssociationError::Conflict { .. }), "{err}");
     }
+
+    #[tokio::test]
+    async fn watch_reloads_an_edited_associations_file_and_keeps_the_last_good_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entry = |sa: &str, role: &str| {
+            format!(r#"{{"namespace": "ns", "serviceAccount": "{sa}", "roleArn": "{role}"}}"#)
+        };
+        let path = write(
+            tmp.path(),
+            &format!(r#"{{"associations": [{}]}}"#, entry("web", ROLE_A)),
+        );
+        let store = AssociationStore::new();
+        let task = tokio::spawn(watch_associations_file(
+            path.clone(),
+            store.clone(),
+            Duration::from_millis(10),
+        ));
+        let web = crate::testing::pod("ns", "p", "web");
+        let etl = crate::testing::pod("ns", "q", "etl");
+        let role_of = |pod: &PodInfo| store.resolve(pod).ok().map(|a| a.role_arn);
+        assert!(
+            crate::testing::eventually(Duration::from_secs(2), || role_of(&web).as_deref()
+                == Some(ROLE_A))
+            .await
+        );
+
+        // The role moves from web to etl (atomic replace): web has none any more.
+        let moved = tmp.path().join("associations.json.new");
+        std::fs::write(
+            &moved,
+            format!(r#"{{"associations": [{}]}}"#, entry("etl", ROLE_A)),
+        )
+        .unwrap();
+        std::fs::rename(&moved, &path).unwrap();
+        assert!(
+            crate::testing::eventually(Duration::from_secs(2), || role_of(&etl).as_deref()
+                == Some(ROLE_A)
+                && role_of(&web).is_none())
+            .await,
+            "store: {store:?}"
+        );
+
+        // Broken and conflicting edits: the previous associations stay.
+        for text in [
+            "{ not json".to_owned(),
+            format!(
+                r#"{{"associations": [{}, {}]}}"#,
+                entry("etl", ROLE_A),
+                entry("etl", ROLE_B)
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(role_of(&etl).as_deref(), Some(ROLE_A));
+            assert!(role_of(&web).is_none());
+        }
+        assert!(!task.is_finished());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn associations_watch_returns_the_first_load_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(tmp.path(), "[]");
+        let err = watch_associations_file(path, AssociationStore::new(), Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AssociationError::Parse { .. }), "{err}");
+    }
 }
