@@ -1,7 +1,7 @@
 //! Privileged test of the image and the DaemonSet, run for real: the pod template
 //! of deploy/eks/daemonset.yaml, unchanged in what matters (hostNetwork, user,
-//! securityContext, capabilities, mounts, args), played as a Pod by `podman kube
-//! play` with runc, in the simulated node's network namespace, with the image
+//! securityContext, capabilities, mounts, args), turned into a Pod and run as
+//! one `podman run` with exactly its settings, with runc, in the simulated node's network namespace, with the image
 //! `cargo xtask image` builds (`FROM scratch`, static agent). A pod of the node
 //! then gets its role's credentials through the containerised agent from the EKS
 //! Auth stand-in (backed by moto), as in eks_auth_e2e.rs.
@@ -78,6 +78,59 @@ pod = {"apiVersion": "v1", "kind": "Pod",
                     "annotations": tpl["metadata"].get("annotations", {})},
        "spec": spec}
 print(json.dumps(pod, indent=1))
+"#;
+
+/// The Pod (stdin, JSON) as one `podman run` (argv as JSON): exactly its
+/// hostNetwork, user, capabilities, read-only root, no-new-privileges, mounts
+/// (with their propagation), env, command and args. Anything else in the
+/// container spec fails here, so a field added to the DaemonSet is never
+/// silently left out of the run.
+const TO_RUN: &str = r#"
+import json, os, sys
+pod = json.load(sys.stdin)
+name, cgroup_parent = sys.argv[1], sys.argv[2]
+spec = pod["spec"]
+(c,) = spec["containers"]
+known = {"name", "image", "imagePullPolicy", "args", "command", "env", "securityContext",
+         "volumeMounts", "resources", "terminationMessagePolicy"}
+assert set(c) <= known, f"container fields not mapped to podman run: {set(c) - known}"
+argv = ["run", "--detach", "--name", name, "--pull", "never", "--cgroup-parent", cgroup_parent]
+if spec.get("hostNetwork"):
+    argv += ["--network", "host"]
+psc = spec.get("securityContext", {})
+sc = c.get("securityContext", {})
+user = sc.get("runAsUser", psc.get("runAsUser"))
+group = sc.get("runAsGroup", psc.get("runAsGroup"))
+if user is not None:
+    argv += ["--user", f"{user}:{group if group is not None else user}"]
+assert not sc.get("privileged"), "the agent must not be privileged"
+caps = sc.get("capabilities", {})
+argv += [x for d in caps.get("drop", []) for x in ("--cap-drop", d)]
+argv += [x for a in caps.get("add", []) for x in ("--cap-add", a)]
+if sc.get("readOnlyRootFilesystem"):
+    argv += ["--read-only"]
+if sc.get("allowPrivilegeEscalation") is False:
+    argv += ["--security-opt", "no-new-privileges"]
+vols = {v["name"]: v for v in spec.get("volumes", [])}
+for m in c.get("volumeMounts", []):
+    v = vols[m["name"]]
+    if "emptyDir" in v:
+        argv += ["--tmpfs", m["mountPath"]]
+        continue
+    hp = v["hostPath"]
+    if hp.get("type") == "DirectoryOrCreate":
+        os.makedirs(hp["path"], exist_ok=True)
+    opts = ["ro" if m.get("readOnly") else "rw"]
+    prop = {"HostToContainer": "rslave", "Bidirectional": "rshared"}.get(m.get("mountPropagation"))
+    if prop:
+        opts.append(prop)
+    argv += ["--volume", f"{hp['path']}:{m['mountPath']}:{','.join(opts)}"]
+argv += [x for e in c.get("env", []) for x in ("--env", f"{e['name']}={e['value']}")]
+if c.get("command"):
+    argv += ["--entrypoint", json.dumps(c["command"])]
+argv.append(c["image"])
+argv += c.get("args", [])
+print(json.dumps(argv))
 "#;
 
 /// `podman ...` with the test's containers.conf.
@@ -162,12 +215,13 @@ impl Drop for Bpffs {
     }
 }
 
-/// The played pod; `podman kube down` and a forced removal on drop, also when the
-/// test fails.
+/// The agent's container; removed (stopped first) on drop, also when the test
+/// fails.
 struct Played {
     conf: PathBuf,
-    yaml: PathBuf,
     name: String,
+    /// `--cgroup-parent`, relative to each hierarchy's root.
+    parent: String,
 }
 
 impl Played {
@@ -188,13 +242,53 @@ impl Played {
 impl Drop for Played {
     fn drop(&mut self) {
         let _ = podman(&self.conf)
-            .args(["kube", "down"])
-            .arg(&self.yaml)
+            .args([
+                "rm",
+                "--force",
+                "--ignore",
+                "--time",
+                "10",
+                &self.container(),
+            ])
             .status();
-        let _ = podman(&self.conf)
-            .args(["pod", "rm", "--force", "--ignore", &self.name])
-            .status();
+        // podman made the parent (and a `conmon` child) in every hierarchy, the
+        // cgroup v1 controllers of a hybrid host too: remove them, deepest first,
+        // for as long as conmon takes to exit; the node removes its own subtree of
+        // the cgroup2 hierarchy.
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let top = self
+            .parent
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let mut left: Vec<PathBuf> = hierarchies
+            .flatten()
+            .map(|h| h.path().join(top))
+            .filter(|d| !top.is_empty() && d.is_dir())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !left.is_empty() && Instant::now() < deadline {
+            left.retain(|d| !remove_cgroup_tree(d));
+            if !left.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
+}
+
+/// `rmdir` a cgroup directory and its child cgroups, deepest first; true once gone.
+fn remove_cgroup_tree(dir: &Path) -> bool {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&c.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -228,7 +322,11 @@ fn the_eks_daemonset_template_serves_a_pod_from_a_scratch_image_under_runc() {
              [engine]\n\
              runtime = \"runc\"\n",
             n = hard_limit("Max open files"),
-            p = hard_limit("Max processes"),
+            // runc here refuses RLIMIT_NPROC at the hard limit itself (EPERM);
+            // 32768 is plenty for one agent.
+            p = hard_limit("Max processes")
+                .parse::<u64>()
+                .map_or(32768, |h| h.min(32768)),
             s = seccomp.display()
         ),
     )
@@ -300,17 +398,38 @@ fn the_eks_daemonset_template_serves_a_pod_from_a_scratch_image_under_runc() {
     std::fs::write(&yaml, &pod_yaml).unwrap();
     eprintln!("container_run: playing\n{pod_yaml}");
 
-    // Play it in the node netns: hostNetwork means the netns podman runs in.
+    // `podman kube play` needs an infra container, and runc cannot start it here
+    // (podman gives it RLIMIT_NPROC above this sandbox's hard limit): the Pod runs
+    // as one `podman run` with exactly its settings (TO_RUN), in the node netns
+    // (hostNetwork means the netns podman runs in).
+    // The kubelet puts the agent's pod in the node's kubepods cgroup, under the
+    // host cgroup2 root the DaemonSet mounts; here the test's subtree plays that
+    // root, so the container goes under it (the agent must find its own cgroup
+    // there: its bind guard names it).
+    let parent = format!(
+        "/{}/kubepods",
+        node.cgroup_root
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    );
     let played = Played {
         conf: conf.clone(),
-        yaml: yaml.clone(),
         name: name.clone(),
+        parent: parent.clone(),
     };
+    let mut to_run = Command::new("python3");
+    to_run
+        .args(["-c", TO_RUN, &played.container(), &parent])
+        .stdin(std::fs::File::open(&yaml).unwrap());
+    let argv: Vec<String> = serde_json::from_str(&check(&mut to_run)).unwrap();
+    eprintln!("container_run: podman {}", argv.join(" "));
     let t = Instant::now();
     let mut play = Command::new("nsenter");
     play.arg(format!("--net={}", node.netns.path()))
-        .args(["--", "podman", "kube", "play"])
-        .arg(&yaml)
+        .args(["--", "podman"])
+        .args(&argv)
         .env("CONTAINERS_CONF", &conf);
     check(&mut play);
 
@@ -410,7 +529,7 @@ fn the_eks_daemonset_template_serves_a_pod_from_a_scratch_image_under_runc() {
     );
 
     drop(played);
-    // `kube down` stopped the agent: its pinned links stay (a restart keeps the
+    // Removing the container stopped the agent: its pinned links stay (a restart keeps the
     // redirect), so the test's bpffs goes after it, then the node.
     drop(bpffs);
     eprintln!("container_run: whole test {:?}", started.elapsed());
