@@ -1,8 +1,9 @@
 //! Privileged test of the image and the DaemonSet, run for real: the pod template
 //! of deploy/eks/daemonset.yaml, unchanged in what matters (hostNetwork, user,
 //! securityContext, capabilities, mounts, args), turned into a Pod and run as
-//! one `podman run` with exactly its settings, with runc, in the simulated node's network namespace, with the image
-//! `cargo xtask image` builds (`FROM scratch`, static agent). A pod of the node
+//! one `podman run` with exactly its settings (`TO_RUN`), with runc, in the
+//! simulated node's network namespace, with the image `cargo xtask image` builds
+//! (`FROM scratch`, static agent). A pod of the node
 //! then gets its role's credentials through the containerised agent from the EKS
 //! Auth stand-in (backed by moto), as in eks_auth_e2e.rs.
 //!
@@ -13,8 +14,14 @@
 //! * the hostPaths point at the test's cgroup subtree, a bpffs the test mounts
 //!   and a temporary audit directory, never the machine's;
 //! * `restartPolicy: Never`, so a failing agent shows instead of restarting;
-//! * the probes are dropped (podman turns `httpGet` into a `curl` health check,
-//!   and the image has no curl): the test asks /healthz and /readyz itself;
+//! * the probes are dropped (the kubelet's job): the test asks /healthz and
+//!   /readyz itself;
+//! * `podman run`, not `podman kube play`: kube play needs an infra container,
+//!   which runc cannot start in this sandbox; the container goes under a cgroup
+//!   parent in the test's subtree (the kubelet's kubepods under the host root
+//!   the DaemonSet mounts), where the agent finds its own cgroup;
+//! * RLIMIT_NPROC 32768 and RLIMIT_NOFILE at the hard limit (containers.conf):
+//!   the sandbox withholds CAP_SYS_RESOURCE;
 //! * args for this machine are appended (EKS Auth endpoint and region, which
 //!   come from IMDS on EC2) with the node role's stand-in credentials in env;
 //! * the seccomp profile: podman ignores `seccompProfile: RuntimeDefault` and its
@@ -334,7 +341,7 @@ fn the_eks_daemonset_template_serves_a_pod_from_a_scratch_image_under_runc() {
     let exists = out(podman(&conf).args(["image", "exists", IMAGE]));
     assert!(
         exists.status.success(),
-        "image {IMAGE} missing: run `cargo xtask image` (cargo xtask test does)"
+        "image {IMAGE} missing: run `cargo xtask image` (cargo xtask test-container does)"
     );
 
     // moto and the EKS Auth stand-in in the node netns, as eks_auth_e2e.rs.
