@@ -144,7 +144,12 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
     let failures: usize = kinds.values().sum();
     assert!(
         failures > 0,
-        "the kill went unnoticed: the test proves nothing"
+        "the kill went unnoticed: the test proves nothing ({} requests; started while no agent ran: {:?})",
+        recs.len(),
+        recs.iter()
+            .filter(|r| t_of(r) > killed_at && t_of(r) < restart_at)
+            .map(|r| format!("+{:.3}s {} {}ms", t_of(r) - killed_at, r["status"], r["ms"]))
+            .collect::<Vec<_>>()
     );
     eprintln!(
         "kill -9 under load: {} requests from {} pods, {failures} failed ({kinds:?}); \
