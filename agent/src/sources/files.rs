@@ -98,28 +98,40 @@ pub async fn watch_pods_file(
     store: PodStore,
     poll: Duration,
 ) -> Result<(), PodError> {
-    let mut stamp = file_stamp(&path);
+    let stamp = file_stamp(&path);
     let pods = load_pods_file(&path)?;
     tracing::info!(path = %path.display(), pods = pods.len(), "loaded pods file");
     store.replace_all(pods);
     store.mark_synced();
+    on_each_change(&path, stamp, poll, || match load_pods_file(&path) {
+        Ok(pods) => {
+            tracing::info!(path = %path.display(), pods = pods.len(), "reloaded pods file");
+            store.replace_all(pods);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "pods file not reloaded; keeping the previous pods");
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Poll `path` every `poll` and call `reload` whenever its stamp (mtime, size,
+/// inode) differs from the last one seen, starting from `stamp`. The new stamp is
+/// kept even if the reload fails, so a broken file is reported once, not every
+/// poll. Never returns.
+async fn on_each_change(
+    path: &Path,
+    mut stamp: Option<(SystemTime, u64, u64)>,
+    poll: Duration,
+    mut reload: impl FnMut(),
+) {
     loop {
         tokio::time::sleep(poll).await;
-        let now = file_stamp(&path);
-        if now == stamp {
-            continue;
-        }
-        // Remember the new stamp even if the load fails, so a broken file is
-        // reported once, not every poll.
-        stamp = now;
-        match load_pods_file(&path) {
-            Ok(pods) => {
-                tracing::info!(path = %path.display(), pods = pods.len(), "reloaded pods file");
-                store.replace_all(pods);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "pods file not reloaded; keeping the previous pods");
-            }
+        let now = file_stamp(path);
+        if now != stamp {
+            stamp = now;
+            reload();
         }
     }
 }
@@ -215,18 +227,11 @@ pub async fn watch_associations_file(
     store: AssociationStore,
     poll: Duration,
 ) -> Result<(), AssociationError> {
-    let mut stamp = file_stamp(&path);
+    let stamp = file_stamp(&path);
     let list = load_associations_file(&path)?;
     tracing::info!(path = %path.display(), associations = list.len(), "loaded associations file");
     store.replace_source(Source::File, list)?;
-    loop {
-        tokio::time::sleep(poll).await;
-        let now = file_stamp(&path);
-        if now == stamp {
-            continue;
-        }
-        // A broken file is reported once, not every poll.
-        stamp = now;
+    on_each_change(&path, stamp, poll, || {
         let loaded = load_associations_file(&path).and_then(|list| {
             let n = list.len();
             store.replace_source(Source::File, list).map(|()| n)
@@ -239,7 +244,9 @@ pub async fn watch_associations_file(
                 tracing::warn!(%error, "associations file not reloaded; keeping the previous associations");
             }
         }
-    }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]
