@@ -16,8 +16,8 @@ use support::*;
 
 /// Pods under load: pod-a, pod-b, pod-chain.
 const LOAD_PODS: [usize; 3] = [0, 1, 5];
-/// How long each pod's loop runs (the kill comes after 2 s, the restart 1 s later).
-const LOAD_SECONDS: &str = "7";
+/// The most each pod's loop runs; the test stops it once it has seen enough.
+const LOAD_SECONDS: &str = "60";
 
 /// How a request that did not get a 200 failed.
 fn failure_kind(rec: &Value) -> Option<String> {
@@ -59,19 +59,41 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
         served(&s.creds(p));
     }
 
-    // Steady load: a new connection per request, as SDKs do, 20 ms apart.
+    // Steady load: a new connection per request, as SDKs do, 20 ms apart, until
+    // the test says stop. Each pod's records are read as they come, so every step
+    // below waits for what it needs to see instead of trusting a fixed sleep (a
+    // loaded machine can start python3 late).
+    let stop = tempfile::tempdir().unwrap();
+    let stop_file = stop.path().join("stop");
+    let stop_s = stop_file.to_str().unwrap().to_owned();
+    let recs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     let load: Vec<_> = LOAD_PODS
         .iter()
         .map(|&p| {
             let mut c = s.node.pod_command(p, "python3");
             c.arg(testnode::CLIENT_PY)
                 .args(["--path", "/v1/credentials", "--seconds", LOAD_SECONDS])
+                .args(["--until-file", stop_s.as_str()])
                 .args(["--interval", "0.02", "--timeout", "2"])
                 .stdout(std::process::Stdio::piped());
-            c.spawn().expect("spawn load")
+            let mut child = c.spawn().expect("spawn load");
+            let out = child.stdout.take().unwrap();
+            let recs = recs.clone();
+            let reader = std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines() {
+                    let rec: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                    recs.lock().unwrap().push(rec);
+                }
+            });
+            (child, reader)
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    let count =
+        |pred: &dyn Fn(&Value) -> bool| recs.lock().unwrap().iter().filter(|r| pred(r)).count();
+    wait_for("every pod's loop served", || {
+        LOAD_PODS.len() * 5 <= count(&|r| r["status"] == 200)
+    });
     let pid = s.node.pid(first);
     let killed_at = unix_now();
     s.node.kill(first); // SIGKILL
@@ -91,21 +113,25 @@ fn kill_9_under_load_refuses_until_the_next_agent_serves() {
     // Nothing answers meanwhile: a connect to the credentials address is refused.
     let (_, rec) = client1(&s.node, 2, &["--timeout", "2"]);
     assert_eq!(rec["errno"], "ECONNREFUSED", "{rec}");
-    std::thread::sleep(Duration::from_millis(700));
+    // The load sees the outage before the next agent starts.
+    wait_for("the load saw the outage", || {
+        count(&|r| r["status"] != 200 && r["t"].as_f64().unwrap() > killed_at) >= LOAD_PODS.len()
+    });
 
     let restart_at = unix_now();
     let t = Instant::now();
     let second = s.start_agent(&args);
     let ready_at = unix_now();
     let startup = t.elapsed();
-
-    let mut recs = Vec::new();
-    for child in load {
-        let out = child.wait_with_output().unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            recs.push(serde_json::from_str::<Value>(line).unwrap());
-        }
+    wait_for("load served after the restart", || {
+        count(&|r| r["status"] == 200 && r["t"].as_f64().unwrap() > ready_at) > 30
+    });
+    std::fs::write(&stop_file, b"").unwrap();
+    for (mut child, reader) in load {
+        assert!(child.wait().unwrap().success(), "a load loop failed");
+        reader.join().unwrap();
     }
+    let mut recs = std::mem::take(&mut *recs.lock().unwrap());
     recs.sort_by(|a, b| a["t"].as_f64().partial_cmp(&b["t"].as_f64()).unwrap());
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for r in &recs {
@@ -181,6 +207,15 @@ fn served(rec: &Value) {
             .starts_with("ASIA"),
         "not the agent's answer: {rec}"
     );
+}
+
+/// Polls `done` every 20 ms for up to 30 s (stretched by PIA_TEST_TIME_SCALE).
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn unix_now() -> f64 {

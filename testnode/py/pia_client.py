@@ -174,6 +174,8 @@ def main():
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--seconds", type=float, default=0,
                    help="repeat for this long instead of --count times (at most 120 s)")
+    p.add_argument("--until-file", default=None,
+                   help="with --seconds: stop early once this file exists")
     p.add_argument("--interval", type=float, default=0, help="pause between connections")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--no-http", action="store_true")
@@ -189,6 +191,8 @@ def main():
     if args.seconds > 0:
         end = time.monotonic() + min(args.seconds, 120.0)
         while time.monotonic() < end:
+            if args.until_file and os.path.exists(args.until_file):
+                break
             print(json.dumps(one(args)), flush=True)
             time.sleep(args.interval)
         return 0
