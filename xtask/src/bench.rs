@@ -334,6 +334,22 @@ fn agent_pid(node: &Node, handle: usize) -> Result<u32, String> {
     Ok(pid)
 }
 
+/// User + system CPU time of every thread of `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(io_err(format!("/proc/{pid}/stat")))?;
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<f64, String> {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {i}"))
+    };
+    Ok((tick(14)? + tick(15)?) / 100.0)
+}
+
 fn status_kib(status: &str, key: &str) -> Result<u64, String> {
     status
         .lines()
@@ -414,6 +430,8 @@ struct Variant {
     name: String,
     place: Place,
     load: Load,
+    /// The server whose CPU time per request the run reports (agent, baseline).
+    server: Option<u32>,
 }
 
 impl Variant {
@@ -500,11 +518,15 @@ impl Bench {
     /// One run of `v` for `secs`; its `BENCH` line parsed and checked.
     fn run(&self, v: &Variant, secs: u32) -> Result<Sample, String> {
         let mut c = self.load_command(v, secs)?;
+        let cpu_before = v.server.map(cpu_seconds).transpose()?;
         let out = c
             .output()
             .map_err(io_err(format!("{} ({})", crate::show(&c), v.name)))?;
-        let s = parse_output(v, &out)?;
+        let mut s = parse_output(v, &out)?;
         check(v, &s)?;
+        if let (Some(pid), Some(before)) = (v.server, cpu_before) {
+            s.server_cpu_us = (cpu_seconds(pid)? - before) * 1e6 / s.requests as f64;
+        }
         Ok(s)
     }
 
@@ -582,6 +604,10 @@ fn p99(s: &Sample) -> f64 {
     s.p99_us
 }
 
+fn server_cpu(s: &Sample) -> f64 {
+    s.server_cpu_us
+}
+
 fn per(samples: &[Sample], f: fn(&Sample) -> f64) -> Vec<f64> {
     samples.iter().map(f).collect()
 }
@@ -605,19 +631,25 @@ fn tune_for_short_connections(netns_path: &str) -> Result<(), String> {
 /// The variants' table: median over rounds [min–max].
 fn print_table(variants: &[Variant], samples: &[Vec<Sample>], unit: &str) {
     println!(
-        "{:<48} {:>5} {:>26} {:>24} {:>26} {:>9} {:>6}",
-        "variant", "conns", unit, "p50 µs", "p99 µs", "requests", "errors"
+        "{:<48} {:>5} {:>26} {:>24} {:>26} {:>18} {:>9} {:>6}",
+        "variant", "conns", unit, "p50 µs", "p99 µs", "server CPU µs/req", "requests", "errors"
     );
     for (v, s) in variants.iter().zip(samples) {
         let n: u64 = s.iter().map(|s| s.requests).sum();
         let e: u64 = s.iter().map(|s| s.socket_errors + s.non2xx).sum();
+        let cpu = if v.server.is_some() {
+            summary(&per(s, server_cpu), 1)
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{:<48} {:>5} {:>26} {:>24} {:>26} {:>9} {:>6}",
+            "{:<48} {:>5} {:>26} {:>24} {:>26} {:>18} {:>9} {:>6}",
             v.name,
             v.conns(),
             summary(&per(s, rps), 0),
             summary(&per(s, p50), 0),
             summary(&per(s, p99), 0),
+            cpu,
             n,
             e
         );
@@ -637,6 +669,7 @@ fn variants_json(variants: &[Variant], samples: &[Vec<Sample>]) -> Value {
                     "rps": report::spread(&per(s, rps)),
                     "p50_us": report::spread(&per(s, p50)),
                     "p99_us": report::spread(&per(s, p99)),
+                    "server_cpu_us_per_request": v.server.map(|_| report::spread(&per(s, server_cpu))),
                     "rounds": s.iter().map(|s| json!({
                         "requests": s.requests, "rps": s.rps, "p50_us": s.p50_us,
                         "p99_us": s.p99_us, "errors": s.socket_errors + s.non2xx,
@@ -710,6 +743,43 @@ fn agent_command(
             "warn,pod_identity_agent=info,pod_identity_agent::http::endpoint=warn",
         );
     Ok(a)
+}
+
+/// Whether section `name` (p2…p6) runs: all of them, unless `PIA_BENCH_SECTIONS`
+/// (e.g. `p1,p4`, for working on one target) leaves it out. P1 always runs.
+fn selected(name: &str) -> Result<(), String> {
+    match std::env::var("PIA_BENCH_SECTIONS") {
+        Ok(list) if !list.split(',').any(|s| s.trim().eq_ignore_ascii_case(name)) => {
+            Err(format!("skipped (PIA_BENCH_SECTIONS={list})"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `perf record -g` of the agent, written to `target/bench/perf.data`.
+fn perf_record(pid: u32) -> Result<std::process::Child, String> {
+    let dir = crate::target_dir().join("bench");
+    fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
+    let out = dir.join("perf.data");
+    eprintln!(
+        "bench: profiling the agent during P1 into {}",
+        out.display()
+    );
+    Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err("perf record (apt install linux-perf)"))
+}
+
+/// Stop `perf record` (SIGINT makes it write its data) and wait for it.
+fn perf_stop(mut perf: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
 }
 
 /// A section's JSON, or `{"error": …}` when it failed.
@@ -809,7 +879,8 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
         .arg("serve")
         .args(["--listen", &format!("{NODE_ADDR4}:{BASE_PORT}"), "--body"])
         .arg(&body);
-    b.node
+    let serve = b
+        .node
         .spawn_until(serve, "pia-bench serving", Duration::from_secs(10));
     for i in [POD_CLOSE, POD_BASE_CLOSE, POD_TAX] {
         tune_for_short_connections(&b.netns_of(Place::Pod(i)))?;
@@ -823,7 +894,13 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
     fs::write(&sts_script, sts_lua()).map_err(io_err("write sts.lua"))?;
     let sts_url = format!("http://{NODE_ADDR4}:{STS_PORT}/");
     let base_url = format!("http://{NODE_ADDR4}:{BASE_PORT}/v1/credentials");
+    let serve_pid = b.node.pid(serve);
     let wrk = |name: &str, place: Place, conns: u32, url: &str, script: &Path, headers| Variant {
+        server: match place {
+            Place::PodDetached(_) => Some(serve_pid),
+            _ if url.starts_with(&sts_url) => None,
+            _ => Some(pid),
+        },
         name: name.to_owned(),
         place,
         load: Load::Wrk {
@@ -908,7 +985,16 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
     const STS8: usize = 5;
     const KEEP1: usize = 6;
     const STS1: usize = 7;
-    let samples = b.interleave("P1", &variants, ROUNDS, SECS)?;
+    // PIA_BENCH_PERF=1: a call-graph profile of the agent during P1 (perf.data).
+    let profile = match std::env::var("PIA_BENCH_PERF").as_deref() {
+        Ok("1") => Some(perf_record(pid)?),
+        _ => None,
+    };
+    let samples = b.interleave("P1", &variants, ROUNDS, SECS);
+    if let Some(p) = profile {
+        perf_stop(p);
+    }
+    let samples = samples?;
     let m = metrics(&b.node)?;
     let sts_calls_during_load =
         metric(&m, "pod_identity_sts_calls_total")?.saturating_sub(sts_calls_before);
@@ -930,27 +1016,29 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
     }
 
     // --- P2: the hook's tax on other traffic.
-    let tax = tax::run(&b, &report_lua);
+    let tax = selected("p2").and_then(|_| tax::run(&b, &report_lua));
 
     // --- P5 and P3 (before P4: they use a small pods file).
-    let warm = warm::run(&b, &pods_file);
-    let burst = burst::run(&b, &pods_file, &work.join("sts.log"));
+    let warm = selected("p5").and_then(|_| warm::run(&b, &pods_file));
+    let burst = selected("p3").and_then(|_| burst::run(&b, &pods_file, &work.join("sts.log")));
 
     // --- P4: scale.
-    let scale = scale::run(&mut b, &pods_file, pid);
+    let scale = selected("p4").and_then(|_| scale::run(&mut b, &pods_file, pid));
 
     if !b.node.is_running(handle) {
         return Err("the agent exited during the benchmark".into());
     }
 
     // --- P6: the agent replaced under load (ends the first agent).
-    let restart = restart::run(
-        &mut b,
-        handle,
-        agent,
-        (&pods_file, &assoc_file),
-        &report_lua,
-    );
+    let restart = selected("p6").and_then(|_| {
+        restart::run(
+            &mut b,
+            handle,
+            agent,
+            (&pods_file, &assoc_file),
+            &report_lua,
+        )
+    });
     let total = t0.elapsed();
     drop(b);
 
@@ -992,6 +1080,16 @@ fn bench(agent: &Path, tool: &Path, work: &Path) -> Result<(), String> {
             "new conn/request: agent / baseline, p99",
             r(CLOSE8, BASECLOSE8, p99),
             "≤ 1.20",
+        ),
+        (
+            "keep-alive: agent / baseline, server CPU per request",
+            r(KEEP8, BASE8, server_cpu),
+            "",
+        ),
+        (
+            "new conn/request: agent / baseline, server CPU per request",
+            r(CLOSE8, BASECLOSE8, server_cpu),
+            "",
         ),
         (
             "credentials / whoami, throughput (keep-alive)",

@@ -64,6 +64,7 @@ pub fn run(
             script: report_lua.to_path_buf(),
             headers: &["Connection: close"],
         },
+        server: None,
     };
     let run = |b: &Bench| -> Result<std::process::Child, String> {
         let mut c = b.load_command(&v, SECS)?;

@@ -15,6 +15,9 @@ pub struct Sample {
     pub max_us: f64,
     pub socket_errors: u64,
     pub non2xx: u64,
+    /// CPU time the server (agent or baseline) spent per request, in µs; NaN
+    /// when not measured.
+    pub server_cpu_us: f64,
 }
 
 /// The value of `key=` in a `BENCH` line.
@@ -48,6 +51,7 @@ pub fn parse_report(line: &str) -> Result<Sample, String> {
         max_us: field(line, "max_us").unwrap_or(f64::NAN),
         socket_errors,
         non2xx: field(line, "status").map(|x| x as u64).unwrap_or(0),
+        server_cpu_us: f64::NAN,
     })
 }
 

@@ -36,6 +36,7 @@ pub fn run(b: &Bench, report_lua: &Path) -> Result<Tax, String> {
                 name: format!("connect(), {}", place.label()),
                 place,
                 load: Load::Connect { to: to.clone() },
+                server: None,
             });
         }
         for place in [attached, detached] {
@@ -48,6 +49,7 @@ pub fn run(b: &Bench, report_lua: &Path) -> Result<Tax, String> {
                     script: report_lua.to_path_buf(),
                     headers: &["Connection: close"],
                 },
+                server: None,
             });
         }
     }
