@@ -8,7 +8,8 @@
 //! 4. [`credentials`]: the per-pod cache and STS.
 //! 5. [`http`]: the listener, the endpoint, refusals and probes; [`imds`]: the
 //!    instance metadata front that keeps pods from the node's role.
-//! 6. [`audit`] and [`metrics`]: what happened, for people and for Prometheus.
+//! 6. [`audit`], [`logging`] and [`metrics`]: what happened, for people and for
+//!    Prometheus.
 //!
 //! [`config`] holds every setting; [`app`] builds the running agent from one.
 //! Only [`kernel::loader`] may use `unsafe`.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod imds;
 
 pub mod audit;
+pub mod logging;
 pub mod metrics;
 
 pub mod app;

@@ -6,21 +6,8 @@ use anyhow::Context;
 use pod_identity_agent::{
     app, audit,
     cli::{self, Command, ConfigCommand},
-    kernel,
+    kernel, logging,
 };
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         (None, Some(args)) => {
-            init_tracing(args.log_json);
+            // Held until main returns, so queued lines are written at exit.
+            let _log = logging::init(args.log_json);
             let cfg = args.to_config().context("reading flags")?;
             let agent = app::build(cfg).await?;
             agent.run().await?;

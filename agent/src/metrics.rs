@@ -509,6 +509,12 @@ impl Collector for ProcessCollector {
             "Open file descriptors",
             p.open_fds,
         )?;
+        counter(
+            &mut e,
+            "pod_identity_log_lines_dropped",
+            "Log lines (stderr) dropped because the log queue was full",
+            crate::logging::dropped_lines(),
+        )?;
         gauge(&mut e, "process_threads", "OS threads", p.threads)
     }
 }

@@ -71,6 +71,10 @@ impl Resolver {
     }
 
     async fn cgroup_path(&self, cgroup_id: u64) -> Result<String, Refusal> {
+        // Known cgroups (every request but a new pod's first) need no thread hop.
+        if let Some(path) = self.index.lookup_fresh(cgroup_id) {
+            return Ok(path);
+        }
         // A brand-new pod can call before the index has seen its cgroup; the index
         // rescans on a miss at most every `min_rescan_interval`, so try twice.
         for attempt in 0..2 {

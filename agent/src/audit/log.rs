@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use super::ecs::{access_action, summary_context};
 use super::flood::{cap_strings, FloodControl, Source, Summary, MAX_FIELD_BYTES};
-use super::writer::{Target, Writer};
+use super::writer::{Target, Writer, MAX_BATCH};
 use crate::{
     audit::{Access, AccessSink, AuditError, ConnectionEvent},
     http::listener::CONNECTION_LIFETIME,
@@ -114,6 +114,64 @@ pub struct AuditLog {
     pub(super) boot_offset: Duration,
 }
 
+/// The writer thread: lines as they come, flushed whenever the queue runs dry
+/// (or every [`MAX_BATCH`] lines). `written` counts lines once flushed.
+fn write_lines(rx: mpsc::Receiver<Msg>, mut writer: Writer, stats: &AuditStats) {
+    let mut batch = 0u64;
+    let flush = |writer: &mut Writer, batch: &mut u64| {
+        match writer.flush() {
+            Ok(()) => stats.written.fetch_add(*batch, Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed");
+                stats.dropped.fetch_add(*batch, Ordering::Relaxed)
+            }
+        };
+        *batch = 0;
+    };
+    loop {
+        let msg = if batch == 0 {
+            match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(m) => m,
+                Err(mpsc::TryRecvError::Empty) => {
+                    flush(&mut writer, &mut batch);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    flush(&mut writer, &mut batch);
+                    return;
+                }
+            }
+        };
+        match msg {
+            Msg::Line(line) => {
+                let result = writer.write_line(&line);
+                stats
+                    .queued_bytes
+                    .fetch_sub(line.len() as u64, Ordering::Relaxed);
+                match result {
+                    Ok(()) => batch += 1,
+                    Err(e) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "audit write failed");
+                    }
+                }
+                if batch >= MAX_BATCH as u64 {
+                    flush(&mut writer, &mut batch);
+                }
+            }
+            Msg::Flush(done) => {
+                flush(&mut writer, &mut batch);
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 impl AuditLog {
     /// Open with the default [`JOIN_WINDOW`].
     pub fn open(target: Target, cluster: &str) -> Result<Arc<AuditLog>, AuditError> {
@@ -134,35 +192,13 @@ impl AuditLog {
         join_window: Duration,
         max_queue_bytes: u64,
     ) -> Result<Arc<AuditLog>, AuditError> {
-        let mut writer = Writer::open(target)?;
+        let writer = Writer::open(target)?;
         let (tx, rx) = mpsc::sync_channel::<Msg>(MAX_QUEUE_LINES);
         let stats = Arc::new(AuditStats::default());
         let s2 = stats.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || {
-                for msg in rx {
-                    let line = match msg {
-                        Msg::Line(line) => line,
-                        Msg::Flush(done) => {
-                            let _ = done.send(());
-                            continue;
-                        }
-                    };
-                    let result = writer.write_line(&line);
-                    s2.queued_bytes
-                        .fetch_sub(line.len() as u64, Ordering::Relaxed);
-                    match result {
-                        Ok(()) => {
-                            s2.written.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            s2.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "audit write failed");
-                        }
-                    }
-                }
-            })
+            .spawn(move || write_lines(rx, writer, &s2))
             .map_err(|source| AuditError::Io {
                 path: "audit-writer thread".into(),
                 source,

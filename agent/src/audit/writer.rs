@@ -1,4 +1,6 @@
-//! Where audit lines go: stdout, or a file rotated at a size bound.
+//! Where audit lines go: stdout, or a file rotated at a size bound. Lines are
+//! buffered; the writer thread flushes once its queue is empty (or every
+//! [`MAX_BATCH`] lines), so a burst costs a few `write`s rather than one per line.
 
 use std::{
     fs::{File, OpenOptions},
@@ -7,6 +9,9 @@ use std::{
 };
 
 use super::AuditError;
+
+/// Lines written between two flushes, at most.
+pub(super) const MAX_BATCH: usize = 256;
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +29,7 @@ pub enum Target {
 pub(super) struct Writer {
     target: Target,
     out: Option<BufWriter<File>>,
+    stdout: BufWriter<std::io::Stdout>,
     size: u64,
 }
 
@@ -32,6 +38,7 @@ impl Writer {
         let mut w = Writer {
             target,
             out: None,
+            stdout: BufWriter::new(std::io::stdout()),
             size: 0,
         };
         w.reopen()?;
@@ -73,12 +80,13 @@ impl Writer {
         self.reopen()
     }
 
+    /// Buffer one line (rotating first if it would overflow the file); it is on
+    /// disk after the next [`flush`](Self::flush).
     pub(super) fn write_line(&mut self, line: &str) -> Result<(), AuditError> {
         match &self.target {
             Target::Stdout => {
-                let mut so = std::io::stdout().lock();
-                let _ = writeln!(so, "{line}");
-                let _ = so.flush();
+                // Nobody to tell if stdout is gone; the line is lost either way.
+                let _ = writeln!(self.stdout, "{line}");
                 Ok(())
             }
             Target::File {
@@ -99,12 +107,27 @@ impl Writer {
                         source: std::io::Error::other("audit file not open"),
                     });
                 };
-                writeln!(out, "{line}")
-                    .and_then(|_| out.flush())
-                    .map_err(|source| AuditError::Io { path, source })?;
+                writeln!(out, "{line}").map_err(|source| AuditError::Io { path, source })?;
                 self.size += line.len() as u64 + 1;
                 Ok(())
             }
+        }
+    }
+
+    /// Write out what [`write_line`](Self::write_line) buffered.
+    pub(super) fn flush(&mut self) -> Result<(), AuditError> {
+        match &self.target {
+            Target::Stdout => {
+                let _ = self.stdout.flush();
+                Ok(())
+            }
+            Target::File { path, .. } => match self.out.as_mut() {
+                Some(out) => out.flush().map_err(|source| AuditError::Io {
+                    path: path.clone(),
+                    source,
+                }),
+                None => Ok(()),
+            },
         }
     }
 }

@@ -232,8 +232,11 @@ impl CgroupIndex {
         Ok((map, skipped))
     }
 
-    /// Cached path for `cgroup_id`, if it still names a directory with that inode.
-    fn lookup_fresh(&self, cgroup_id: u64) -> Option<String> {
+    /// Cached path for `cgroup_id`, if it still names a directory with that inode:
+    /// a map lookup and one `stat`, never a walk, so async code may call it inline
+    /// (the hot path of every request) and leave [`resolve`](Self::resolve) to a
+    /// blocking thread for misses.
+    pub fn lookup_fresh(&self, cgroup_id: u64) -> Option<String> {
         let path = self.read_state().by_id.get(&cgroup_id).cloned()?;
         let full = self.root.join(path.trim_start_matches('/'));
         // Cgroup ids are not reused, but a cached path can be stale: the directory
