@@ -30,6 +30,7 @@ pub mod http;
 pub mod imds;
 
 pub mod audit;
+pub mod batched;
 pub mod logging;
 pub mod metrics;
 

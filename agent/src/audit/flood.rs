@@ -42,18 +42,44 @@ pub const MAX_SOURCES: usize = 256;
 
 /// Cut `s` to at most `max` bytes (at a character boundary) followed by
 /// `…[truncated, N bytes]`, N the original length. Returns whether it was cut.
+/// A string already cut (to `max` or less) is left as it is.
 pub fn cap_string(s: &mut String, max: usize) -> bool {
-    if s.len() <= max {
-        return false;
+    match capped(s, max) {
+        std::borrow::Cow::Borrowed(_) => false,
+        std::borrow::Cow::Owned(cut) => {
+            *s = cut;
+            true
+        }
     }
-    let total = s.len();
+}
+
+/// [`cap_string`] without copying what needs no cut.
+pub fn capped(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max || is_capped(s, max) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let mut cut = max;
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }
-    s.truncate(cut);
-    let _ = write!(s, "…[truncated, {total} bytes]");
-    true
+    let mut out = String::with_capacity(cut + 32);
+    out.push_str(&s[..cut]);
+    let _ = write!(out, "{TRUNCATED}{} bytes]", s.len());
+    std::borrow::Cow::Owned(out)
+}
+
+const TRUNCATED: &str = "…[truncated, ";
+
+/// Whether `s` is the output of a cut to `max` bytes or less.
+fn is_capped(s: &str, max: usize) -> bool {
+    let Some(at) = s.rfind(TRUNCATED) else {
+        return false;
+    };
+    let tail = &s[at + TRUNCATED.len()..];
+    at <= max
+        && tail
+            .strip_suffix(" bytes]")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// [`cap_string`] on every string in `v`; returns how many were cut.

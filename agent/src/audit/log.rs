@@ -37,6 +37,7 @@ use super::flood::{cap_strings, FloodControl, Source, Summary, MAX_FIELD_BYTES};
 use super::writer::{Target, Writer, MAX_BATCH};
 use crate::{
     audit::{Access, AccessSink, AuditError, ConnectionEvent},
+    batched,
     http::listener::CONNECTION_LIFETIME,
 };
 
@@ -114,61 +115,48 @@ pub struct AuditLog {
     pub(super) boot_offset: Duration,
 }
 
-/// The writer thread: lines as they come, flushed whenever the queue runs dry
-/// (or every [`MAX_BATCH`] lines). `written` counts lines once flushed.
-fn write_lines(rx: mpsc::Receiver<Msg>, mut writer: Writer, stats: &AuditStats) {
-    let mut batch = 0u64;
-    let flush = |writer: &mut Writer, batch: &mut u64| {
-        match writer.flush() {
-            Ok(()) => stats.written.fetch_add(*batch, Ordering::Relaxed),
-            Err(e) => {
-                tracing::error!(error = %e, "audit write failed");
-                stats.dropped.fetch_add(*batch, Ordering::Relaxed)
-            }
-        };
-        *batch = 0;
-    };
-    loop {
-        let msg = if batch == 0 {
-            match rx.recv() {
-                Ok(m) => m,
-                Err(_) => return,
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(m) => m,
-                Err(mpsc::TryRecvError::Empty) => {
-                    flush(&mut writer, &mut batch);
-                    continue;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    flush(&mut writer, &mut batch);
-                    return;
-                }
-            }
-        };
+/// The writer thread's side: lines buffered as they come, flushed whenever the
+/// queue runs dry (or every [`MAX_BATCH`] lines) by [`batched::drain`].
+/// `written` counts lines once flushed.
+struct LineWriter<'a> {
+    writer: Writer,
+    stats: &'a AuditStats,
+    /// Lines buffered since the last flush.
+    batch: u64,
+}
+
+impl batched::Consumer<Msg> for LineWriter<'_> {
+    fn take(&mut self, msg: Msg) {
         match msg {
             Msg::Line(line) => {
-                let result = writer.write_line(&line);
-                stats
+                let result = self.writer.write_line(&line);
+                self.stats
                     .queued_bytes
                     .fetch_sub(line.len() as u64, Ordering::Relaxed);
                 match result {
-                    Ok(()) => batch += 1,
+                    Ok(()) => self.batch += 1,
                     Err(e) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "audit write failed");
                     }
                 }
-                if batch >= MAX_BATCH as u64 {
-                    flush(&mut writer, &mut batch);
-                }
             }
             Msg::Flush(done) => {
-                flush(&mut writer, &mut batch);
+                self.flush();
                 let _ = done.send(());
             }
         }
+    }
+
+    fn flush(&mut self) {
+        match self.writer.flush() {
+            Ok(()) => self.stats.written.fetch_add(self.batch, Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed");
+                self.stats.dropped.fetch_add(self.batch, Ordering::Relaxed)
+            }
+        };
+        self.batch = 0;
     }
 }
 
@@ -198,7 +186,14 @@ impl AuditLog {
         let s2 = stats.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_lines(rx, writer, &s2))
+            .spawn(move || {
+                let mut w = LineWriter {
+                    writer,
+                    stats: &s2,
+                    batch: 0,
+                };
+                batched::drain(&rx, &mut w, MAX_BATCH)
+            })
             .map_err(|source| AuditError::Io {
                 path: "audit-writer thread".into(),
                 source,
@@ -222,7 +217,11 @@ impl AuditLog {
         if cut > 0 {
             self.stats.truncated.fetch_add(cut, Ordering::Relaxed);
         }
-        let line = v.to_string();
+        self.emit_line(v.to_string());
+    }
+
+    /// Queue one line (its record capped when built).
+    fn emit_line(&self, line: String) {
         let n = line.len() as u64;
         let queued = &self.stats.queued_bytes;
         if queued.fetch_add(n, Ordering::Relaxed) + n > self.max_queue_bytes {
@@ -398,7 +397,7 @@ impl AccessSink for AuditLog {
         if action == "credentials-served" {
             // The audit trail proper: never summarised (rate-limited per caller
             // by the endpoint).
-            self.emit(self.access_record(a));
+            self.emit_line(self.access_record(a).to_line());
             return;
         }
         let source = match (&a.caller, a.peer) {
@@ -407,7 +406,7 @@ impl AccessSink for AuditLog {
             (None, None) => Source::Many,
         };
         self.emit_limited(source, action, a.reason.as_deref().unwrap_or(""), || {
-            self.access_record(a)
+            self.access_record(a).to_value()
         });
     }
 

@@ -10,6 +10,17 @@ fn strings_are_cut_at_a_character_boundary_with_a_marker() {
     let mut v = serde_json::json!({"a": ["x".repeat(9), 1], "b": {"c": "y".repeat(3)}});
     assert_eq!(cap_strings(&mut v, 4), 1);
     assert_eq!(v["a"][0], "xxxx…[truncated, 9 bytes]");
+    // Cutting again changes nothing (records are capped once built, and once
+    // more as JSON values on the flood-controlled path).
+    assert_eq!(cap_strings(&mut v, 4), 0);
+    assert_eq!(v["a"][0], "xxxx…[truncated, 9 bytes]");
+    let mut again = s.clone();
+    assert!(!cap_string(&mut again, 5));
+    assert_eq!(again, s);
+    // A string that only looks like a cut one, but is longer than the bound, is cut.
+    let mut fake = format!("{}…[truncated, 3 bytes]", "z".repeat(9));
+    assert!(cap_string(&mut fake, 5));
+    assert_eq!(fake, "zzzzz…[truncated, 32 bytes]");
 }
 
 #[test]

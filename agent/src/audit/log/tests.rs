@@ -276,3 +276,36 @@ fn connections_without_a_request_are_written_at_close_or_after_the_window() {
     assert!(log.flush(Duration::from_secs(10)));
     assert_eq!(cookies(&json_lines(&path)), [1, 2, 3], "after the lifetime");
 }
+
+/// Records are serialised from typed structs straight into their line; the
+/// fields are declared in alphabetical order, which is the order lines had when
+/// they were built as JSON maps: same bytes for whoever parses them by position.
+#[test]
+fn access_lines_keep_their_key_order_and_cap_what_callers_choose() {
+    let log = AuditLog::open(Target::Stdout, "c").unwrap();
+    let mut a = access();
+    a.cache = Some(crate::credentials::CacheOutcome::Hit);
+    a.container_id = Some("c0ffee".into());
+    a.cgroup_path = Some("/kubepods/x".into());
+    a.peer = Some("169.254.200.2:40000".parse().unwrap());
+    a.message = Some("m".repeat(5000));
+    a.method = "G".repeat(100);
+    let before = log.stats.truncated.load(Ordering::Relaxed);
+    let record = log.access_record(&a);
+    let line = record.to_line();
+    // serde_json's maps are sorted by key.
+    assert_eq!(line, record.to_value().to_string());
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        v["message"],
+        format!("{}…[truncated, 5000 bytes]", "m".repeat(1024))
+    );
+    assert_eq!(
+        v["http"]["request"]["method"],
+        format!("{}…[truncated, 100 bytes]", "G".repeat(32))
+    );
+    assert_eq!(log.stats.truncated.load(Ordering::Relaxed), before + 1);
+    assert_eq!(v["pod_identity"]["association"]["id"], Value::Null);
+    assert_eq!(v["pod_identity"]["cache"], "hit");
+    assert_eq!(v["event"]["type"], serde_json::json!(["access", "allowed"]));
+}
