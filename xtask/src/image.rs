@@ -12,6 +12,23 @@ use crate::{root, run, setup, target_dir};
 pub const TAG: &str = "pod-identity-agent:0.1.0";
 
 pub fn build() -> Result<(), String> {
+    let bin = static_agent()?;
+    // The build context holds the binary only.
+    let ctx = target_dir().join("image-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).map_err(|e| format!("{}: {e}", ctx.display()))?;
+    std::fs::copy(&bin, ctx.join("pod-identity-agent"))
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    run(Command::new("podman")
+        .args(["build", "--pull=never", "--file"])
+        .arg(root().join("deploy/Containerfile.scratch"))
+        .args(["--tag", TAG])
+        .arg(&ctx))
+}
+
+/// The agent binary the image ships: static (musl), release, the eBPF object
+/// embedded. `cargo xtask bench` measures this one too.
+pub fn static_agent() -> Result<std::path::PathBuf, String> {
     setup::musl()?;
     crate::build_ebpf()?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -30,20 +47,9 @@ pub fn build() -> Result<(), String> {
             "pod-identity-agent",
         ]);
     run(&mut c)?;
-    let bin = target_dir()
+    Ok(target_dir()
         .join(setup::MUSL)
-        .join("release/pod-identity-agent");
-    // The build context holds the binary only.
-    let ctx = target_dir().join("image-context");
-    let _ = std::fs::remove_dir_all(&ctx);
-    std::fs::create_dir_all(&ctx).map_err(|e| format!("{}: {e}", ctx.display()))?;
-    std::fs::copy(&bin, ctx.join("pod-identity-agent"))
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    run(Command::new("podman")
-        .args(["build", "--pull=never", "--file"])
-        .arg(root().join("deploy/Containerfile.scratch"))
-        .args(["--tag", TAG])
-        .arg(&ctx))
+        .join("release/pod-identity-agent"))
 }
 
 /// `cargo xtask test-container`: the image, then agent/tests/container_run.rs
