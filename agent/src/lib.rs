@@ -17,6 +17,8 @@
 
 pub mod model;
 
+pub mod dir_watch;
+
 pub mod kernel;
 
 pub mod attribution;

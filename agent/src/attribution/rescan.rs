@@ -19,6 +19,7 @@ use agent_ebpf::verdict;
 use crate::{
     attribution::{cgroup, Resolver},
     credentials::{eks_auth::prefetch_token, CredentialCache, Fetch, FetchRequest},
+    dir_watch::DirWatch,
     kernel::VerdictSink,
     model::{PodInfo, PodUid},
 };
@@ -54,6 +55,9 @@ pub struct Lifecycle {
     verdicts: HashMap<u64, u32>,
     /// Pods whose credentials were prefetched already.
     prefetched: HashSet<PodUid>,
+    /// Cgroup paths whose entries change when a pod comes or goes (see
+    /// [`Lifecycle::watch_dirs`]), as of the last rescan.
+    above_pods: Vec<String>,
 }
 
 impl Lifecycle {
@@ -96,6 +100,7 @@ impl Lifecycle {
                 self.cgroups.insert(*id, uid);
             }
         }
+        self.above_pods = above_pods(&now, &self.cgroups);
         let mut gone_pods = 0;
         for id in &gone {
             if let Some(Some(uid)) = self.cgroups.remove(id) {
@@ -212,7 +217,47 @@ async fn pod_identity_request(
     Some(FetchRequest::pod_identity(pod, token))
 }
 
-/// Rescan every `settings.interval` until the task is dropped.
+/// The directories to watch, as of the last rescan: the cgroup root and every
+/// cgroup on the way to the kubelet's pods (`kubepods`, its QoS classes), where a
+/// pod's cgroup is created and removed; never a pod's own sub-tree. Shallow first.
+fn above_pods(now: &HashMap<u64, String>, cgroups: &HashMap<u64, Option<PodUid>>) -> Vec<String> {
+    let mut dirs: HashSet<String> = HashSet::from(["/".to_owned()]);
+    for (id, path) in now {
+        let not_a_pod = matches!(cgroups.get(id), Some(None));
+        if not_a_pod && path.contains("kubepods") {
+            // The path and its ancestors.
+            let mut p = path.as_str();
+            while !p.is_empty() && dirs.insert(p.to_owned()) {
+                p = p.rsplit_once('/').map_or("", |(parent, _)| parent);
+            }
+        }
+    }
+    let mut dirs: Vec<String> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| (d.matches('/').count(), d.clone()));
+    dirs
+}
+
+impl Lifecycle {
+    /// Where a pod's cgroup appearing or going shows, under `root` (the cgroup
+    /// index's root), shallow first.
+    pub fn watch_dirs(&self, root: &std::path::Path) -> Vec<PathBuf> {
+        self.above_pods
+            .iter()
+            .map(|p| root.join(p.trim_start_matches('/')))
+            .collect()
+    }
+}
+
+/// How long a burst of changes settles before a rescan (a pod's cgroups come in
+/// a few `mkdir`s; a pods file is written then renamed).
+const SETTLE: Duration = Duration::from_millis(10);
+/// Least time between two rescans that changes started: a node creating and
+/// removing cgroups without pause costs at most this many walks per second.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// Rescan every `settings.interval`, and soon after a pod's cgroup appears or
+/// goes (inotify on the directories above the pods, [`DirWatch`]) or the pod
+/// directory changes, until the task is dropped.
 pub async fn run<F: Fetch>(
     resolver: Resolver,
     cache: CredentialCache<F>,
@@ -222,11 +267,36 @@ pub async fn run<F: Fetch>(
     let mut state = Lifecycle::default();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pods = resolver.pods.subscribe();
+    let mut pods_open = true;
+    let mut watch = match DirWatch::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no inotify: new pods are seen by the rescan every {:?}", settings.interval);
+            None
+        }
+    };
+    let mut last = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        let changed = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { watch.as_ref().unwrap().changed().await }, if watch.is_some() => true,
+            r = pods.changed(), if pods_open => {
+                pods_open = r.is_ok();
+                true
+            }
+        };
+        if changed {
+            tokio::time::sleep_until((last + MIN_GAP).max(tokio::time::Instant::now() + SETTLE))
+                .await;
+        }
+        last = tokio::time::Instant::now();
         state
             .tick(&resolver, &cache, verdicts.as_deref(), &settings)
             .await;
+        if let Some(w) = &mut watch {
+            w.set(state.watch_dirs(resolver.index.root()));
+        }
     }
 }
 
@@ -258,6 +328,87 @@ mod tests {
                 None => m.remove(&id),
             };
         }
+    }
+
+    /// With an hour between rescans, a pod whose cgroup appears (the pod known
+    /// already) and a pod whose record arrives (its cgroup there already) are
+    /// both prefetched at once: inotify above the pods, and the pod directory's
+    /// changes, wake the rescan. A pod's own sub-tree is not watched.
+    #[tokio::test]
+    async fn new_pods_are_prefetched_without_waiting_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("system.slice/sshd.service")).unwrap();
+        // The QoS class directory exists (the kubelet makes it at start).
+        let a = pod_cgroup_dir(dir.path(), UID_A);
+        std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+        let app = testing::association("ns", "app", "arn:aws:iam::111122223333:role/app");
+        let resolver = testing::resolver(dir.path(), Duration::ZERO, vec![app]);
+        resolver.pods.upsert(PodInfo {
+            uid: pod_uid(UID_A),
+            ..testing::pod("ns", "a", "app")
+        });
+        let sts = CountingSts::default();
+        let cache = CredentialCache::new(sts.clone(), CacheSettings::default());
+        let task = tokio::spawn(run(
+            resolver.clone(),
+            cache.clone(),
+            None,
+            RescanSettings::sts(Duration::from_secs(3600)),
+        ));
+        // The first tick (at once) walks the tree and sets the watches.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sts.calls(), 0);
+
+        // Pod A's cgroup appears.
+        std::fs::create_dir_all(a.join("cri-containerd-0123.scope")).unwrap();
+        assert!(
+            testing::eventually(Duration::from_secs(3), || sts.calls() == 1).await,
+            "pod A not prefetched"
+        );
+
+        // Pod B's cgroup is there before its record: prefetched once the record comes.
+        let b = pod_cgroup_dir(dir.path(), UID_B);
+        std::fs::create_dir_all(&b).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sts.calls(), 1, "pod B has no record yet");
+        resolver.pods.upsert(PodInfo {
+            uid: pod_uid(UID_B),
+            ..testing::pod("ns", "b", "app")
+        });
+        assert!(
+            testing::eventually(Duration::from_secs(3), || sts.calls() == 2).await,
+            "pod B not prefetched"
+        );
+        task.abort();
+    }
+
+    #[test]
+    fn the_watched_directories_stop_above_the_pods() {
+        let uid = pod_uid(UID_A);
+        let paths = [
+            (1, "/", None),
+            (2, "/system.slice", None),
+            (3, "/kubepods.slice", None),
+            (4, "/kubepods.slice/kubepods-besteffort.slice", None),
+            (5, "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2c48913c_b29f_11e7_9350_020968147796.slice", Some(uid.clone())),
+            (6, "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2c48913c_b29f_11e7_9350_020968147796.slice/cri-containerd-0123.scope", Some(uid)),
+            (7, "/docker/abc/kubepods/burstable", None),
+        ];
+        let now: HashMap<u64, String> = paths.iter().map(|(i, p, _)| (*i, p.to_string())).collect();
+        let cgroups: HashMap<u64, Option<PodUid>> =
+            paths.iter().map(|(i, _, u)| (*i, u.clone())).collect();
+        assert_eq!(
+            above_pods(&now, &cgroups),
+            [
+                "/",
+                "/docker",
+                "/kubepods.slice",
+                "/docker/abc",
+                "/kubepods.slice/kubepods-besteffort.slice",
+                "/docker/abc/kubepods",
+                "/docker/abc/kubepods/burstable",
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
 //! The node-local file formats: the pods file and the associations file.
 //!
 //! * Pods file: `{"pods": [...]}`, read by [`load_pods_file`] and kept in a
-//!   [`PodStore`] by [`watch_pods_file`] (polled, reloaded on change).
+//!   [`PodStore`] by [`watch_pods_file`] (reloaded on change: inotify on its
+//!   directory, and a poll).
 //! * Associations file: `{"associations": [...]}`, read by
 //!   [`load_associations_file`] as the `file` source of the
-//!   [`AssociationStore`] and kept there by [`watch_associations_file`] (polled,
-//!   reloaded on change).
+//!   [`AssociationStore`] and kept there by [`watch_associations_file`] (reloaded
+//!   on change, likewise).
 //!
 //! Their errors are [`PodError`] and [`AssociationError`], beside the stores; both
 //! loaders are re-exported from [`pods`](crate::sources::pods) and
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::dir_watch::DirWatch;
 use crate::model::{Association, AssumeMode, PodInfo, PodUid};
 use crate::sources::pods::{PodError, PodStore};
 use crate::{
@@ -88,8 +90,8 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
-/// Load the pods file into `store`, mark it synced, then poll every `poll` and
-/// reload when the file changes.
+/// Load the pods file into `store`, mark it synced, then reload it when it
+/// changes (seen through inotify at once, or by the poll every `poll`).
 ///
 /// Returns only if the first load fails. A file that breaks later is logged and the
 /// previous snapshot stays: a bad edit must not make every pod unknown.
@@ -116,8 +118,9 @@ pub async fn watch_pods_file(
     Ok(())
 }
 
-/// Poll `path` every `poll` and call `reload` whenever its stamp (mtime, size,
-/// inode) differs from the last one seen, starting from `stamp`. The new stamp is
+/// Call `reload` whenever `path`'s stamp (mtime, size, inode) differs from the
+/// last one seen, starting from `stamp`: looked at as soon as its directory
+/// changes (inotify, [`DirWatch`]) and every `poll` in any case. The new stamp is
 /// kept even if the reload fails, so a broken file is reported once, not every
 /// poll. Never returns.
 async fn on_each_change(
@@ -126,8 +129,33 @@ async fn on_each_change(
     poll: Duration,
     mut reload: impl FnMut(),
 ) {
+    // The directory, not the file: an atomic replace (rename over it, a
+    // ConfigMap's `..data` swap) makes a new file the old watch would not see.
+    let watch = path.parent().and_then(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut w = DirWatch::new().ok()?;
+        (w.set([dir.to_path_buf()]) == 1).then_some(w)
+    });
+    if watch.is_none() {
+        tracing::debug!(path = %path.display(), "no inotify watch; polling only");
+    }
     loop {
-        tokio::time::sleep(poll).await;
+        match &watch {
+            Some(w) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = w.changed() => {
+                        // A writer's burst (create, write, rename) is one change.
+                        tokio::time::sleep(SETTLE).await;
+                    }
+                }
+            }
+            None => tokio::time::sleep(poll).await,
+        }
         let now = file_stamp(path);
         if now != stamp {
             stamp = now;
@@ -135,6 +163,9 @@ async fn on_each_change(
         }
     }
 }
+
+/// How long a change of the file's directory settles before the file is read.
+const SETTLE: Duration = Duration::from_millis(5);
 
 // === associations file ===
 
@@ -214,8 +245,8 @@ pub fn parse_associations_file(
     Ok(assocs)
 }
 
-/// Load the associations file as the `file` source of `store`, then poll every
-/// `poll` and reload when the file changes: an edited association (a role moved
+/// Load the associations file as the `file` source of `store`, then reload it
+/// when it changes (inotify at once, or the poll every `poll`): an edited association (a role moved
 /// to another service account, one removed) takes effect, as a change through the
 /// Kubernetes or EKS API does.
 ///

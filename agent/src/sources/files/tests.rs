@@ -149,6 +149,37 @@ mod pods_file {
         task.abort();
     }
 
+    /// The poll is the fallback: with an hour between polls, an atomic replace is
+    /// still seen at once, through inotify on the file's directory.
+    #[tokio::test]
+    async fn a_replaced_pods_file_is_seen_without_waiting_for_the_poll() {
+        let tmp = tempfile::tempdir().unwrap();
+        let one = format!(
+            r#"{{"pods": [{{"uid": "{UID_A}", "namespace": "ns", "name": "a", "serviceAccount": "sa"}}]}}"#
+        );
+        let path = write(tmp.path(), "pods.json", &one);
+        let store = PodStore::new();
+        let task = tokio::spawn(watch_pods_file(
+            path.clone(),
+            store.clone(),
+            Duration::from_secs(3600),
+        ));
+        let uid_b = pod_uid(UID_B);
+        assert!(eventually(Duration::from_secs(2), || store.is_synced()).await);
+        // Let the watch start before the change.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let two = format!(
+            r#"{{"pods": [{{"uid": "{UID_B}", "namespace": "ns", "name": "b", "serviceAccount": "sa"}}]}}"#
+        );
+        let started = std::time::Instant::now();
+        let tmp_file = write(tmp.path(), "pods.json.new", &two);
+        std::fs::rename(&tmp_file, &path).unwrap();
+        let reloaded = eventually(Duration::from_secs(5), || store.get(&uid_b).is_some());
+        assert!(reloaded.await, "store: {store:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        task.abort();
+    }
+
     #[tokio::test]
     async fn watch_returns_the_first_load_error() {
         let tmp = tempfile::tempdir().unwrap();
