@@ -17,7 +17,8 @@
 //! asserts.
 //!
 //! Options: `--kernel host|6.1|6.12` (repeatable; default all), `--test NAME`
-//! (repeatable; default every privileged binary), `--time-scale N` (the guests';
+//! (repeatable; default every privileged binary), `--filter NAME` (repeatable: only
+//! the tests whose names contain one of them), `--time-scale N` (the guests';
 //! default [`GUEST_TIME_SCALE`]), `--jobs N` (guests booted at once; default 1:
 //! each TCG guest keeps about one host core busy, so `--jobs 2` on this 2-core
 //! machine runs two kernels in about the time of one).
@@ -66,6 +67,8 @@ const GUEST_BINARY_LIMIT_SECS: u32 = 3 * 3600;
 struct Options {
     kernels: Vec<String>,
     tests: Vec<String>,
+    /// Test-name filters passed to every binary (libtest: any of them matches).
+    filters: Vec<String>,
     time_scale: String,
     jobs: usize,
 }
@@ -75,6 +78,7 @@ impl Options {
         let mut o = Options {
             kernels: Vec::new(),
             tests: Vec::new(),
+            filters: Vec::new(),
             time_scale: GUEST_TIME_SCALE.to_owned(),
             jobs: 1,
         };
@@ -93,6 +97,20 @@ impl Options {
                         return Err(format!("--test {t}: not one of {}", TESTS.join(", ")));
                     }
                     o.tests.push(t);
+                }
+                "--filter" => {
+                    let f = value()?;
+                    // Spliced into the guest's shell script between quotes.
+                    if f.is_empty()
+                        || !f
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    {
+                        return Err(format!(
+                            "--filter {f}: a test name (letters, digits, _ and ::)"
+                        ));
+                    }
+                    o.filters.push(f);
                 }
                 "--time-scale" => {
                     let v = value()?;
@@ -185,7 +203,11 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
 
     let mut columns = Vec::new();
     if opts.wants("host") {
-        columns.push(host_column(&bins, &dir.join("results/host"))?);
+        columns.push(host_column(
+            &bins,
+            &dir.join("results/host"),
+            &opts.filters,
+        )?);
     }
     let guests: Vec<&Kernel> = kernels.iter().filter(|k| opts.wants(&k.version)).collect();
     // Up to `--jobs` guests at once; the columns keep the kernels' order.
@@ -510,7 +532,11 @@ fn cgroup_layout(mountinfo: &str) -> &'static str {
 }
 
 /// The same binaries directly on this machine's kernel (no time scale).
-fn host_column(bins: &[(String, PathBuf)], results: &Path) -> Result<Column, String> {
+fn host_column(
+    bins: &[(String, PathBuf)],
+    results: &Path,
+    filters: &[String],
+) -> Result<Column, String> {
     let _ = fs::remove_dir_all(results);
     fs::create_dir_all(results).map_err(|e| e.to_string())?;
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -529,6 +555,7 @@ fn host_column(bins: &[(String, PathBuf)], results: &Path) -> Result<Column, Str
         let t = Instant::now();
         let status = Command::new(bin)
             .arg("--test-threads=1")
+            .args(filters)
             .current_dir(root().join("agent"))
             .env("PATH", setup::path_with_python_scripts())
             .env_remove("PIA_TEST_TIME_SCALE")
@@ -547,7 +574,13 @@ fn host_column(bins: &[(String, PathBuf)], results: &Path) -> Result<Column, Str
 }
 
 /// The guest's script: mount what vng does not, then each binary, timed.
-fn guest_script(bins: &[(String, PathBuf)], out: &Path, time_scale: &str) -> String {
+fn guest_script(
+    bins: &[(String, PathBuf)],
+    out: &Path,
+    time_scale: &str,
+    filters: &[String],
+) -> String {
+    let filters: String = filters.iter().map(|f| format!(" '{f}'")).collect();
     let python_bin = setup::output(Command::new("python3").args([
         "-c",
         "import os, sys; print(os.path.dirname(os.path.realpath(sys.executable)))",
@@ -603,7 +636,7 @@ fn guest_script(bins: &[(String, PathBuf)], out: &Path, time_scale: &str) -> Str
             s,
             "t0=$(date +%s.%N)\n\
              head -1 /proc/stat >{o}/{name}.cpu\n\
-             timeout -k 30 {GUEST_BINARY_LIMIT_SECS} '{bin}' --test-threads=1 >{o}/{name}.log 2>&1\n\
+             timeout -k 30 {GUEST_BINARY_LIMIT_SECS} '{bin}' --test-threads=1{filters} >{o}/{name}.log 2>&1\n\
              echo $? >{o}/{name}.rc\n\
              head -1 /proc/stat >>{o}/{name}.cpu\n\
              echo \"$(date +%s.%N) $t0\" | awk '{{ print $1 - $2 }}' >{o}/{name}.secs\n",
@@ -625,7 +658,11 @@ fn guest_column(
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let script = out.join("run.sh");
-    fs::write(&script, guest_script(bins, &out, &opts.time_scale)).map_err(|e| e.to_string())?;
+    fs::write(
+        &script,
+        guest_script(bins, &out, &opts.time_scale, &opts.filters),
+    )
+    .map_err(|e| e.to_string())?;
     let console = out.join("console.log");
     let log = fs::File::create(&console).map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
@@ -787,6 +824,13 @@ mod tests {
             2
         );
         assert!(Options::parse(&["--jobs".into(), "0".into()]).is_err());
+        assert!(Options::parse(&["--filter".into(), "a'; reboot".into()]).is_err());
+        assert_eq!(
+            Options::parse(&["--filter".into(), "each_pod".into()])
+                .unwrap()
+                .filters,
+            ["each_pod"]
+        );
     }
 
     #[test]
@@ -795,13 +839,14 @@ mod tests {
             &[("kernel_path".into(), PathBuf::from("/t/kp"))],
             Path::new("/r"),
             "20",
+            &["redirect_survives".into()],
         );
         eprintln!("{s}");
         for want in [
             "mount -t bpf bpf /sys/fs/bpf",
             "modprobe veth\nsrc=",
             "PIA_TEST_TIME_SCALE='20'",
-            "'/t/kp' --test-threads=1 >/r/kernel_path.log 2>&1",
+            "'/t/kp' --test-threads=1 'redirect_survives' >/r/kernel_path.log 2>&1",
             "echo $? >/r/kernel_path.rc",
             "cache=loose",
             "echo done >/r/done",

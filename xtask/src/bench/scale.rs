@@ -191,11 +191,13 @@ pub fn print(points: &[Point]) {
     println!();
     println!("== P4: scale (simulated pods: kubelet-shaped cgroups, pods file, one cached credential each)");
     println!(
-        "{:>6} {:>8} {:>10} {:>11} {:>14} {:>14} {:>16}  target",
+        "{:>6} {:>8} {:>10} {:>11} {:>9} {:>10} {:>14} {:>14} {:>16}  target",
         "pods",
         "entries",
         "RSS MiB",
         "anon MiB",
+        "file MiB",
+        "shmem MiB",
         "lookup p50 µs",
         "lookup p99 µs",
         "fill (s / pods)"
