@@ -295,7 +295,7 @@ impl Collector for CacheCollector {
         gauge(
             &mut e,
             "pod_identity_cache_entries",
-            "Credentials held in the cache",
+            "Cache entries (credentials held, or being fetched)",
             self.0.len() as u64,
         )?;
         // The stock agent's names, for its dashboards and alerts.
