@@ -251,13 +251,46 @@ impl Lifecycle {
 /// How long a burst of changes settles before a rescan (a pod's cgroups come in
 /// a few `mkdir`s; a pods file is written then renamed).
 const SETTLE: Duration = Duration::from_millis(10);
-/// Least time between two rescans that changes started: a node creating and
-/// removing cgroups without pause costs at most this many walks per second.
-const MIN_GAP: Duration = Duration::from_millis(100);
+/// Rescans that changes may start at once, in a burst (a pod's cgroup, then its
+/// record, come within milliseconds: both are seen without waiting) ...
+const CHANGE_BURST: f64 = 3.0;
+/// ... and per second beyond it: a node creating and removing cgroups without
+/// pause costs at most this many walks per second, besides the interval's.
+const CHANGE_RATE: f64 = 5.0;
+
+/// The allowance of change-driven rescans (a token bucket).
+struct ChangeBudget {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl ChangeBudget {
+    fn new() -> Self {
+        ChangeBudget {
+            tokens: CHANGE_BURST,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// How long to wait before the next change-driven rescan (zero: at once);
+    /// takes the token.
+    fn take(&mut self, now: tokio::time::Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * CHANGE_RATE).min(CHANGE_BURST);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / CHANGE_RATE)
+        }
+    }
+}
 
 /// Rescan every `settings.interval`, and soon after a pod's cgroup appears or
 /// goes (inotify on the directories above the pods, [`DirWatch`]) or the pod
-/// directory changes, until the task is dropped.
+/// directory changes (a few at once, then [`CHANGE_RATE`] per second), until the
+/// task is dropped.
 pub async fn run<F: Fetch>(
     resolver: Resolver,
     cache: CredentialCache<F>,
@@ -276,7 +309,7 @@ pub async fn run<F: Fetch>(
             None
         }
     };
-    let mut last = tokio::time::Instant::now();
+    let mut budget = ChangeBudget::new();
     loop {
         let changed = tokio::select! {
             _ = tick.tick() => false,
@@ -287,10 +320,9 @@ pub async fn run<F: Fetch>(
             }
         };
         if changed {
-            tokio::time::sleep_until((last + MIN_GAP).max(tokio::time::Instant::now() + SETTLE))
-                .await;
+            let wait = budget.take(tokio::time::Instant::now());
+            tokio::time::sleep(wait.max(SETTLE)).await;
         }
-        last = tokio::time::Instant::now();
         state
             .tick(&resolver, &cache, verdicts.as_deref(), &settings)
             .await;
@@ -380,6 +412,27 @@ mod tests {
             "pod B not prefetched"
         );
         task.abort();
+    }
+
+    #[test]
+    fn change_driven_rescans_come_in_small_bursts_then_at_a_bounded_rate() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = ChangeBudget {
+            tokens: CHANGE_BURST,
+            at: t0,
+        };
+        for _ in 0..3 {
+            assert_eq!(b.take(t0), Duration::ZERO);
+        }
+        // The fourth at once waits a fifth of a second; a steady flood gets 5/s.
+        assert_eq!(b.take(t0), Duration::from_millis(200));
+        assert_eq!(b.take(t0), Duration::from_millis(400));
+        // Idle for a while: the burst is back, no more.
+        let later = t0 + Duration::from_secs(10);
+        for _ in 0..3 {
+            assert_eq!(b.take(later), Duration::ZERO);
+        }
+        assert!(b.take(later) > Duration::ZERO);
     }
 
     #[test]
