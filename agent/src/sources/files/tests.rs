@@ -108,12 +108,17 @@ mod pods_file {
         }
     }
 
+    /// A pods file holding one pod of service account `ns/sa`.
+    fn one_pod(uid: &str, name: &str) -> String {
+        format!(
+            r#"{{"pods": [{{"uid": "{uid}", "namespace": "ns", "name": "{name}", "serviceAccount": "sa"}}]}}"#
+        )
+    }
+
     #[tokio::test]
     async fn watch_reloads_and_survives_a_broken_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let one = format!(
-            r#"{{"pods": [{{"uid": "{UID_A}", "namespace": "ns", "name": "a", "serviceAccount": "sa"}}]}}"#
-        );
+        let one = one_pod(UID_A, "a");
         let path = write(tmp.path(), "pods.json", &one);
         let store = PodStore::new();
         let task = tokio::spawn(watch_pods_file(
@@ -135,9 +140,7 @@ mod pods_file {
         assert_eq!(store.len(), 1);
 
         // Fixed edit (atomic replace, as ConfigMap updates do): reloaded.
-        let two = format!(
-            r#"{{"pods": [{{"uid": "{UID_B}", "namespace": "ns", "name": "b", "serviceAccount": "sa"}}]}}"#
-        );
+        let two = one_pod(UID_B, "b");
         let tmp_file = write(tmp.path(), "pods.json.new", &two);
         std::fs::rename(&tmp_file, &path).unwrap();
         let reloaded = eventually(Duration::from_secs(2), || {
@@ -154,9 +157,7 @@ mod pods_file {
     #[tokio::test]
     async fn a_replaced_pods_file_is_seen_without_waiting_for_the_poll() {
         let tmp = tempfile::tempdir().unwrap();
-        let one = format!(
-            r#"{{"pods": [{{"uid": "{UID_A}", "namespace": "ns", "name": "a", "serviceAccount": "sa"}}]}}"#
-        );
+        let one = one_pod(UID_A, "a");
         let path = write(tmp.path(), "pods.json", &one);
         let store = PodStore::new();
         let task = tokio::spawn(watch_pods_file(
@@ -168,9 +169,7 @@ mod pods_file {
         assert!(eventually(Duration::from_secs(2), || store.is_synced()).await);
         // Let the watch start before the change.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let two = format!(
-            r#"{{"pods": [{{"uid": "{UID_B}", "namespace": "ns", "name": "b", "serviceAccount": "sa"}}]}}"#
-        );
+        let two = one_pod(UID_B, "b");
         let started = std::time::Instant::now();
         let tmp_file = write(tmp.path(), "pods.json.new", &two);
         std::fs::rename(&tmp_file, &path).unwrap();
