@@ -507,7 +507,12 @@ fn outcome(log: &str, exit_ok: bool, secs: f64, why: Option<String>) -> Outcome 
             failures: failed_tests(log),
             secs,
             ok: exit_ok,
-            note: (!exit_ok && failed == 0).then(|| why.unwrap_or_else(|| "exit non-zero".into())),
+            note: if passed + failed == 0 {
+                // A filter that names no test of this binary: nothing was proven.
+                Some(why.unwrap_or_else(|| "no test matched the filters".into()))
+            } else {
+                (!exit_ok && failed == 0).then(|| why.unwrap_or_else(|| "exit non-zero".into()))
+            },
         },
         None => Outcome {
             secs,
@@ -792,6 +797,13 @@ mod tests {
         assert_eq!(o.cell(), "8 passed, 1 s");
         let o = outcome("", false, 9.0, Some("guest stopped".into()));
         assert_eq!(o.cell(), "**guest stopped**, 9 s");
+    }
+
+    #[test]
+    fn a_binary_whose_tests_were_all_filtered_out_is_not_a_pass() {
+        let log = "running 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 7 filtered out; finished in 0.00s\n";
+        let o = outcome(log, true, 2.0, None);
+        assert_eq!(o.cell(), "**no test matched the filters**, 2 s");
     }
 
     #[test]
