@@ -1,12 +1,13 @@
 //! `cargo xtask test-kernels`: the privileged test binaries on other kernels.
 //!
-//! Debian bookworm's generic 6.1 and 6.12 kernels are fetched with `apt-get
-//! download` and unpacked with `dpkg-deb -x` under `<target>/kernels/` (never
-//! installed). Each boots under virtme-ng (`vng --run … --disable-kvm`, QEMU TCG:
-//! this machine has no usable KVM), which shares the host's root read-only over 9p
-//! and mounts pure cgroup v2, so the guests cover the cgroup2-only layout while the
-//! host column (run directly, here) covers the host's own (hybrid on the
-//! development machines). The test binaries are built once on the host and run in
+//! Debian bookworm's 6.1 and 6.12 kernels, generic and cloud flavours, are fetched
+//! with `apt-get download` and unpacked with `dpkg-deb -x` under `<target>/kernels/`
+//! (never installed). Each boots under virtme-ng (`vng --run … --disable-kvm`, QEMU
+//! TCG: this machine has no usable KVM). vng shares the host's root read-only, over
+//! 9p, or over virtio-fs for the cloud kernels, which lack 9p (with a virtiofsd
+//! built from crates.io). It mounts pure cgroup v2, so the guests cover the
+//! cgroup2-only layout while the host column (run directly, here) covers the host's
+//! own (hybrid on the development machines). The test binaries are built once on the host and run in
 //! each guest with `--test-threads=1`; the guest writes each binary's output, exit
 //! code and wall time to a read-write directory, because vng on a serial console
 //! always exits 255.
@@ -16,8 +17,8 @@
 //! multiplies the tests' waits and the agent's upstream timeouts, never what a test
 //! asserts.
 //!
-//! Options: `--kernel host|6.1|6.12` (repeatable; default all), `--test NAME`
-//! (repeatable; default every privileged binary), `--filter NAME` (repeatable: only
+//! Options: `--kernel host|6.1|6.12|6.1-cloud|6.12-cloud` (repeatable; default
+//! all), `--test NAME` (repeatable; default every binary of [`TESTS`]), `--filter NAME` (repeatable: only
 //! the tests whose names contain one of them), `--time-scale N` (the guests';
 //! default [`GUEST_TIME_SCALE`]), `--jobs N` (guests booted at once; default 1:
 //! each TCG guest keeps about one host core busy, so `--jobs 2` on this 2-core
@@ -37,6 +38,8 @@ use crate::{cargo, root, run, setup, show, target_dir};
 /// The privileged test binaries (agent/tests/), fastest first.
 pub const TESTS: &[&str] = &[
     "kernel_path",
+    "coexistence",
+    "kill_restart",
     "operations",
     "audit_enforce",
     "credentials_e2e",
@@ -45,11 +48,21 @@ pub const TESTS: &[&str] = &[
 ];
 
 /// Debian metapackages whose one dependency is the kernel image to run, and the
-/// shape that dependency must have: bookworm's 6.1 and its 6.12.
+/// shape that dependency must have: bookworm's 6.1 and its 6.12, generic and cloud.
+/// The cloud flavour (the configuration Debian builds for cloud VMs) has no 9p:
+/// its guests get the host's root over virtio-fs instead.
 const KERNELS: &[(&str, &str)] = &[
     ("linux-image-amd64", "linux-image-6.1.0-"),
     ("linux-image-6.12-amd64", "linux-image-6.12."),
+    ("linux-image-cloud-amd64", "linux-image-6.1.0-"),
+    ("linux-image-6.12-cloud-amd64", "linux-image-6.12."),
 ];
+
+/// virtio-fs's daemon for the cloud kernels' guests (vng refuses QEMU 7.2's C
+/// one), built from crates.io into `<target>/tools/virtiofsd/`.
+const VIRTIOFSD: &str = "1.14.0";
+/// What building it needs.
+const VIRTIOFSD_APT: &[&str] = &["libseccomp-dev", "libcap-ng-dev"];
 
 /// QEMU; `depmod` (vng regenerates the unpacked kernels' modules.dep); busybox for
 /// the initramfs vng builds (Debian's kernels have 9p and virtio as modules).
@@ -137,14 +150,20 @@ impl Options {
         Ok(o)
     }
 
-    /// `--kernel 6.1` selects 6.1.0-57-amd64, not 6.12.x.
+    /// `--kernel 6.1` selects 6.1.0-57-amd64, not 6.12.x nor the cloud flavour;
+    /// `--kernel 6.1-cloud` selects 6.1.0-57-cloud-amd64.
     fn wants(&self, version: &str) -> bool {
         self.kernels.is_empty()
             || self.kernels.iter().any(|k| {
+                let (base, cloud) = match k.strip_suffix("-cloud") {
+                    Some(b) => (b, true),
+                    None => (k.as_str(), false),
+                };
                 version == k
-                    || version
-                        .strip_prefix(k.as_str())
-                        .is_some_and(|r| r.starts_with(['.', '-', '+', ' ']))
+                    || (is_cloud(version) == cloud
+                        && version
+                            .strip_prefix(base)
+                            .is_some_and(|r| r.starts_with(['.', '-', '+', ' '])))
             })
     }
 }
@@ -153,6 +172,11 @@ impl Options {
 struct Kernel {
     version: String,
     vmlinuz: PathBuf,
+}
+
+/// Debian's cloud flavour: `6.1.0-57-cloud-amd64`.
+fn is_cloud(version: &str) -> bool {
+    version.contains("-cloud-")
 }
 
 /// One test binary's outcome on one kernel.
@@ -210,13 +234,18 @@ pub fn run_matrix(args: &[String]) -> Result<(), String> {
         )?);
     }
     let guests: Vec<&Kernel> = kernels.iter().filter(|k| opts.wants(&k.version)).collect();
+    let virtiofsd = if guests.iter().any(|k| is_cloud(&k.version)) {
+        Some(virtiofsd()?)
+    } else {
+        None
+    };
     // Up to `--jobs` guests at once; the columns keep the kernels' order.
     for batch in guests.chunks(opts.jobs) {
         let results = &dir.join("results");
         let batch_columns: Vec<Column> = std::thread::scope(|s| {
             let handles: Vec<_> = batch
                 .iter()
-                .map(|k| s.spawn(|| guest_column(k, &bins, results, &opts)))
+                .map(|k| s.spawn(|| guest_column(k, &bins, results, &opts, virtiofsd.as_deref())))
                 .collect();
             handles
                 .into_iter()
@@ -323,6 +352,30 @@ fn tools() -> Result<(), String> {
         run(Command::new("pyenv").arg("rehash"))?;
     }
     Ok(())
+}
+
+/// The Rust virtiofsd (pinned), built once; the directory holding it.
+fn virtiofsd() -> Result<PathBuf, String> {
+    let root = target_dir().join("tools/virtiofsd");
+    let bin = root.join("bin");
+    let have = setup::output(Command::new(bin.join("virtiofsd")).arg("--version"));
+    if have.contains(VIRTIOFSD) {
+        eprintln!("xtask: virtiofsd {VIRTIOFSD} present");
+        return Ok(bin);
+    }
+    setup::apt_install(VIRTIOFSD_APT)?;
+    eprintln!("xtask: building virtiofsd {VIRTIOFSD} for the cloud kernels' guests");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "virtiofsd",
+            "--locked",
+            "--version",
+            VIRTIOFSD,
+            "--root",
+        ])
+        .arg(&root))?;
+    Ok(bin)
 }
 
 /// The package a metapackage depends on (`apt-cache depends`), of the expected shape.
@@ -584,6 +637,7 @@ fn guest_script(
     out: &Path,
     time_scale: &str,
     filters: &[String],
+    cached_view: bool,
 ) -> String {
     let filters: String = filters.iter().map(|f| format!(" '{f}'")).collect();
     let python_bin = setup::output(Command::new("python3").args([
@@ -600,6 +654,7 @@ fn guest_script(
     // (`--rodir=/mnt=/`), remounted with cache=loose, is bound over the paths the
     // tests read, so the guest's page cache serves them.
     // (Not /usr: vng puts the kernel's modules under it, and modprobe needs them.)
+    // Over virtio-fs (the cloud kernels) the guest caches the root itself.
     let cached: Vec<String> = [
         PathBuf::from(python_prefix.trim()),
         target_dir().join("debug"),
@@ -626,15 +681,23 @@ fn guest_script(
          mkdir -p \"$HOME\"\n\
          uname -r >{o}/uname\n\
          cat /proc/self/mountinfo >{o}/mountinfo\n\
-         modprobe veth\n\
-         src=$(awk '$2 == \"{CACHED_VIEW}\" {{ print $1 }}' /proc/mounts)\n\
-         if [ -n \"$src\" ] && umount {CACHED_VIEW} && mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 \"$src\" {CACHED_VIEW}; then\n\
-         \x20 for d in {cached}; do mount --bind \"{CACHED_VIEW}$d\" \"$d\"; done\n\
-         fi\n\
-         mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
+         modprobe veth\n",
+    );
+    if cached_view {
+        let _ = write!(
+            s,
+            "src=$(awk '$2 == \"{CACHED_VIEW}\" {{ print $1 }}' /proc/mounts)\n\
+             if [ -n \"$src\" ] && umount {CACHED_VIEW} && mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 \"$src\" {CACHED_VIEW}; then\n\
+             \x20 for d in {cached}; do mount --bind \"{CACHED_VIEW}$d\" \"$d\"; done\n\
+             fi\n",
+            cached = cached.join(" "),
+        );
+    }
+    let _ = write!(
+        s,
+        "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
          cd '{agent}'\n",
         agent = root().join("agent").display(),
-        cached = cached.join(" "),
     );
     for (name, bin) in bins {
         let _ = write!(
@@ -658,14 +721,18 @@ fn guest_column(
     bins: &[(String, PathBuf)],
     results: &Path,
     opts: &Options,
+    virtiofsd: Option<&Path>,
 ) -> Result<Column, String> {
+    // Generic kernels: 9p (forced, so a virtiofsd elsewhere on the machine changes
+    // nothing), with the cached view. Cloud kernels: virtio-fs.
+    let cloud = is_cloud(&k.version);
     let out = results.join(&k.version);
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let script = out.join("run.sh");
     fs::write(
         &script,
-        guest_script(bins, &out, &opts.time_scale, &opts.filters),
+        guest_script(bins, &out, &opts.time_scale, &opts.filters, !cloud),
     )
     .map_err(|e| e.to_string())?;
     let console = out.join("console.log");
@@ -682,12 +749,19 @@ fn guest_column(
             "4G",
             "--verbose",
         ])
-        .arg(format!("--rwdir={}", out.display()))
-        .arg(format!("--rodir={CACHED_VIEW}=/"))
-        .arg("--exec")
+        .arg(format!("--rwdir={}", out.display()));
+    let mut path = setup::path_with_python_scripts();
+    match (cloud, virtiofsd) {
+        (false, _) => {
+            c.arg("--force-9p").arg(format!("--rodir={CACHED_VIEW}=/"));
+        }
+        (true, Some(dir)) => path = format!("{}:{path}", dir.display()),
+        (true, None) => return Err(format!("{}: no virtiofsd", k.version)),
+    }
+    c.arg("--exec")
         .arg(format!("sh {}", script.display()))
         .current_dir(root())
-        .env("PATH", setup::path_with_python_scripts())
+        .env("PATH", path)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err);
@@ -826,8 +900,16 @@ mod tests {
         assert!(o.wants("6.1.0-57-amd64"));
         assert!(!o.wants("6.12.117+deb12-amd64"));
         assert!(!o.wants("host"));
+        assert!(
+            !o.wants("6.1.0-57-cloud-amd64"),
+            "6.1 is the generic flavour"
+        );
+        let o = Options::parse(&["--kernel".into(), "6.12-cloud".into()]).unwrap();
+        assert!(o.wants("6.12.117+deb12-cloud-amd64"));
+        assert!(!o.wants("6.12.117+deb12-amd64") && !o.wants("6.1.0-57-cloud-amd64"));
         let o = Options::parse(&[]).unwrap();
         assert!(o.wants("host") && o.wants("6.12.117+deb12-amd64"));
+        assert!(o.wants("6.1.0-57-cloud-amd64"));
         assert_eq!(o.tests.len(), TESTS.len());
         assert!(Options::parse(&["--test".into(), "nope".into()]).is_err());
         assert_eq!(o.jobs, 1);
@@ -852,6 +934,7 @@ mod tests {
             Path::new("/r"),
             "20",
             &["redirect_survives".into()],
+            true,
         );
         eprintln!("{s}");
         for want in [
@@ -865,6 +948,26 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want:?} not in:\n{s}");
         }
+    }
+
+    #[test]
+    fn the_cloud_kernels_script_does_not_remount_9p() {
+        let s = guest_script(
+            &[("kernel_path".into(), PathBuf::from("/t/kp"))],
+            Path::new("/r"),
+            "20",
+            &[],
+            false,
+        );
+        assert!(!s.contains("9p"), "{s}");
+        assert!(
+            s.contains("modprobe veth\nmountpoint -q /sys/fs/bpf"),
+            "{s}"
+        );
+        assert!(
+            s.contains("'/t/kp' --test-threads=1 >/r/kernel_path.log"),
+            "{s}"
+        );
     }
 
     #[test]
