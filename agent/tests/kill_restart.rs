@@ -37,6 +37,12 @@ fn failure_kind(rec: &Value) -> Option<String> {
 fn retried_by_sdks(kind: &str) -> bool {
     [
         "errno=ECONNREFUSED",
+        // The handshake completed into the agent's accept queue just before the
+        // kill, which reset it before connect() (non-blocking, with a timeout)
+        // read its result; urllib3 raises this as NewConnectionError, botocore as
+        // EndpointConnectionError (retried), hyper as a connect I/O error (retried).
+        // Seen under QEMU TCG on 6.1, where the client is slow to collect it.
+        "errno=ECONNRESET",
         "send_errno=ECONNRESET",
         "send_errno=EPIPE",
         "recv_errno=ECONNRESET",
