@@ -26,6 +26,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsString,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -59,7 +60,8 @@ const KERNELS: &[(&str, &str)] = &[
 ];
 
 /// virtio-fs's daemon for the cloud kernels' guests (vng refuses QEMU 7.2's C
-/// one), built from crates.io into `<target>/tools/virtiofsd/`.
+/// one), built from crates.io into `~/.cache/pia-agent/virtiofsd-<version>/`
+/// ([`virtiofsd_root`]).
 const VIRTIOFSD: &str = "1.14.0";
 /// What building it needs.
 const VIRTIOFSD_APT: &[&str] = &["libseccomp-dev", "libcap-ng-dev"];
@@ -354,9 +356,24 @@ fn tools() -> Result<(), String> {
     Ok(())
 }
 
-/// The Rust virtiofsd (pinned), built once; the directory holding it.
+/// Where the pinned virtiofsd is built: the user's cache (`$XDG_CACHE_HOME`, else
+/// `~/.cache`), outside any checkout, so a clean clone on the same machine does not
+/// spend its ~4 minutes again; under the target directory when there is no home.
+fn virtiofsd_root() -> PathBuf {
+    cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+        .map(|c| c.join(format!("pia-agent/virtiofsd-{VIRTIOFSD}")))
+        .unwrap_or_else(|| target_dir().join("tools/virtiofsd"))
+}
+
+/// The XDG cache directory from `$XDG_CACHE_HOME` and `$HOME` (empty means unset).
+fn cache_dir(xdg: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    set(xdg).or_else(|| set(home).map(|h| h.join(".cache")))
+}
+
+/// The Rust virtiofsd (pinned), built once per machine; the directory holding it.
 fn virtiofsd() -> Result<PathBuf, String> {
-    let root = target_dir().join("tools/virtiofsd");
+    let root = virtiofsd_root();
     let bin = root.join("bin");
     let have = setup::output(Command::new(bin.join("virtiofsd")).arg("--version"));
     if have.contains(VIRTIOFSD) {
@@ -871,6 +888,15 @@ mod tests {
         assert_eq!(o.cell(), "8 passed, 1 s");
         let o = outcome("", false, 9.0, Some("guest stopped".into()));
         assert_eq!(o.cell(), "**guest stopped**, 9 s");
+    }
+
+    #[test]
+    fn virtiofsd_is_cached_outside_the_checkout() {
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(cache_dir(os("/x"), os("/root")), Some("/x".into()));
+        assert_eq!(cache_dir(os(""), os("/root")), Some("/root/.cache".into()));
+        assert_eq!(cache_dir(None, os("/root")), Some("/root/.cache".into()));
+        assert_eq!(cache_dir(None, os("")), None);
     }
 
     #[test]

@@ -165,7 +165,8 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <setup|build-ebpf|build|image|test|test-container|manifests|demo [--sts]|bench|test-kernels|fuzz|supply-chain>\n  \
                  demo        EKS mode: the agent passes each pod's own token to EKS Auth (a stand-in)\n  \
                  demo --sts  the agent assumes the roles of its own associations with STS\n  \
-                 test-kernels [--kernel host|6.1|6.12]... [--test NAME]... [--time-scale N] [--jobs N]\n              \
+                 test-kernels [--kernel host|6.1|6.12|6.1-cloud|6.12-cloud]... [--test NAME]... [--filter TEST]...\n              \
+                 [--time-scale N] [--jobs N]\n              \
                  the privileged tests on Debian's 6.1 and 6.12 kernels (QEMU TCG) and the host\n  \
                  fuzz [--target T]... [--secs N]\n              \
                  the fuzz targets, N seconds each (default 60)\n  \
